@@ -1,0 +1,178 @@
+#include "common/process.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+extern char** environ;
+
+namespace grove {
+namespace {
+
+// Defaults restored in every spawned child, whatever this process did with them.
+constexpr int kDefaultSignals[] = {SIGPIPE, SIGINT,  SIGTERM, SIGHUP,
+                                   SIGQUIT, SIGCHLD, SIGUSR1, SIGUSR2};
+
+// Lowest fd number used for the temporary copies handed to posix_spawn, chosen above any
+// fd number a child is given so that source and target never coincide.
+constexpr int kSpawnScratchFd = 64;
+
+std::vector<char*> CStrings(const std::vector<std::string>& strings) {
+  std::vector<char*> out;
+  out.reserve(strings.size() + 1);
+  for (const std::string& s : strings) out.push_back(const_cast<char*>(s.c_str()));
+  out.push_back(nullptr);
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<Process> Process::Spawn(const SpawnOptions& options) {
+  if (options.argv.empty() || options.argv[0].empty()) {
+    return absl::InvalidArgumentError("cannot start a process with an empty argv");
+  }
+  // Copies of the source fds at high numbers, close-on-exec, so that dup2 always clears
+  // close-on-exec on the target and no mapping overwrites another's source.
+  std::vector<UniqueFd> scratch;
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  for (const auto& [child_fd, parent_fd] : options.fds) {
+    int copy = ::fcntl(parent_fd, F_DUPFD_CLOEXEC, kSpawnScratchFd);
+    if (copy < 0) {
+      posix_spawn_file_actions_destroy(&actions);
+      return ErrnoStatus(errno, "dup of an fd for a child");
+    }
+    scratch.emplace_back(copy);
+    posix_spawn_file_actions_adddup2(&actions, copy, child_fd);
+  }
+  if (!options.cwd.empty()) {
+    posix_spawn_file_actions_addchdir_np(&actions, options.cwd.c_str());
+  }
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  sigset_t mask;
+  sigemptyset(&mask);
+  posix_spawnattr_setsigmask(&attr, &mask);
+  sigset_t defaults;
+  sigemptyset(&defaults);
+  for (int sig : kDefaultSignals) sigaddset(&defaults, sig);
+  posix_spawnattr_setsigdefault(&attr, &defaults);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+
+  std::vector<char*> argv = CStrings(options.argv);
+  std::vector<char*> envp;
+  if (options.env) envp = CStrings(*options.env);
+  pid_t pid = -1;
+  int err = ::posix_spawnp(&pid, argv[0], &actions, &attr, argv.data(),
+                           options.env ? envp.data() : environ);
+  posix_spawn_file_actions_destroy(&actions);
+  posix_spawnattr_destroy(&attr);
+  if (err != 0) {
+    return ErrnoStatus(err, absl::StrCat("cannot start ", options.argv[0],
+                                         options.cwd.empty() ? "" : " in " + options.cwd)
+                                .c_str());
+  }
+  Process process;
+  process.pid_ = pid;
+  int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+  if (pidfd < 0) {
+    absl::Status status = ErrnoStatus(errno, "pidfd_open");
+    process.Terminate(absl::ZeroDuration());
+    return status;
+  }
+  process.pidfd_.Reset(pidfd);
+  return process;
+}
+
+Process::Process(Process&& other) noexcept
+    : pid_(std::exchange(other.pid_, -1)),
+      pidfd_(std::move(other.pidfd_)),
+      status_(std::exchange(other.status_, std::nullopt)) {}
+
+Process& Process::operator=(Process&& other) noexcept {
+  if (this != &other) {
+    if (pid_ > 0 && !status_) Terminate(absl::ZeroDuration());
+    pid_ = std::exchange(other.pid_, -1);
+    pidfd_ = std::move(other.pidfd_);
+    status_ = std::exchange(other.status_, std::nullopt);
+  }
+  return *this;
+}
+
+Process::~Process() {
+  if (pid_ > 0 && !status_) Terminate(absl::ZeroDuration());
+}
+
+std::optional<int> Process::TryWait() {
+  if (status_ || pid_ <= 0) return status_;
+  int status = 0;
+  pid_t r;
+  do {
+    r = ::waitpid(pid_, &status, WNOHANG);
+  } while (r < 0 && errno == EINTR);
+  if (r == pid_) {
+    status_ = status;
+  } else if (r < 0 && errno == ECHILD) {
+    status_ = 0;  // Reaped elsewhere; nothing left to wait for.
+  }
+  return status_;
+}
+
+absl::StatusOr<int> Process::Wait(absl::Time deadline) {
+  while (!TryWait()) {
+    absl::Duration left = deadline - absl::Now();
+    if (left <= absl::ZeroDuration()) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("process ", pid_, " still running at the deadline"));
+    }
+    struct pollfd p = {pidfd_.get(), POLLIN, 0};
+    int ms = deadline == absl::InfiniteFuture()
+                 ? -1
+                 : static_cast<int>(absl::ToInt64Milliseconds(left) + 1);
+    ::poll(&p, 1, ms);
+  }
+  return *status_;
+}
+
+void Process::Signal(int sig) {
+  if (pid_ > 0 && !status_) {
+    ::syscall(SYS_pidfd_send_signal, pidfd_.get(), sig, nullptr, 0);
+  }
+}
+
+int Process::Terminate(absl::Duration grace) {
+  if (pid_ <= 0) return 0;
+  if (TryWait()) return *status_;
+  if (grace > absl::ZeroDuration()) {
+    Signal(SIGTERM);
+    if (Wait(absl::Now() + grace).ok()) return *status_;
+  }
+  Signal(SIGKILL);
+  return Wait(absl::InfiniteFuture()).value_or(0);
+}
+
+std::string DescribeWaitStatus(int status) {
+  if (WIFEXITED(status)) return absl::StrCat("exited with status ", WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) {
+    return absl::StrCat("killed by signal ", WTERMSIG(status), " (",
+                        ::strsignal(WTERMSIG(status)), ")");
+  }
+  return absl::StrCat("wait status ", status);
+}
+
+int ExitCodeOf(int status) {
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return 255;
+}
+
+}  // namespace grove

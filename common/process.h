@@ -1,0 +1,76 @@
+// Starting and reaping child processes without leaking fds or zombies.
+//
+// Spawning uses posix_spawn (vfork semantics: cheap even in a large, multi-threaded
+// process, and nothing but exec runs in the child). Every started process is tracked by a
+// pidfd, so exit can be awaited with poll() and a deadline.
+#ifndef GROVE_COMMON_PROCESS_H_
+#define GROVE_COMMON_PROCESS_H_
+
+#include <sys/types.h>
+
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "common/fd.h"
+
+namespace grove {
+
+struct SpawnOptions {
+  // argv[0] is searched in PATH unless it contains a '/'.
+  std::vector<std::string> argv;
+  // The child's whole environment, "KEY=VALUE"; unset means this process's environment.
+  std::optional<std::vector<std::string>> env;
+  // Working directory of the child; empty means this process's.
+  std::string cwd;
+  // {fd in the child, fd in this process}: each is dup2'ed into place. Every other fd of
+  // this process is close-on-exec and so not inherited.
+  std::vector<std::pair<int, int>> fds;
+};
+
+// One started child process. Owns its pid and pidfd; the destructor kills (SIGKILL) and
+// reaps a process that has not been reaped yet, so no zombie is ever left.
+// Move-only. Thread-compatible: Wait/TryWait from one thread at a time; pidfd() may be
+// polled from any thread.
+class Process {
+ public:
+  static absl::StatusOr<Process> Spawn(const SpawnOptions& options);
+
+  Process() = default;
+  Process(Process&& other) noexcept;
+  Process& operator=(Process&& other) noexcept;
+  ~Process();
+
+  pid_t pid() const { return pid_; }
+  int pidfd() const { return pidfd_.get(); }
+  bool reaped() const { return status_.has_value(); }
+  // The wait status once reaped.
+  std::optional<int> status() const { return status_; }
+
+  // Reaps the process if it has exited; returns its wait status then.
+  std::optional<int> TryWait();
+  // Waits until the process exits or `deadline` passes (kDeadlineExceeded then).
+  absl::StatusOr<int> Wait(absl::Time deadline);
+  // Sends `sig` unless the process was already reaped.
+  void Signal(int sig);
+  // SIGTERM, then SIGKILL after `grace`; returns the wait status.
+  int Terminate(absl::Duration grace);
+
+ private:
+  pid_t pid_ = -1;
+  UniqueFd pidfd_;
+  std::optional<int> status_;
+};
+
+// "exited with status 3", "killed by signal 9 (Killed)".
+std::string DescribeWaitStatus(int status);
+
+// The conventional shell exit code for a wait status: the exit status, or 128 + signal.
+int ExitCodeOf(int status);
+
+}  // namespace grove
+
+#endif  // GROVE_COMMON_PROCESS_H_

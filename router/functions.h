@@ -1,0 +1,166 @@
+// Functions: the typed protobuf functions a program registers in main(), callable in every
+// context of its tree (a local child is the same binary; a remote one the same binary
+// uploaded).
+//
+//   grove::Functions functions;
+//   functions.Register<EchoRequest, EchoReply>(
+//       "echo", [](const EchoRequest& in, grove::CallContext& call) -> absl::StatusOr<EchoReply> {
+//         EchoReply out;
+//         out.set_text(in.text());
+//         return out;
+//       });
+#ifndef GROVE_ROUTER_FUNCTIONS_H_
+#define GROVE_ROUTER_FUNCTIONS_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "common/context_id.h"
+#include "google/protobuf/message.h"
+
+namespace grove {
+
+class Router;
+
+// Cancellation that can be observed and chained. Thread-safe.
+class CancelSource {
+ public:
+  CancelSource() = default;
+  CancelSource(const CancelSource&) = delete;
+  CancelSource& operator=(const CancelSource&) = delete;
+
+  // Cancels; runs every registered callback once (outside any lock). Idempotent.
+  void Cancel();
+  bool cancelled() const;
+  // Runs `callback` on cancellation, or now when already cancelled. Returns an id for
+  // RemoveCallback (0 when it ran now).
+  uint64_t AddCallback(std::function<void()> callback);
+  // After it returns the callback is not running and will not run, so what it refers to may
+  // be destroyed (unless called from inside a callback of this source).
+  void RemoveCallback(uint64_t id);
+
+ private:
+  mutable absl::Mutex mu_;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  // The thread running the callbacks, while it does.
+  std::thread::id running_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  absl::flat_hash_map<uint64_t, std::function<void()>> callbacks_ ABSL_GUARDED_BY(mu_);
+};
+
+// What a running function knows of its call. Created by the router for each incoming call;
+// valid for the duration of the function. Thread-safe.
+class CallContext {
+ public:
+  CallContext(Router* router, ContextId caller, uint64_t call_id, absl::Time deadline)
+      : router_(router), caller_(caller), call_id_(call_id), deadline_(deadline) {}
+  CallContext(const CallContext&) = delete;
+  CallContext& operator=(const CallContext&) = delete;
+
+  // The context that made the call.
+  ContextId caller() const { return caller_; }
+  absl::Time deadline() const { return deadline_; }
+  // True once the caller cancelled, the deadline passed, or the caller was lost. Functions
+  // that run long should check it (or register on cancel_source()) and return early.
+  bool cancelled() const { return cancel_.cancelled(); }
+  CancelSource& cancel_source() { return cancel_; }
+
+  // This context's router: start children, call other contexts (pass `this` as
+  // CallOptions::parent so deadline and cancellation carry over).
+  Router& router() const { return *router_; }
+
+  // Streams output to the caller before the reply (stream 1 stdout, 2 stderr).
+  void Output(int stream, std::string data);
+
+  uint64_t call_id() const { return call_id_; }
+
+ private:
+  Router* const router_;
+  const ContextId caller_;
+  const uint64_t call_id_;
+  const absl::Time deadline_;
+  CancelSource cancel_;
+};
+
+// Who may call a function, besides the context itself.
+enum class CallableBy {
+  kAncestors,    // The default: only contexts above this one in the tree.
+  kDescendants,  // Also contexts below this one.
+  kAny,          // Any context in the tree, siblings included.
+};
+
+struct FunctionOptions {
+  CallableBy callable_by = CallableBy::kAncestors;
+  // The function is quick and never blocks: run it on the thread that received the call,
+  // saving a thread hand-off.
+  bool run_inline = false;
+};
+
+// One registered function, type-erased to bytes.
+struct Function {
+  std::string name;
+  std::string argument_type;  // Full protobuf name, checked against the call's.
+  std::string result_type;
+  FunctionOptions options;
+  std::function<absl::StatusOr<std::string>(const std::string& argument, CallContext& call)>
+      invoke;
+};
+
+// The functions a program offers. Filled in main() before grove takes over, then read-only:
+// Register is not thread-safe; Find is, once registration is over.
+class Functions {
+ public:
+  Functions() = default;
+  Functions(const Functions&) = delete;
+  Functions& operator=(const Functions&) = delete;
+
+  // Registers `fn` under `name`. Names starting with "grove." are reserved. Registering a
+  // name twice is a programmer error (CHECK).
+  template <typename In, typename Out, typename F>
+  void Register(const std::string& name, F&& fn, FunctionOptions options = {}) {
+    static_assert(std::is_base_of_v<google::protobuf::Message, In>, "In must be a protobuf");
+    static_assert(std::is_base_of_v<google::protobuf::Message, Out>, "Out must be a protobuf");
+    Function f;
+    f.name = name;
+    f.argument_type = In::descriptor()->full_name();
+    f.result_type = Out::descriptor()->full_name();
+    f.options = options;
+    f.invoke = [name, fn = std::forward<F>(fn)](const std::string& argument,
+                                                 CallContext& call) -> absl::StatusOr<std::string> {
+      In in;
+      if (!in.ParseFromString(argument)) {
+        return absl::InvalidArgumentError(absl::StrCat("cannot decode the argument of '", name,
+                                                       "' as ", In::descriptor()->full_name()));
+      }
+      absl::StatusOr<Out> out = fn(in, call);
+      if (!out.ok()) return out.status();
+      return out->SerializeAsString();
+    };
+    Add(std::move(f));
+  }
+
+  // Registers an already type-erased function (used for the built-ins).
+  void Add(Function function);
+
+  // nullptr when unknown.
+  const Function* Find(const std::string& name) const;
+  std::vector<std::string> Names() const;
+
+ private:
+  absl::flat_hash_map<std::string, std::unique_ptr<Function>> functions_;
+};
+
+}  // namespace grove
+
+#endif  // GROVE_ROUTER_FUNCTIONS_H_

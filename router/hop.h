@@ -1,0 +1,40 @@
+// Paths and hops: how a user names where a context is started.
+//
+// A path is a chain of hops separated by '/'; a hop is METHOD[:TARGET][,key=value...], e.g.
+// "local", "local,name=worker1", "ssh:web1/sudo:root". A '/' inside an option value (a file
+// name) does not split the path: a new hop starts only where a known method follows.
+#ifndef GROVE_ROUTER_HOP_H_
+#define GROVE_ROUTER_HOP_H_
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace grove {
+
+// One hop. Value type.
+struct Hop {
+  std::string method;
+  std::string target;
+  std::vector<std::pair<std::string, std::string>> options;
+
+  // The value of the last option `key`, or "".
+  std::string Get(absl::string_view key) const;
+  bool Has(absl::string_view key) const;
+  // The hop as it would be written.
+  std::string ToString() const;
+};
+
+// Methods a hop may name.
+bool IsKnownMethod(absl::string_view method);
+
+// INVALID_ARGUMENT naming the hop and what is wrong with it.
+absl::StatusOr<Hop> ParseHop(absl::string_view text);
+absl::StatusOr<std::vector<Hop>> ParsePath(absl::string_view text);
+
+}  // namespace grove
+
+#endif  // GROVE_ROUTER_HOP_H_

@@ -1,0 +1,54 @@
+// Link: the router's view of one edge of the context tree.
+//
+// A link carries envelopes between this context and one neighbour (its parent or one of its
+// children), in order, in both directions. The router is transport-agnostic: transport/
+// implements Link over a gRPC stream on an inherited socket, and the unit tests implement it
+// in memory.
+#ifndef GROVE_ROUTER_LINK_H_
+#define GROVE_ROUTER_LINK_H_
+
+#include <string>
+
+#include "absl/status/status.h"
+#include "proto/grove.pb.h"
+
+namespace grove {
+
+class Link;
+
+// Receives what a link delivers. Implemented by the Router.
+class LinkDelegate {
+ public:
+  virtual ~LinkDelegate() = default;
+  // One received envelope. Called in arrival order, never concurrently for one link.
+  virtual void OnEnvelope(Link* link, v1::Envelope envelope) = 0;
+  // The link is down (peer gone, I/O error, bad input, or Close). Called exactly once, after
+  // the last OnEnvelope; nothing is delivered afterwards.
+  virtual void OnLinkDown(Link* link, const absl::Status& reason) = 0;
+};
+
+// Thread-safe: Send and Close may be called from any thread, also from inside the delegate's
+// callbacks. Owned through std::shared_ptr by whoever routes over it; the transport keeps
+// itself alive until OnLinkDown has returned.
+class Link {
+ public:
+  virtual ~Link() = default;
+
+  // Starts delivery to `delegate`, which must stay valid until OnLinkDown has returned.
+  // Nothing is delivered before Start. Call once.
+  virtual void Start(LinkDelegate* delegate) = 0;
+
+  // Queues `envelope` for sending; never blocks. Envelopes queued together are written as one
+  // batch. Dropped once the link is down.
+  virtual void Send(v1::Envelope envelope) = 0;
+
+  // Takes the link down; OnLinkDown follows with `reason` (after Start).
+  virtual void Close(const absl::Status& reason) = 0;
+
+  // For logs: "link to local.1234".
+  virtual std::string DebugName() const = 0;
+};
+
+}  // namespace grove
+
+#endif  // GROVE_ROUTER_LINK_H_

@@ -1,0 +1,97 @@
+// Registry: the records of every context below (and including) one context.
+//
+// Every router keeps one for its own subtree; the master's is therefore the whole tree. It
+// is updated by ContextAdded / ContextRemoved events as they travel up, so it also holds the
+// contexts that children started on their own, under the names they were given there.
+//
+// Context lifecycle, as recorded here:
+//
+//          (1) ContextAdded           (2) link lost / shut down / ancestor lost
+//   ──────────────────────> CONNECTED ─────────────────────────────────────> GONE
+//
+//   (1) the parent linked the child up (its Hello arrived) and told its ancestors.
+//   (2) the context's link (or an ancestor's) went down; the record stays, with the reason.
+//       Ids are never reused, so a GONE record is never revived.
+#ifndef GROVE_ROUTER_REGISTRY_H_
+#define GROVE_ROUTER_REGISTRY_H_
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
+#include "common/context_id.h"
+#include "proto/grove.pb.h"
+
+namespace grove {
+
+enum class ContextState { kConnected, kGone };
+
+struct ContextRecord {
+  ContextId id;
+  std::string name;
+  ContextId parent;
+  std::string method;
+  std::string host;
+  int64_t pid = 0;
+  std::string user;
+  ContextState state = ContextState::kConnected;
+  // Why it is gone.
+  std::string reason;
+};
+
+const char* ContextStateName(ContextState state);
+
+struct RegistryEvent {
+  enum Kind { kAdded, kRemoved };
+  Kind kind;
+  ContextRecord record;
+};
+
+// Thread-safe. Subscribers are called outside the registry's lock, on the thread that applied
+// the change; they must not block.
+class Registry {
+ public:
+  Registry() = default;
+  Registry(const Registry&) = delete;
+  Registry& operator=(const Registry&) = delete;
+
+  // Records a new context. Returns false (and changes nothing) when the id is already known.
+  bool Add(const v1::ContextInfo& info);
+  // Marks `ids` gone; returns the records that were live.
+  std::vector<ContextRecord> MarkGone(const std::vector<uint64_t>& ids, const std::string& reason);
+
+  std::optional<ContextRecord> Find(ContextId id) const;
+  // The live context with that name (or, if none is live, the latest gone one).
+  std::optional<ContextRecord> FindByName(const std::string& name) const;
+  // Sorted by id.
+  std::vector<ContextRecord> List(bool include_gone) const;
+  size_t live_count() const;
+
+  // Returns an id for Unsubscribe.
+  int Subscribe(std::function<void(const RegistryEvent&)> callback);
+  void Unsubscribe(int id);
+
+ private:
+  void Notify(const std::vector<RegistryEvent>& events);
+
+  mutable absl::Mutex mu_;
+  absl::flat_hash_map<uint64_t, ContextRecord> records_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, uint64_t> by_name_ ABSL_GUARDED_BY(mu_);
+  size_t live_ ABSL_GUARDED_BY(mu_) = 0;
+
+  absl::Mutex subscribers_mu_;
+  int next_subscriber_ ABSL_GUARDED_BY(subscribers_mu_) = 1;
+  absl::flat_hash_map<int, std::shared_ptr<std::function<void(const RegistryEvent&)>>>
+      subscribers_ ABSL_GUARDED_BY(subscribers_mu_);
+};
+
+ContextRecord RecordFromInfo(const v1::ContextInfo& info);
+
+}  // namespace grove
+
+#endif  // GROVE_ROUTER_REGISTRY_H_

@@ -1,0 +1,967 @@
+#include "router/router.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_util.h"
+#include "glog/logging.h"
+#include "proto/builtins.pb.h"
+
+namespace grove {
+
+// One child of this context and the subtree behind its link.
+struct Router::Child {
+  v1::ContextInfo info;
+  std::shared_ptr<Link> link;
+  std::unique_ptr<ChildHandle> handle;
+  // Ids reached through this child, the child's own included. Guarded by Router::mu_.
+  absl::flat_hash_set<uint64_t> routed;
+  // Ids outside this subtree that contexts in it have called. Guarded by Router::mu_.
+  absl::flat_hash_set<uint64_t> egress;
+  // Notified once OnLinkDown for this child has been handled.
+  absl::Notification gone;
+};
+
+// A call this context made that has not completed. Fields after construction are guarded by
+// Router::mu_.
+struct Router::Pending {
+  uint64_t dst = 0;
+  Done done;
+  std::function<void(int, const std::string&)> on_output;
+  uint64_t timer = 0;
+  CancelSource* cancel = nullptr;
+  uint64_t cancel_callback = 0;
+  CancelSource* parent_cancel = nullptr;
+  uint64_t parent_callback = 0;
+};
+
+namespace {
+
+bool IsCall(const v1::Envelope& e) { return e.body_case() == v1::Envelope::kCall; }
+
+absl::Time DeadlineOf(const CallOptions& options) {
+  absl::Time deadline = options.deadline;
+  if (options.timeout != absl::InfiniteDuration()) {
+    deadline = std::min(deadline, absl::Now() + options.timeout);
+  }
+  if (options.parent != nullptr) deadline = std::min(deadline, options.parent->deadline());
+  return deadline;
+}
+
+}  // namespace
+
+Router::Router(Options options)
+    : options_(std::move(options)),
+      self_(options_.self),
+      ancestors_(options_.ancestors.begin(), options_.ancestors.end()) {
+  RegisterBuiltins();
+}
+
+Router::~Router() {
+  absl::MutexLock lock(&mu_);
+  if (!shut_down_) {
+    LOG(DFATAL) << "Router of context " << self_.name() << " destroyed without Shutdown()";
+  }
+}
+
+void Router::AddLauncher(const std::string& method, Launcher* launcher) {
+  absl::MutexLock lock(&mu_);
+  launchers_[method] = launcher;
+}
+
+void Router::SetParentLink(std::shared_ptr<Link> link) {
+  {
+    absl::MutexLock lock(&mu_);
+    parent_ = link;
+  }
+  link->Start(this);
+}
+
+void Router::SetShutdownHandler(std::function<void(const absl::Status&)> handler) {
+  absl::MutexLock lock(&mu_);
+  shutdown_handler_ = std::move(handler);
+}
+
+void Router::SetLogSink(LogSink sink) {
+  absl::MutexLock lock(&mu_);
+  log_sink_ = std::move(sink);
+}
+
+size_t Router::pending_calls() const {
+  absl::MutexLock lock(&mu_);
+  return pending_.size();
+}
+
+std::string Router::DescribeContext(uint64_t id) const {
+  if (id == self_.id()) return absl::StrCat(self_.name(), " (id ", id, ")");
+  std::optional<ContextRecord> record = registry_.Find(ContextId(id));
+  if (record) return absl::StrCat(record->name, " (id ", id, ")");
+  return absl::StrCat("context ", id);
+}
+
+Router::Route Router::RouteTo(uint64_t dst) {
+  Route route;
+  if (dst == self_.id()) {
+    route.kind = Route::kLocal;
+  } else if (auto it = routes_.find(dst); it != routes_.end()) {
+    route.kind = Route::kChild;
+    route.link = it->second->link;
+  } else if (parent_ != nullptr && !parent_down_) {
+    route.kind = Route::kParent;
+    route.link = parent_;
+  }
+  return route;
+}
+
+void Router::Send(Route route, v1::Envelope envelope) {
+  switch (route.kind) {
+    case Route::kLocal:
+      HandleLocal(nullptr, std::move(envelope));
+      break;
+    case Route::kChild:
+    case Route::kParent:
+      route.link->Send(std::move(envelope));
+      break;
+    case Route::kNone:
+      VLOG(1) << "context " << self_.name() << ": dropped envelope for " << envelope.dst()
+              << ": no route";
+      break;
+  }
+}
+
+void Router::SendToParent(v1::Envelope envelope) {
+  std::shared_ptr<Link> parent;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!parent_down_) parent = parent_;
+  }
+  if (parent != nullptr) parent->Send(std::move(envelope));
+}
+
+// ---------------------------------------------------------------------------------------
+// Calls made here.
+
+void Router::StartCall(ContextId dst, const std::string& function,
+                       const std::string& argument_type, std::string argument,
+                       const CallOptions& options, Done done) {
+  if (static_cast<int64_t>(argument.size()) > options_.max_message_bytes) {
+    done(absl::ResourceExhaustedError(
+        absl::StrCat("the argument of '", function, "' is ", argument.size(),
+                     " bytes, over the limit of ", options_.max_message_bytes)));
+    return;
+  }
+  absl::Time deadline = DeadlineOf(options);
+  if (deadline <= absl::Now()) {
+    done(absl::DeadlineExceededError(
+        absl::StrCat("deadline passed before calling '", function, "' in ",
+                     DescribeContext(dst.value()))));
+    return;
+  }
+  const uint64_t id = next_call_id_.fetch_add(1, std::memory_order_relaxed);
+  auto pending = std::make_shared<Pending>();
+  pending->dst = dst.value();
+  pending->done = std::move(done);
+  pending->on_output = options.on_output;
+
+  v1::Envelope envelope;
+  envelope.set_dst(dst.value());
+  envelope.set_src(self_.id());
+  v1::Call* call = envelope.mutable_call();
+  call->set_id(id);
+  call->set_function(function);
+  call->set_argument_type(argument_type);
+  *call->mutable_argument() = std::move(argument);
+  if (deadline != absl::InfiniteFuture()) {
+    call->set_timeout_us(std::max<int64_t>(1, absl::ToInt64Microseconds(deadline - absl::Now())));
+  }
+
+  absl::Status refused;
+  Route route;
+  {
+    absl::MutexLock lock(&mu_);
+    if (shutting_down_) {
+      refused = absl::UnavailableError(
+          absl::StrCat("context ", self_.name(), " is shutting down"));
+    } else if (auto gone = gone_.find(dst.value()); gone != gone_.end()) {
+      refused = absl::UnavailableError(
+          absl::StrCat("context ", DescribeContext(dst.value()), " is gone: ", gone->second));
+    } else {
+      route = RouteTo(dst.value());
+      if (route.kind == Route::kNone) {
+        refused = absl::NotFoundError(absl::StrCat("no context with id ", dst.value(),
+                                                   " (looked up in ", self_.name(), ")"));
+      } else {
+        pending_.emplace(id, pending);
+      }
+    }
+  }
+  if (!refused.ok()) {
+    pending->done(refused);
+    return;
+  }
+  // Deadline and cancellation are armed after the call is registered; each fires AbortCall,
+  // which is a no-op once the call has completed.
+  auto abort = [this, id, dst, function](absl::Status status) {
+    std::shared_ptr<Pending> p;
+    Route route;
+    {
+      absl::MutexLock lock(&mu_);
+      auto it = pending_.find(id);
+      if (it == pending_.end()) return;
+      route = RouteTo(dst.value());
+    }
+    Complete(id, std::move(status));
+    v1::Envelope cancel;
+    cancel.set_dst(dst.value());
+    cancel.set_src(self_.id());
+    cancel.mutable_cancel()->set_id(id);
+    Send(std::move(route), std::move(cancel));
+  };
+  uint64_t timer = 0;
+  if (deadline != absl::InfiniteFuture()) {
+    timer = timer_.Schedule(deadline, [abort, function, this, dst] {
+      abort(absl::DeadlineExceededError(absl::StrCat(
+          "deadline exceeded calling '", function, "' in ", DescribeContext(dst.value()))));
+    });
+  }
+  uint64_t cancel_callback = 0, parent_callback = 0;
+  auto cancelled = [abort, function] {
+    abort(absl::CancelledError(absl::StrCat("call to '", function, "' cancelled")));
+  };
+  if (options.cancel != nullptr) cancel_callback = options.cancel->AddCallback(cancelled);
+  if (options.parent != nullptr) {
+    parent_callback = options.parent->cancel_source().AddCallback(cancelled);
+  }
+  bool still_pending;
+  {
+    absl::MutexLock lock(&mu_);
+    still_pending = pending_.contains(id);
+    if (still_pending) {
+      pending->timer = timer;
+      pending->cancel = options.cancel;
+      pending->cancel_callback = cancel_callback;
+      pending->parent_cancel = options.parent ? &options.parent->cancel_source() : nullptr;
+      pending->parent_callback = parent_callback;
+    }
+  }
+  if (!still_pending) {
+    // Completed (or aborted) meanwhile: undo what Complete could not see.
+    if (timer) timer_.Cancel(timer);
+    if (cancel_callback) options.cancel->RemoveCallback(cancel_callback);
+    if (parent_callback) options.parent->cancel_source().RemoveCallback(parent_callback);
+    return;
+  }
+  Send(std::move(route), std::move(envelope));
+}
+
+void Router::Complete(uint64_t call_id, absl::StatusOr<std::string> result) {
+  std::shared_ptr<Pending> p;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = pending_.find(call_id);
+    if (it == pending_.end()) return;  // Already completed (reply after a deadline, say).
+    p = std::move(it->second);
+    pending_.erase(it);
+  }
+  if (p->timer) timer_.Cancel(p->timer);
+  if (p->cancel_callback) p->cancel->RemoveCallback(p->cancel_callback);
+  if (p->parent_callback) p->parent_cancel->RemoveCallback(p->parent_callback);
+  p->done(std::move(result));
+}
+
+void Router::HandleReply(const v1::Reply& reply) {
+  if (reply.code() == 0) {
+    Complete(reply.id(), reply.result());
+  } else {
+    Complete(reply.id(),
+             RemoteError(StatusCodeFromWire(reply.code()), reply.message(), reply.origin()));
+  }
+}
+
+void Router::HandleOutput(v1::Output* output) {
+  std::shared_ptr<Pending> p;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = pending_.find(output->id());
+    if (it == pending_.end()) return;
+    p = it->second;
+  }
+  if (p->on_output) p->on_output(output->stream(), output->data());
+}
+
+void Router::SendOutput(ContextId caller, uint64_t call_id, int stream, std::string data) {
+  v1::Envelope envelope;
+  envelope.set_dst(caller.value());
+  envelope.set_src(self_.id());
+  v1::Output* output = envelope.mutable_output();
+  output->set_id(call_id);
+  output->set_stream(stream);
+  *output->mutable_data() = std::move(data);
+  Route route;
+  {
+    absl::MutexLock lock(&mu_);
+    route = RouteTo(caller.value());
+  }
+  Send(std::move(route), std::move(envelope));
+}
+
+void Router::SendLog(v1::LogRecord record) {
+  if (is_master()) {
+    LogSink sink;
+    {
+      absl::MutexLock lock(&mu_);
+      sink = log_sink_;
+    }
+    if (sink) sink(RecordFromInfo(self_), record);
+    return;
+  }
+  v1::Envelope envelope;
+  envelope.set_dst(0);
+  envelope.set_src(self_.id());
+  *envelope.mutable_log() = std::move(record);
+  SendToParent(std::move(envelope));
+}
+
+// ---------------------------------------------------------------------------------------
+// Envelopes arriving on links.
+
+void Router::OnEnvelope(Link* link, v1::Envelope envelope) {
+  const uint64_t src = envelope.src();
+  const uint64_t dst = envelope.dst();
+  const auto body = envelope.body_case();
+  bool from_parent = false;
+  bool spoofed = false;
+  Route route;
+  {
+    absl::MutexLock lock(&mu_);
+    std::shared_ptr<Child> from_child;
+    if (parent_ != nullptr && link == parent_.get()) {
+      from_parent = true;
+      spoofed = src == self_.id() || routes_.contains(src);
+    } else if (auto it = children_.find(link); it != children_.end()) {
+      from_child = it->second;
+      spoofed = src != from_child->info.id() && !from_child->routed.contains(src);
+    } else {
+      return;  // A link that is already down.
+    }
+    if (!spoofed && body != v1::Envelope::kAdded && body != v1::Envelope::kRemoved) {
+      route = RouteTo(dst);
+      if (from_child != nullptr && body == v1::Envelope::kCall &&
+          !from_child->routed.contains(dst)) {
+        from_child->egress.insert(dst);
+      }
+    }
+  }
+  if (spoofed) {
+    LOG(WARNING) << "context " << self_.name() << ": dropped an envelope from "
+                 << link->DebugName() << " whose source id " << src
+                 << " is not reachable through that link";
+    return;
+  }
+  switch (body) {
+    case v1::Envelope::kAdded:
+      HandleAdded(link, std::move(envelope));
+      return;
+    case v1::Envelope::kRemoved:
+      HandleRemoved(link, std::move(envelope));
+      return;
+    case v1::Envelope::kShutdown:
+      if (from_parent) {
+        RequestShutdown(absl::CancelledError(
+            absl::StrCat("context ", self_.name(), " was asked to shut down")));
+      }
+      return;
+    case v1::Envelope::kHello:
+    case v1::Envelope::BODY_NOT_SET:
+      LOG(WARNING) << "context " << self_.name() << ": dropped an unexpected envelope ("
+                   << body << ") from " << link->DebugName();
+      return;
+    default:
+      break;
+  }
+  if (route.kind == Route::kLocal) {
+    HandleLocal(link, std::move(envelope));
+    return;
+  }
+  if (route.kind == Route::kChild && route.link.get() != link) {
+    route.link->Send(std::move(envelope));
+    return;
+  }
+  if (route.kind == Route::kParent && !from_parent) {
+    route.link->Send(std::move(envelope));
+    return;
+  }
+  // No route: answer a call, drop anything else (a reply or cancel for a gone caller).
+  if (IsCall(envelope)) {
+    std::string why;
+    {
+      absl::MutexLock lock(&mu_);
+      if (auto gone = gone_.find(dst); gone != gone_.end()) why = gone->second;
+    }
+    absl::Status status =
+        why.empty() ? absl::UnavailableError(absl::StrCat("no route to context ", dst,
+                                                          " at context ", self_.name(),
+                                                          " (id ", self_.id(), ")"))
+                    : absl::UnavailableError(absl::StrCat("context ", DescribeContext(dst),
+                                                          " is gone: ", why));
+    SendReply(src, envelope.call().id(), status, self_.name());
+  }
+}
+
+void Router::HandleLocal(Link* from, v1::Envelope envelope) {
+  switch (envelope.body_case()) {
+    case v1::Envelope::kCall:
+      HandleCall(std::move(envelope));
+      break;
+    case v1::Envelope::kReply:
+      HandleReply(envelope.reply());
+      break;
+    case v1::Envelope::kCancel:
+      HandleCancel(envelope.src(), envelope.cancel().id());
+      break;
+    case v1::Envelope::kOutput:
+      HandleOutput(envelope.mutable_output());
+      break;
+    case v1::Envelope::kLog: {
+      LogSink sink;
+      {
+        absl::MutexLock lock(&mu_);
+        sink = log_sink_;
+      }
+      if (!sink) break;
+      std::optional<ContextRecord> record = registry_.Find(ContextId(envelope.src()));
+      if (!record) {
+        record.emplace();
+        record->id = ContextId(envelope.src());
+        record->name = absl::StrCat("context ", envelope.src());
+      }
+      sink(*record, envelope.log());
+      break;
+    }
+    default:
+      VLOG(1) << "context " << self_.name() << ": ignored envelope " << envelope.body_case();
+      break;
+  }
+}
+
+bool Router::Allowed(uint64_t src, CallableBy callable_by) const {
+  if (src == self_.id() || ancestors_.contains(src)) return true;
+  switch (callable_by) {
+    case CallableBy::kAny:
+      return true;
+    case CallableBy::kDescendants: {
+      absl::MutexLock lock(&mu_);
+      return routes_.contains(src);
+    }
+    case CallableBy::kAncestors:
+      return false;
+  }
+  return false;
+}
+
+void Router::HandleCall(v1::Envelope envelope) {
+  const uint64_t src = envelope.src();
+  v1::Call* call = envelope.mutable_call();
+  const Function* function = builtins_.Find(call->function());
+  if (function == nullptr && options_.functions != nullptr) {
+    function = options_.functions->Find(call->function());
+  }
+  absl::Status refused;
+  if (function == nullptr) {
+    refused = absl::NotFoundError(
+        absl::StrCat("no function '", call->function(), "' in context ", self_.name()));
+  } else if (!Allowed(src, function->options.callable_by)) {
+    refused = absl::PermissionDeniedError(absl::StrCat(
+        DescribeContext(src), " may not call '", call->function(), "' in context ",
+        self_.name(), ": only its ancestors may, unless it is registered as callable by ",
+        function->options.callable_by == CallableBy::kAncestors ? "descendants or any context"
+                                                                : "any context"));
+  } else if (call->argument_type() != function->argument_type) {
+    refused = absl::InvalidArgumentError(
+        absl::StrCat("function '", call->function(), "' in context ", self_.name(), " takes ",
+                     function->argument_type, ", not ", call->argument_type()));
+  }
+  if (!refused.ok()) {
+    SendReply(src, call->id(), refused, self_.name());
+    return;
+  }
+  absl::Time deadline = call->timeout_us() > 0
+                            ? absl::Now() + absl::Microseconds(call->timeout_us())
+                            : absl::InfiniteFuture();
+  auto context = std::make_shared<CallContext>(this, ContextId(src), call->id(), deadline);
+  {
+    absl::MutexLock lock(&mu_);
+    if (shutting_down_) {
+      refused = absl::UnavailableError(
+          absl::StrCat("context ", self_.name(), " is shutting down"));
+    } else {
+      incoming_[{src, call->id()}] = context;
+    }
+  }
+  if (!refused.ok()) {
+    SendReply(src, call->id(), refused, self_.name());
+    return;
+  }
+  if (function->options.run_inline) {
+    RunCall(src, std::move(*call), function, std::move(context));
+    return;
+  }
+  auto shared_call = std::make_shared<v1::Call>(std::move(*call));
+  bool posted = workers_.Post([this, src, shared_call, function, context] {
+    RunCall(src, std::move(*shared_call), function, context);
+  });
+  if (!posted) {
+    {
+      absl::MutexLock lock(&mu_);
+      incoming_.erase({src, shared_call->id()});
+    }
+    SendReply(src, shared_call->id(),
+              absl::UnavailableError(absl::StrCat("context ", self_.name(), " is shutting down")),
+              self_.name());
+  }
+}
+
+void Router::RunCall(uint64_t src, v1::Call call, const Function* function,
+                     std::shared_ptr<CallContext> context) {
+  uint64_t timer = 0;
+  if (context->deadline() != absl::InfiniteFuture()) {
+    std::weak_ptr<CallContext> weak = context;
+    timer = timer_.Schedule(context->deadline(), [weak] {
+      if (auto c = weak.lock()) c->cancel_source().Cancel();
+    });
+  }
+  absl::StatusOr<std::string> result = function->invoke(call.argument(), *context);
+  if (timer) timer_.Cancel(timer);
+  {
+    absl::MutexLock lock(&mu_);
+    incoming_.erase({src, call.id()});
+  }
+  if (result.ok() && static_cast<int64_t>(result->size()) > options_.max_message_bytes) {
+    result = absl::ResourceExhaustedError(
+        absl::StrCat("the result of '", call.function(), "' is ", result->size(),
+                     " bytes, over the limit of ", options_.max_message_bytes));
+  }
+  SendReply(src, call.id(), std::move(result), self_.name());
+}
+
+void Router::SendReply(uint64_t dst, uint64_t call_id, const absl::StatusOr<std::string>& result,
+                       const std::string& origin) {
+  v1::Envelope envelope;
+  envelope.set_dst(dst);
+  envelope.set_src(self_.id());
+  v1::Reply* reply = envelope.mutable_reply();
+  reply->set_id(call_id);
+  if (result.ok()) {
+    reply->set_result(std::move(*result));
+  } else {
+    reply->set_code(static_cast<int>(result.status().code()));
+    // A status that already names its origin (a nested call's error) keeps it.
+    std::string from = OriginOf(result.status());
+    reply->set_message(std::string(result.status().message()));
+    reply->set_origin(from.empty() ? origin : from);
+    if (!from.empty()) {
+      // Strip the " [in context X]" suffix RemoteError added; the caller adds it again.
+      std::string suffix = absl::StrCat(" [in context ", from, "]");
+      const std::string& m = reply->message();
+      if (m.size() >= suffix.size() && m.compare(m.size() - suffix.size(), suffix.size(),
+                                                 suffix) == 0) {
+        reply->set_message(m.substr(0, m.size() - suffix.size()));
+      }
+    }
+  }
+  Route route;
+  {
+    absl::MutexLock lock(&mu_);
+    route = RouteTo(dst);
+  }
+  Send(std::move(route), std::move(envelope));
+}
+
+void Router::HandleCancel(uint64_t src, uint64_t call_id) {
+  std::shared_ptr<CallContext> context;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = incoming_.find({src, call_id});
+    if (it == incoming_.end()) return;
+    context = it->second;
+  }
+  context->cancel_source().Cancel();
+}
+
+// ---------------------------------------------------------------------------------------
+// The tree: contexts added and removed.
+
+void Router::HandleAdded(Link* from, v1::Envelope envelope) {
+  const v1::ContextInfo& info = envelope.added().info();
+  std::shared_ptr<Link> parent;
+  std::string refused;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = children_.find(from);
+    if (it == children_.end()) {
+      refused = "it did not come from a child link";
+    } else if (info.id() == self_.id() || routes_.contains(info.id()) ||
+               gone_.contains(info.id()) || ancestors_.contains(info.id())) {
+      refused = absl::StrCat("id ", info.id(), " is already in use");
+    } else if (info.parent() != it->second->info.id() &&
+               !it->second->routed.contains(info.parent())) {
+      refused = absl::StrCat("its parent ", info.parent(), " is not behind that link");
+    } else {
+      routes_[info.id()] = it->second;
+      it->second->routed.insert(info.id());
+      if (!parent_down_) parent = parent_;
+    }
+  }
+  if (!refused.empty()) {
+    LOG(WARNING) << "context " << self_.name() << ": ignored ContextAdded for "
+                 << info.name() << " (id " << info.id() << ") from " << from->DebugName()
+                 << ": " << refused;
+    return;
+  }
+  registry_.Add(info);
+  if (parent != nullptr) parent->Send(std::move(envelope));
+}
+
+void Router::HandleRemoved(Link* from, v1::Envelope envelope) {
+  std::vector<uint64_t> ids(envelope.removed().ids().begin(), envelope.removed().ids().end());
+  std::shared_ptr<Child> child;
+  {
+    absl::MutexLock lock(&mu_);
+    if (auto it = children_.find(from); it != children_.end()) {
+      child = it->second;
+      // A child may only report contexts behind itself (not itself: that is OnLinkDown's).
+      ids.erase(std::remove_if(ids.begin(), ids.end(),
+                               [&](uint64_t id) {
+                                 return id == child->info.id() || !child->routed.contains(id);
+                               }),
+                ids.end());
+    }
+  }
+  RemoveContexts(child, std::move(ids), envelope.removed().reason());
+}
+
+void Router::RemoveContexts(const std::shared_ptr<Child>& child, std::vector<uint64_t> ids,
+                            const std::string& reason) {
+  if (ids.empty()) return;
+  std::vector<uint64_t> failed;
+  std::vector<std::shared_ptr<CallContext>> orphaned;
+  std::vector<std::shared_ptr<Link>> tell;
+  std::shared_ptr<Link> parent;
+  {
+    absl::MutexLock lock(&mu_);
+    if (child != nullptr) {
+      for (uint64_t id : ids) {
+        routes_.erase(id);
+        child->routed.erase(id);
+        gone_[id] = reason;
+      }
+      if (!parent_down_) parent = parent_;
+    } else {
+      // A notice from the parent: never about our own subtree.
+      ids.erase(std::remove_if(ids.begin(), ids.end(),
+                               [&](uint64_t id) {
+                                 return id == self_.id() || routes_.contains(id);
+                               }),
+                ids.end());
+      for (uint64_t id : ids) gone_[id] = reason;
+    }
+    absl::flat_hash_set<uint64_t> lost(ids.begin(), ids.end());
+    for (const auto& [id, p] : pending_) {
+      if (lost.contains(p->dst)) failed.push_back(id);
+    }
+    for (const auto& [key, context] : incoming_) {
+      if (lost.contains(key.first)) orphaned.push_back(context);
+    }
+    for (const auto& [link, c] : children_) {
+      if (c == child) continue;
+      bool talked = false;
+      for (uint64_t id : ids) talked |= c->egress.erase(id) > 0;
+      if (talked) tell.push_back(c->link);
+    }
+  }
+  if (ids.empty()) return;
+  if (child != nullptr) registry_.MarkGone(ids, reason);
+  for (uint64_t id : failed) {
+    uint64_t dst = 0;
+    {
+      absl::MutexLock lock(&mu_);
+      auto it = pending_.find(id);
+      if (it == pending_.end()) continue;
+      dst = it->second->dst;
+    }
+    Complete(id, absl::UnavailableError(absl::StrCat("call to ", DescribeContext(dst),
+                                                     " failed: ", reason)));
+  }
+  for (const auto& context : orphaned) context->cancel_source().Cancel();
+  v1::Envelope notice;
+  notice.set_src(self_.id());
+  v1::ContextRemoved* removed = notice.mutable_removed();
+  for (uint64_t id : ids) removed->add_ids(id);
+  removed->set_reason(reason);
+  for (const auto& link : tell) link->Send(notice);
+  if (parent != nullptr) parent->Send(std::move(notice));
+}
+
+void Router::OnLinkDown(Link* link, const absl::Status& reason) {
+  std::shared_ptr<Child> child;
+  std::vector<uint64_t> pending_up;
+  {
+    absl::MutexLock lock(&mu_);
+    if (parent_ != nullptr && link == parent_.get()) {
+      parent_down_ = true;
+      for (const auto& [id, p] : pending_) {
+        if (!routes_.contains(p->dst) && p->dst != self_.id()) pending_up.push_back(id);
+      }
+    } else if (auto it = children_.find(link); it != children_.end()) {
+      child = it->second;
+      children_.erase(it);
+    } else {
+      return;
+    }
+  }
+  if (child == nullptr) {
+    // The parent is gone: nothing above can answer any more, and this context must end.
+    std::string why = absl::StrCat("context ", self_.name(), " lost its parent link: ",
+                                   reason.ok() ? "closed" : std::string(reason.message()));
+    for (uint64_t id : pending_up) Complete(id, absl::UnavailableError(why));
+    RequestShutdown(absl::UnavailableError(why));
+    return;
+  }
+  std::string how = child->handle ? child->handle->PollExit() : "";
+  if (how.empty()) {
+    how = reason.ok() ? "its link closed"
+                      : absl::StrCat("its link failed: ", reason.message());
+  }
+  std::string why = absl::StrCat("lost context ", child->info.name(), " (id ",
+                                 child->info.id(), "): ", how);
+  std::vector<uint64_t> ids;
+  {
+    absl::MutexLock lock(&mu_);
+    ids.assign(child->routed.begin(), child->routed.end());
+  }
+  RemoveContexts(child, std::move(ids), why);
+  child->gone.Notify();
+  if (child->handle != nullptr) {
+    // Reap in the background; StopChild may be waiting for the same process (Stop is
+    // idempotent).
+    workers_.Post([child, grace = options_.stop_grace] { child->handle->Stop(grace); });
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Children.
+
+absl::StatusOr<ContextId> Router::AllocateId() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (is_master() || next_id_ < id_block_end_) return ContextId(next_id_++);
+  }
+  absl::MutexLock block_lock(&id_block_mu_);
+  {
+    absl::MutexLock lock(&mu_);
+    if (next_id_ < id_block_end_) return ContextId(next_id_++);
+  }
+  v1::IdBlockRequest request;
+  request.set_count(1000);
+  absl::Notification done;
+  absl::StatusOr<std::string> reply;
+  CallOptions options;
+  options.timeout = absl::Seconds(30);
+  StartCall(kMasterId, "grove.id_block", v1::IdBlockRequest::descriptor()->full_name(),
+            request.SerializeAsString(), options, [&](absl::StatusOr<std::string> r) {
+              reply = std::move(r);
+              done.Notify();
+            });
+  done.WaitForNotification();
+  if (!reply.ok()) return Annotate(reply.status(), "cannot get context ids from the master");
+  v1::IdBlockReply block;
+  if (!block.ParseFromString(*reply) || block.count() == 0) {
+    return absl::InternalError("the master sent a malformed id block");
+  }
+  absl::MutexLock lock(&mu_);
+  next_id_ = block.first();
+  id_block_end_ = block.first() + block.count();
+  return ContextId(next_id_++);
+}
+
+absl::StatusOr<v1::ContextInfo> Router::SpawnChild(const Hop& hop, absl::Time deadline) {
+  const std::string name = hop.Get("name");
+  Launcher* launcher = nullptr;
+  {
+    absl::MutexLock lock(&mu_);
+    if (shutting_down_) {
+      return absl::UnavailableError(absl::StrCat("context ", self_.name(), " is shutting down"));
+    }
+    if (auto it = launchers_.find(hop.method); it != launchers_.end()) launcher = it->second;
+    if (launcher != nullptr && !name.empty()) {
+      std::optional<ContextRecord> existing = registry_.FindByName(name);
+      if ((existing && existing->state == ContextState::kConnected) ||
+          !spawning_names_.insert(name).second) {
+        return absl::AlreadyExistsError(absl::StrCat("a context named '", name,
+                                                     "' already exists under ", self_.name()));
+      }
+    }
+  }
+  if (launcher == nullptr) {
+    return absl::UnimplementedError(absl::StrCat("method '", hop.method,
+                                                 "' is not available in context ", self_.name()));
+  }
+  auto forget_name = [&] {
+    if (name.empty()) return;
+    absl::MutexLock lock(&mu_);
+    spawning_names_.erase(name);
+  };
+  absl::StatusOr<ContextId> id = AllocateId();
+  if (!id.ok()) {
+    forget_name();
+    return id.status();
+  }
+  LaunchRequest request;
+  request.info.set_id(id->value());
+  request.info.set_name(name);
+  request.info.set_parent(self_.id());
+  request.info.set_method(hop.method);
+  request.ancestors.push_back(self_.id());
+  request.ancestors.insert(request.ancestors.end(), options_.ancestors.begin(),
+                           options_.ancestors.end());
+  request.max_message_bytes = options_.max_message_bytes;
+  request.min_log_level = options_.min_log_level;
+  request.verbosity = options_.verbosity;
+  request.deadline = deadline;
+  absl::StatusOr<LaunchedChild> launched = launcher->Launch(hop, request);
+  forget_name();
+  if (!launched.ok()) {
+    return Annotate(launched.status(),
+                    absl::StrCat("cannot start '", hop.ToString(), "' from ", self_.name()));
+  }
+  auto child = std::make_shared<Child>();
+  child->info = launched->info;
+  child->info.set_id(id->value());
+  child->info.set_parent(self_.id());
+  child->info.set_method(hop.method);
+  if (!name.empty()) child->info.set_name(name);
+  child->link = std::move(launched->link);
+  child->handle = std::move(launched->handle);
+  child->routed.insert(id->value());
+  std::shared_ptr<Link> parent;
+  bool refused = false;
+  {
+    absl::MutexLock lock(&mu_);
+    if (shutting_down_) {
+      refused = true;
+    } else {
+      children_[child->link.get()] = child;
+      routes_[id->value()] = child;
+      if (!parent_down_) parent = parent_;
+    }
+  }
+  if (refused) {
+    child->link->Close(absl::CancelledError("shutting down"));
+    child->handle->Stop(absl::ZeroDuration());
+    return absl::UnavailableError(absl::StrCat("context ", self_.name(), " is shutting down"));
+  }
+  registry_.Add(child->info);
+  if (parent != nullptr) {
+    v1::Envelope added;
+    added.set_dst(0);
+    added.set_src(self_.id());
+    *added.mutable_added()->mutable_info() = child->info;
+    parent->Send(std::move(added));
+  }
+  child->link->Start(this);
+  return child->info;
+}
+
+std::vector<ContextId> Router::Children() const {
+  std::vector<ContextId> out;
+  absl::MutexLock lock(&mu_);
+  for (const auto& [link, child] : children_) out.push_back(ContextId(child->info.id()));
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+absl::Status Router::StopChild(ContextId id) {
+  std::shared_ptr<Child> child;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [link, c] : children_) {
+      if (c->info.id() == id.value()) child = c;
+    }
+  }
+  if (child == nullptr) {
+    return absl::NotFoundError(absl::StrCat("context ", DescribeContext(id.value()),
+                                            " is not a live child of ", self_.name()));
+  }
+  v1::Envelope shutdown;
+  shutdown.set_dst(id.value());
+  shutdown.set_src(self_.id());
+  shutdown.mutable_shutdown();
+  child->link->Send(std::move(shutdown));
+  child->handle->Stop(options_.stop_grace);
+  // The process is gone, so its link goes down within milliseconds; close it in case a copy
+  // of its socket survives elsewhere.
+  if (!child->gone.WaitForNotificationWithTimeout(absl::Seconds(1))) {
+    child->link->Close(absl::UnavailableError("the context was stopped"));
+    child->gone.WaitForNotification();
+  }
+  return absl::OkStatus();
+}
+
+void Router::StopAllChildren() {
+  std::vector<std::shared_ptr<Child>> children;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [link, c] : children_) children.push_back(c);
+  }
+  // Ask all at once so that they shut down in parallel, then wait for each.
+  for (const auto& child : children) {
+    v1::Envelope shutdown;
+    shutdown.set_dst(child->info.id());
+    shutdown.set_src(self_.id());
+    shutdown.mutable_shutdown();
+    child->link->Send(std::move(shutdown));
+  }
+  for (const auto& child : children) StopChild(ContextId(child->info.id())).IgnoreError();
+}
+
+void Router::RequestShutdown(const absl::Status& why) {
+  std::function<void(const absl::Status&)> handler;
+  {
+    absl::MutexLock lock(&mu_);
+    if (shutdown_requested_) return;
+    shutdown_requested_ = true;
+    handler = shutdown_handler_;
+  }
+  if (handler) handler(why);
+}
+
+void Router::Shutdown(const absl::Status& why) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (shutting_down_) return;
+    shutting_down_ = true;
+  }
+  StopAllChildren();
+  std::vector<uint64_t> pending;
+  std::vector<std::shared_ptr<CallContext>> running;
+  std::shared_ptr<Link> parent;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [id, p] : pending_) pending.push_back(id);
+    for (const auto& [key, context] : incoming_) running.push_back(context);
+    parent = parent_;
+  }
+  std::string message = absl::StrCat("context ", self_.name(), " is shutting down");
+  if (!why.ok()) absl::StrAppend(&message, ": ", why.message());
+  for (uint64_t id : pending) Complete(id, absl::UnavailableError(message));
+  for (const auto& context : running) context->cancel_source().Cancel();
+  if (parent != nullptr) {
+    parent->Close(why);
+    absl::MutexLock lock(&mu_);
+    mu_.AwaitWithTimeout(absl::Condition(&parent_down_), absl::Seconds(2));
+  }
+  absl::MutexLock lock(&mu_);
+  shut_down_ = true;
+}
+
+}  // namespace grove

@@ -1,0 +1,222 @@
+// Router: what every context runs.
+//
+// A router knows its own subtree: for every descendant id, the child link it is reached
+// through; everything else goes to the parent link. It moves envelopes between its links and
+// its own handlers, runs the functions called in this context, keeps the calls this context
+// has pending elsewhere, and turns a lost link into ContextRemoved events and UNAVAILABLE
+// errors for every call that was waiting on the lost subtree.
+//
+//                 parent link
+//                      │
+//              ┌───────┴────────┐   routes_: descendant id ─> child
+//              │     Router     │   pending_: calls this context made
+//              └──┬─────────┬───┘   incoming_: calls running here
+//            child link   child link
+//
+// Rules enforced here (see ARCHITECTURE.md, "Routing" and "Calls"):
+//  - Names go up: a parent sends ContextAdded up before any envelope of its new child.
+//  - An envelope whose source is not reachable through the link it arrived on is dropped.
+//  - An envelope from the parent with no route down is answered "no route", never sent up.
+//  - By default only an ancestor may call a function; see CallableBy.
+//
+// Thread-safety: thread-safe. One mutex guards the routing state; it is never held while
+// calling out (a link, a launcher, a user callback, a function).
+#ifndef GROVE_ROUTER_ROUTER_H_
+#define GROVE_ROUTER_ROUTER_H_
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
+#include "common/context_id.h"
+#include "common/executor.h"
+#include "proto/grove.pb.h"
+#include "router/functions.h"
+#include "router/hop.h"
+#include "router/launcher.h"
+#include "router/link.h"
+#include "router/registry.h"
+
+namespace grove {
+
+inline constexpr int64_t kDefaultMaxMessageBytes = int64_t{64} << 20;
+
+struct CallOptions {
+  // The call fails with DEADLINE_EXCEEDED (and is cancelled in the callee) after `timeout`
+  // or at `deadline`, whichever is first.
+  absl::Duration timeout = absl::InfiniteDuration();
+  absl::Time deadline = absl::InfiniteFuture();
+  // A call made by a running function: inherits its deadline and is cancelled with it.
+  CallContext* parent = nullptr;
+  // Cancelling this source cancels the call (CANCELLED).
+  CancelSource* cancel = nullptr;
+  // Receives streamed output (CallContext::Output) in order, before the result.
+  std::function<void(int stream, const std::string& data)> on_output;
+};
+
+// Receives log records from the whole tree; only the master has one. Called on a link's
+// reader thread; must not block.
+using LogSink = std::function<void(const ContextRecord& from, const v1::LogRecord& record)>;
+
+class Router : public LinkDelegate {
+ public:
+  struct Options {
+    // id, name, parent, method, host, pid, user of this context.
+    v1::ContextInfo self;
+    // Nearest first; empty in the master.
+    std::vector<uint64_t> ancestors;
+    // Not owned; must outlive the router. May be null (built-ins only).
+    const Functions* functions = nullptr;
+    int64_t max_message_bytes = kDefaultMaxMessageBytes;
+    int min_log_level = 0;
+    int verbosity = 0;
+    // How long a child gets to exit on its own before SIGTERM (and again before SIGKILL).
+    absl::Duration stop_grace = absl::Seconds(2);
+  };
+
+  explicit Router(Options options);
+  Router(const Router&) = delete;
+  Router& operator=(const Router&) = delete;
+  // Call Shutdown first; the destructor only checks that it happened.
+  ~Router() override;
+
+  ContextId id() const { return ContextId(self_.id()); }
+  const std::string& name() const { return self_.name(); }
+  const v1::ContextInfo& self() const { return self_; }
+  bool is_master() const { return self_.id() == 0; }
+  int64_t max_message_bytes() const { return options_.max_message_bytes; }
+  // Records of this context's subtree (the whole tree in the master).
+  Registry& registry() { return registry_; }
+
+  // ---- Wiring, by child/ and master/ before use ----
+  // Not owned; must outlive the router.
+  void AddLauncher(const std::string& method, Launcher* launcher);
+  // The link to the parent (not in the master). Starts it.
+  void SetParentLink(std::shared_ptr<Link> link);
+  // Called once when this context must end: the parent asked (Shutdown envelope) or the
+  // parent link was lost. Runs on a router thread; must not block.
+  void SetShutdownHandler(std::function<void(const absl::Status& why)> handler);
+  // Master only.
+  void SetLogSink(LogSink sink);
+
+  // ---- Calls ----
+  using Done = std::function<void(absl::StatusOr<std::string> result)>;
+  // Calls `function` in context `dst` with a serialized argument of type `argument_type`.
+  // `done` runs exactly once, without locks held, possibly before StartCall returns.
+  void StartCall(ContextId dst, const std::string& function, const std::string& argument_type,
+                 std::string argument, const CallOptions& options, Done done);
+
+  // Sends output of call `call_id` back to `caller` (see CallContext::Output).
+  void SendOutput(ContextId caller, uint64_t call_id, int stream, std::string data);
+  // Sends a log record to the master (or hands it to the sink in the master).
+  void SendLog(v1::LogRecord record);
+
+  // ---- Children ----
+  // Starts a child of this context as `hop` says and links up with it. The child is in the
+  // registry (here and in every ancestor) before this returns.
+  absl::StatusOr<v1::ContextInfo> SpawnChild(const Hop& hop, absl::Time deadline);
+  // Takes down child `id` and its subtree: asks it to shut down, then SIGTERM, then SIGKILL;
+  // returns once it is reaped. NOT_FOUND when `id` is not a child of this context.
+  absl::Status StopChild(ContextId id);
+  // Takes down every child in parallel; returns once all are reaped.
+  void StopAllChildren();
+  // The children of this context.
+  std::vector<ContextId> Children() const;
+
+  // A new context id: from the master's counter, or from this context's block (asking the
+  // master for a new block when it runs out).
+  absl::StatusOr<ContextId> AllocateId();
+
+  // Fails every pending call, refuses new ones, stops all children and closes the parent
+  // link. Blocks until every link is down. Idempotent.
+  void Shutdown(const absl::Status& why);
+
+  // ---- LinkDelegate ----
+  void OnEnvelope(Link* link, v1::Envelope envelope) override;
+  void OnLinkDown(Link* link, const absl::Status& reason) override;
+
+  // For tests and figures.
+  size_t pending_calls() const;
+
+ private:
+  struct Child;
+  struct Pending;
+
+  // Where an envelope goes next.
+  struct Route {
+    enum Kind { kLocal, kChild, kParent, kNone } kind = kNone;
+    std::shared_ptr<Link> link;
+  };
+
+  Route RouteTo(uint64_t dst) ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  void Deliver(Link* from, v1::Envelope envelope);
+  void HandleLocal(Link* from, v1::Envelope envelope);
+  void HandleCall(v1::Envelope envelope);
+  void RunCall(uint64_t src, v1::Call call, const Function* function,
+               std::shared_ptr<CallContext> context);
+  void SendReply(uint64_t dst, uint64_t call_id, const absl::StatusOr<std::string>& result,
+                 const std::string& origin);
+  void HandleReply(const v1::Reply& reply);
+  void HandleOutput(v1::Output* output);
+  void HandleCancel(uint64_t src, uint64_t call_id);
+  void HandleAdded(Link* from, v1::Envelope envelope);
+  void HandleRemoved(Link* from, v1::Envelope envelope);
+  // Removes `ids` (all routed through `child`, or unrouted notices from the parent when
+  // `child` is null): fails pending calls to them, cancels calls from them, tells the parent
+  // and the children that were talking to them.
+  void RemoveContexts(const std::shared_ptr<Child>& child, std::vector<uint64_t> ids,
+                      const std::string& reason);
+  void Complete(uint64_t call_id, absl::StatusOr<std::string> result);
+  void Send(Route route, v1::Envelope envelope);
+  void SendToParent(v1::Envelope envelope);
+  bool Allowed(uint64_t src, CallableBy callable_by) const;
+  void RegisterBuiltins();
+  void RequestShutdown(const absl::Status& why);
+  std::string DescribeContext(uint64_t id) const;
+
+  const Options options_;
+  const v1::ContextInfo self_;
+  const absl::flat_hash_set<uint64_t> ancestors_;
+  Functions builtins_;
+  Registry registry_;
+  Timer timer_;
+  WorkerPool workers_;
+  std::atomic<uint64_t> next_call_id_{1};
+
+  mutable absl::Mutex mu_;
+  std::shared_ptr<Link> parent_ ABSL_GUARDED_BY(mu_);
+  bool parent_down_ ABSL_GUARDED_BY(mu_) = false;
+  absl::flat_hash_map<std::string, Launcher*> launchers_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<Link*, std::shared_ptr<Child>> children_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uint64_t, std::shared_ptr<Child>> routes_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uint64_t, std::string> gone_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uint64_t, std::shared_ptr<Pending>> pending_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::pair<uint64_t, uint64_t>, std::shared_ptr<CallContext>> incoming_
+      ABSL_GUARDED_BY(mu_);
+  // Explicit names of children being spawned here, to refuse duplicates.
+  absl::flat_hash_set<std::string> spawning_names_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t id_block_end_ ABSL_GUARDED_BY(mu_) = 0;
+  bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
+  bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
+  std::function<void(const absl::Status&)> shutdown_handler_ ABSL_GUARDED_BY(mu_);
+  bool shutdown_requested_ ABSL_GUARDED_BY(mu_) = false;
+  LogSink log_sink_ ABSL_GUARDED_BY(mu_);
+  // Serialises id block requests to the master.
+  absl::Mutex id_block_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+};
+
+}  // namespace grove
+
+#endif  // GROVE_ROUTER_ROUTER_H_
