@@ -6,6 +6,10 @@ dynamic), so every grove binary is one self-contained executable that can travel
 host. The link flags come from `pkg-config --static` at fetch time, deduplicated.
 """
 
+# System libraries linked dynamically. libunwind's archive (glog's stack traces) is not
+# position-independent, so it stays a shared library.
+DYNAMIC = ["-lpthread", "-ldl", "-lrt", "-lm", "-lunwind"]
+
 def _libs(ctx, packages):
     result = ctx.execute(["pkg-config", "--static", "--libs"] + packages)
     if result.return_code != 0:
@@ -13,7 +17,7 @@ def _libs(ctx, packages):
     libs = []
     for flag in result.stdout.split(" "):
         flag = flag.strip()
-        if flag.startswith("-l") and flag not in libs and flag not in ["-lpthread", "-ldl", "-lrt", "-lm"]:
+        if flag.startswith("-l") and flag not in libs and flag not in DYNAMIC:
             libs.append(flag)
     return libs
 
@@ -25,7 +29,7 @@ def _system_libraries_impl(ctx):
         if extra not in grpc:
             grpc.append(extra)
     static = ["-Wl,-Bstatic", "-Wl,--start-group"] + grpc + ["-Wl,--end-group", "-Wl,-Bdynamic"]
-    dynamic = ["-lpthread", "-ldl", "-lrt", "-lm", "-static-libstdc++", "-static-libgcc"]
+    dynamic = DYNAMIC + ["-static-libstdc++", "-static-libgcc"]
 
     ctx.file("BUILD.bazel", """
 package(default_visibility = ["//visibility:public"])

@@ -1,0 +1,342 @@
+#include "child/agent.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <deque>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/notification.h"
+#include "common/fd.h"
+#include "glog/logging.h"
+#include "grpcpp/server_posix.h"
+#include "launch/local_launcher.h"
+#include "router/router.h"
+#include "transport/grpc_link.h"
+
+namespace grove {
+namespace {
+
+// Longest line forwarded as one record; longer lines are split.
+constexpr size_t kMaxLine = 16384;
+
+struct AgentFlags {
+  int fd = -1;
+  v1::ContextInfo info;
+  std::vector<uint64_t> ancestors;
+  int64_t max_message_bytes = kDefaultMaxMessageBytes;
+  int min_log_level = 0;
+  int verbosity = 0;
+};
+
+bool ParseFlags(int argc, char** argv, AgentFlags* flags, std::string* error) {
+  for (int i = 2; i < argc; ++i) {
+    absl::string_view arg = argv[i];
+    size_t eq = arg.find('=');
+    absl::string_view key = arg.substr(0, eq);
+    absl::string_view value = eq == absl::string_view::npos ? "" : arg.substr(eq + 1);
+    uint64_t u = 0;
+    int64_t n = 0;
+    bool ok = true;
+    if (key == "--grove-fd") {
+      ok = absl::SimpleAtoi(value, &flags->fd);
+    } else if (key == "--grove-id") {
+      ok = absl::SimpleAtoi(value, &u);
+      flags->info.set_id(u);
+    } else if (key == "--grove-name") {
+      flags->info.set_name(std::string(value));
+    } else if (key == "--grove-parent") {
+      ok = absl::SimpleAtoi(value, &u);
+      flags->info.set_parent(u);
+    } else if (key == "--grove-method") {
+      flags->info.set_method(std::string(value));
+    } else if (key == "--grove-ancestors") {
+      for (absl::string_view a : absl::StrSplit(value, ',', absl::SkipEmpty())) {
+        ok = ok && absl::SimpleAtoi(a, &u);
+        flags->ancestors.push_back(u);
+      }
+    } else if (key == "--grove-max-message") {
+      ok = absl::SimpleAtoi(value, &n) && n > 0;
+      flags->max_message_bytes = n;
+    } else if (key == "--grove-minloglevel") {
+      ok = absl::SimpleAtoi(value, &flags->min_log_level);
+    } else if (key == "--grove-v") {
+      ok = absl::SimpleAtoi(value, &flags->verbosity);
+    } else {
+      *error = absl::StrCat("unknown agent flag ", arg);
+      return false;
+    }
+    if (!ok) {
+      *error = absl::StrCat("bad agent flag ", arg);
+      return false;
+    }
+  }
+  if (flags->fd < 0) {
+    *error = "missing --grove-fd";
+    return false;
+  }
+  return true;
+}
+
+std::string HostName() {
+  char host[256] = {0};
+  ::gethostname(host, sizeof(host) - 1);
+  return host;
+}
+
+std::string UserName() {
+  struct passwd pw;
+  struct passwd* result = nullptr;
+  char buffer[4096];
+  if (::getpwuid_r(::geteuid(), &pw, buffer, sizeof(buffer), &result) == 0 && result) {
+    return pw.pw_name;
+  }
+  return absl::StrCat(::geteuid());
+}
+
+// Captures this process's stdout and stderr (pipes over fds 1 and 2, read here), collects
+// glog records, watches the parent link for hang-up, and forwards all of it. Owns one thread.
+// Thread-safe.
+class IoForwarder : public google::LogSink {
+ public:
+  IoForwarder(Router* router, int link_fd, std::function<void(const absl::Status&)> on_parent_lost)
+      : router_(router), on_parent_lost_(std::move(on_parent_lost)) {
+    watch_.Reset(::fcntl(link_fd, F_DUPFD_CLOEXEC, 3));
+    wake_.Reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  }
+
+  // Replaces fds 1 and 2 by pipes read here. Called before any thread starts.
+  absl::Status CaptureStdio() {
+    for (int target : {1, 2}) {
+      auto pipe = Pipe();
+      if (!pipe.ok()) return pipe.status();
+      if (::dup2(pipe->second.get(), target) < 0) return ErrnoStatus(errno, "dup2");
+      SetNonBlocking(pipe->first.get(), true).IgnoreError();
+      (target == 1 ? out_ : err_) = std::move(pipe->first);
+    }
+    ::setvbuf(stdout, nullptr, _IOLBF, 0);
+    return absl::OkStatus();
+  }
+
+  void StartThread() { thread_ = std::thread([this] { Loop(); }); }
+
+  // Forwards what is still buffered and stops the thread.
+  void Stop() {
+    ::fflush(stdout);
+    ::fflush(stderr);
+    {
+      absl::MutexLock lock(&mu_);
+      stopping_ = true;
+    }
+    Wake();
+    if (thread_.joinable()) thread_.join();
+  }
+
+  // google::LogSink: queue the record; the thread forwards it (never from here, so that a
+  // log statement inside the transport cannot re-enter it).
+  void send(google::LogSeverity severity, const char* /*full_filename*/,
+            const char* base_filename, int line, const struct ::tm* /*tm_time*/,
+            const char* message, size_t message_len) override {
+    v1::LogRecord record;
+    record.set_kind(v1::LogRecord::GLOG);
+    record.set_severity(severity);
+    record.set_file(base_filename);
+    record.set_line(line);
+    record.set_text(std::string(message, message_len));
+    {
+      absl::MutexLock lock(&mu_);
+      if (records_.size() >= 10000) return;  // Flooding: drop rather than grow.
+      records_.push_back(std::move(record));
+    }
+    Wake();
+  }
+
+ private:
+  void Wake() {
+    uint64_t one = 1;
+    (void)!::write(wake_.get(), &one, sizeof(one));
+  }
+
+  void ForwardLines(v1::LogRecord::Kind kind, std::string* buffer, bool flush) {
+    size_t start = 0;
+    for (;;) {
+      size_t nl = buffer->find('\n', start);
+      size_t end = nl == std::string::npos ? buffer->size() : nl;
+      if (nl == std::string::npos && !flush && end - start < kMaxLine) break;
+      if (end == start && nl == std::string::npos) break;
+      size_t len = std::min(end - start, kMaxLine);
+      v1::LogRecord record;
+      record.set_kind(kind);
+      record.set_text(buffer->substr(start, len));
+      router_->SendLog(std::move(record));
+      start += len;
+      if (start == nl) ++start;
+    }
+    buffer->erase(0, start);
+  }
+
+  // Reads what is available; false at EOF.
+  bool ReadInto(int fd, std::string* buffer) {
+    char chunk[65536];
+    for (;;) {
+      ssize_t n = ::read(fd, chunk, sizeof(chunk));
+      if (n > 0) {
+        buffer->append(chunk, static_cast<size_t>(n));
+        if (buffer->size() > 4 * kMaxLine) return true;  // Forward before reading more.
+        continue;
+      }
+      return n < 0 && (errno == EAGAIN || errno == EINTR);
+    }
+  }
+
+  void Loop() {
+    std::string out_buffer, err_buffer;
+    bool parent_lost = false;
+    for (;;) {
+      struct pollfd fds[4] = {{out_.get(), POLLIN, 0},
+                              {err_.get(), POLLIN, 0},
+                              {wake_.get(), POLLIN, 0},
+                              {parent_lost ? -1 : watch_.get(), POLLRDHUP, 0}};
+      if (::poll(fds, 4, -1) < 0 && errno != EINTR) break;
+      bool stopping;
+      std::deque<v1::LogRecord> records;
+      {
+        absl::MutexLock lock(&mu_);
+        stopping = stopping_;
+        records.swap(records_);
+      }
+      if (fds[2].revents) {
+        uint64_t n;
+        (void)!::read(wake_.get(), &n, sizeof(n));
+      }
+      if (fds[0].revents || stopping) ReadInto(out_.get(), &out_buffer);
+      if (fds[1].revents || stopping) ReadInto(err_.get(), &err_buffer);
+      ForwardLines(v1::LogRecord::STDOUT, &out_buffer, stopping);
+      ForwardLines(v1::LogRecord::STDERR, &err_buffer, stopping);
+      for (v1::LogRecord& r : records) router_->SendLog(std::move(r));
+      if (stopping) break;
+      if (fds[3].revents & (POLLRDHUP | POLLHUP | POLLERR)) {
+        parent_lost = true;
+        on_parent_lost_(absl::UnavailableError("the parent link hung up"));
+      }
+    }
+  }
+
+  Router* const router_;
+  const std::function<void(const absl::Status&)> on_parent_lost_;
+  UniqueFd out_, err_, watch_, wake_;
+  std::thread thread_;
+  absl::Mutex mu_;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::deque<v1::LogRecord> records_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace
+
+bool IsAgentInvocation(int argc, char** argv) {
+  return argc >= 2 && std::strcmp(argv[1], "--grove-agent") == 0;
+}
+
+void RunAgent(int argc, char** argv, const Functions& functions) {
+  AgentFlags flags;
+  std::string error;
+  if (!ParseFlags(argc, argv, &flags, &error)) {
+    fprintf(stderr, "grove agent: %s\n", error.c_str());
+    _exit(2);
+  }
+  ::signal(SIGPIPE, SIG_IGN);
+  v1::ContextInfo& info = flags.info;
+  info.set_pid(::getpid());
+  info.set_host(HostName());
+  info.set_user(UserName());
+  if (info.name().empty()) info.set_name(absl::StrCat(info.method(), ".", ::getpid()));
+
+  Router::Options options;
+  options.self = info;
+  options.ancestors = flags.ancestors;
+  options.functions = &functions;
+  options.max_message_bytes = flags.max_message_bytes;
+  options.min_log_level = flags.min_log_level;
+  options.verbosity = flags.verbosity;
+  // Intentionally leaked: the process ends with _exit, never by destroying these.
+  auto* router = new Router(options);
+  auto* local = new LocalLauncher();
+  router->AddLauncher("local", local);
+
+  absl::Notification* end = new absl::Notification();
+  absl::Mutex* why_mu = new absl::Mutex();
+  absl::Status* why = new absl::Status();
+  auto finish = [end, why_mu, why](const absl::Status& reason) {
+    absl::MutexLock lock(why_mu);
+    if (end->HasBeenNotified()) return;
+    *why = reason;
+    end->Notify();
+  };
+  router->SetShutdownHandler(finish);
+
+  auto* io = new IoForwarder(router, flags.fd, finish);
+  if (absl::Status s = io->CaptureStdio(); !s.ok()) {
+    fprintf(stderr, "grove agent: cannot capture stdio: %s\n", s.ToString().c_str());
+    _exit(2);
+  }
+  google::InitGoogleLogging(argv[0]);
+  FLAGS_logtostderr = false;
+  FLAGS_alsologtostderr = false;
+  FLAGS_stderrthreshold = google::FATAL;
+  FLAGS_minloglevel = flags.min_log_level;
+  FLAGS_v = flags.verbosity;
+  for (int s = 0; s < google::NUM_SEVERITIES; ++s) google::SetLogDestination(s, "");
+  google::AddLogSink(io);
+
+  auto* service = new AgentService(
+      absl::StrCat("link to the parent of ", info.name()), flags.max_message_bytes,
+      [router, info](std::shared_ptr<GrpcServerLink> link) {
+        v1::Envelope hello;
+        hello.set_src(info.id());
+        hello.set_dst(info.parent());
+        *hello.mutable_hello()->mutable_info() = info;
+        link->Send(std::move(hello));
+        router->SetParentLink(std::move(link));
+      });
+  grpc::ServerBuilder builder;
+  builder.RegisterService(service);
+  builder.SetMaxReceiveMessageSize(LinkReceiveLimit(flags.max_message_bytes));
+  builder.SetMaxSendMessageSize(-1);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr) {
+    fprintf(stderr, "grove agent: cannot start the gRPC server\n");
+    _exit(2);
+  }
+  // The server side does not set O_NONBLOCK itself; without it every call hangs.
+  if (!SetNonBlocking(flags.fd, true).ok()) _exit(2);
+  io->StartThread();
+  grpc::AddInsecureChannelFromFd(server.get(), flags.fd);
+
+  end->WaitForNotification();
+  absl::Status reason;
+  {
+    absl::MutexLock lock(why_mu);
+    reason = *why;
+  }
+  VLOG(1) << "context " << info.name() << " shutting down: " << reason;
+  // Deepest first: children (and their subtrees) go before this context's last words.
+  router->StopAllChildren();
+  google::RemoveLogSink(io);
+  io->Stop();
+  router->Shutdown(reason);
+  ::fflush(nullptr);
+  _exit(0);
+}
+
+}  // namespace grove

@@ -1,0 +1,25 @@
+"""Bazel helpers for programs built on grove."""
+
+def grove_cc_proto(name, srcs, deps = [], visibility = None):
+    """C++ classes for `srcs` (.proto files in this package), generated with Debian's protoc.
+
+    Creates `name`, a cc_library whose headers are included as "<package>/<file>.pb.h".
+    `deps` are other grove_cc_proto targets whose protos these import.
+    """
+    outs = []
+    for src in srcs:
+        base = src[:-len(".proto")]
+        outs += [base + ".pb.cc", base + ".pb.h"]
+    native.genrule(
+        name = name + "_gen",
+        srcs = srcs,
+        outs = outs,
+        cmd = "/usr/bin/protoc -I$$(dirname $(location %s)) --cpp_out=$(RULEDIR) $(SRCS)" % srcs[0],
+    )
+    native.cc_library(
+        name = name,
+        srcs = [o for o in outs if o.endswith(".cc")],
+        hdrs = [o for o in outs if o.endswith(".h")],
+        deps = deps + ["@system//:grpc"],
+        visibility = visibility,
+    )

@@ -1,0 +1,112 @@
+#include "master/master.h"
+
+#include <pwd.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+
+#include "absl/strings/str_cat.h"
+#include "child/agent.h"
+#include "glog/logging.h"
+#include "router/hop.h"
+
+namespace grove {
+namespace {
+
+std::string HostName() {
+  char host[256] = {0};
+  ::gethostname(host, sizeof(host) - 1);
+  return host;
+}
+
+std::string UserName() {
+  struct passwd pw;
+  struct passwd* result = nullptr;
+  char buffer[4096];
+  if (::getpwuid_r(::geteuid(), &pw, buffer, sizeof(buffer), &result) == 0 && result) {
+    return pw.pw_name;
+  }
+  return absl::StrCat(::geteuid());
+}
+
+}  // namespace
+
+void LogToStderr(const ContextRecord& from, const v1::LogRecord& record) {
+  if (record.kind() == v1::LogRecord::GLOG) {
+    // Re-emitted here, keeping the child's file and line; never fatal in the master.
+    int severity = std::min<int>(record.severity(), google::ERROR);
+    google::LogMessage(record.file().c_str(), record.line(), severity).stream()
+        << "[" << from.name << "] " << record.text();
+    return;
+  }
+  std::string line = absl::StrCat("[", from.name, "] ", record.text(), "\n");
+  (void)!::write(2, line.data(), line.size());
+}
+
+Master::Master(const Functions& functions, MasterOptions options) : options_(std::move(options)) {
+  ::signal(SIGPIPE, SIG_IGN);
+  Router::Options router_options;
+  router_options.self.set_id(0);
+  router_options.self.set_name(options_.name);
+  router_options.self.set_parent(0);
+  router_options.self.set_method("master");
+  router_options.self.set_host(HostName());
+  router_options.self.set_pid(::getpid());
+  router_options.self.set_user(UserName());
+  router_options.functions = &functions;
+  router_options.max_message_bytes = options_.max_message_bytes;
+  router_options.min_log_level = FLAGS_minloglevel;
+  router_options.verbosity = FLAGS_v;
+  router_options.stop_grace = options_.stop_grace;
+  router_ = std::make_unique<Router>(std::move(router_options));
+  router_->AddLauncher("local", &local_launcher_);
+  router_->SetLogSink(options_.log_sink ? options_.log_sink : LogSink(LogToStderr));
+}
+
+Master::~Master() { Shutdown(); }
+
+void Master::Shutdown() { router_->Shutdown(absl::CancelledError("the master shut down")); }
+
+absl::StatusOr<Context> Master::Spawn(const std::string& hop, const CallOptions& options) {
+  return self().Spawn(hop, options);
+}
+
+absl::StatusOr<Context> Master::SpawnPath(const std::string& path, const CallOptions& options) {
+  absl::StatusOr<std::vector<Hop>> hops = ParsePath(path);
+  if (!hops.ok()) return hops.status();
+  Context current = self();
+  for (const Hop& hop : *hops) {
+    absl::StatusOr<Context> next = current.Spawn(hop.ToString(), options);
+    if (!next.ok()) return next.status();
+    current = *std::move(next);
+  }
+  return current;
+}
+
+absl::StatusOr<Context> Master::Find(ContextId id) {
+  if (id == kMasterId) return self();
+  std::optional<ContextRecord> record = registry().Find(id);
+  if (!record) return absl::NotFoundError(absl::StrCat("no context with id ", id.value()));
+  return Context(router_.get(), record->id, record->name);
+}
+
+absl::StatusOr<Context> Master::Find(const std::string& name) {
+  if (name == router_->name()) return self();
+  std::optional<ContextRecord> record = registry().FindByName(name);
+  if (!record) return absl::NotFoundError(absl::StrCat("no context named '", name, "'"));
+  return Context(router_.get(), record->id, record->name);
+}
+
+int Main(int argc, char** argv, const Functions& functions,
+         const std::function<int(Master&)>& body, MasterOptions options) {
+  if (IsAgentInvocation(argc, argv)) RunAgent(argc, argv, functions);
+  if (!google::IsGoogleLoggingInitialized()) {
+    google::InitGoogleLogging(argv[0]);
+    FLAGS_logtostderr = true;
+  }
+  Master master(functions, std::move(options));
+  return body(master);
+}
+
+}  // namespace grove

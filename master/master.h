@@ -1,0 +1,85 @@
+// Master: the root of a grove tree (context 0).
+//
+// It owns the router at the root, whose registry holds every context of the tree by id and
+// by name, hands out context ids, and receives every context's logs.
+//
+//   int main(int argc, char** argv) {
+//     grove::Functions functions;
+//     functions.Register<EchoRequest, EchoReply>("echo", Echo);
+//     return grove::Main(argc, argv, functions, [](grove::Master& master) {
+//       absl::StatusOr<grove::Context> child = master.Spawn("local");
+//       ...
+//       return 0;
+//     });
+//   }
+#ifndef GROVE_MASTER_MASTER_H_
+#define GROVE_MASTER_MASTER_H_
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "launch/local_launcher.h"
+#include "router/context.h"
+#include "router/functions.h"
+#include "router/registry.h"
+#include "router/router.h"
+
+namespace grove {
+
+struct MasterOptions {
+  std::string name = "master";
+  // Largest envelope on any link of the tree (inherited by every context).
+  int64_t max_message_bytes = kDefaultMaxMessageBytes;
+  // How long a context gets to exit on its own before SIGTERM, and again before SIGKILL.
+  absl::Duration stop_grace = absl::Seconds(2);
+  // Receives every context's stdout/stderr lines and glog records. The default writes
+  // "[name] line" to stderr and re-emits glog records through this process's glog.
+  LogSink log_sink;
+};
+
+// Thread-safe. The destructor shuts the whole tree down and reaps it.
+class Master {
+ public:
+  // `functions` must outlive the master.
+  explicit Master(const Functions& functions, MasterOptions options = {});
+  Master(const Master&) = delete;
+  Master& operator=(const Master&) = delete;
+  ~Master();
+
+  Router& router() { return *router_; }
+  Registry& registry() { return router_->registry(); }
+  Context self() { return Context(router_.get(), kMasterId, router_->name()); }
+
+  // Starts a child of the master ("local", "local,name=worker1").
+  absl::StatusOr<Context> Spawn(const std::string& hop, const CallOptions& options = {});
+  // Starts (or reuses, for prefixes already started with the same hops by this call) each
+  // hop of `path` as a child of the previous one, e.g. "local/local,name=deep". Returns the
+  // last.
+  absl::StatusOr<Context> SpawnPath(const std::string& path, const CallOptions& options = {});
+
+  // A context of the tree, live or gone. NOT_FOUND when unknown.
+  absl::StatusOr<Context> Find(ContextId id);
+  absl::StatusOr<Context> Find(const std::string& name);
+
+  // Takes the whole tree down, deepest first, and reaps it. Idempotent.
+  void Shutdown();
+
+ private:
+  MasterOptions options_;
+  LocalLauncher local_launcher_;
+  std::unique_ptr<Router> router_;
+};
+
+// The default log sink (see MasterOptions::log_sink).
+void LogToStderr(const ContextRecord& from, const v1::LogRecord& record);
+
+// Hands a program to grove: in a context started by grove this runs the agent and never
+// returns; otherwise it initialises glog, builds a Master and runs `body` with it.
+int Main(int argc, char** argv, const Functions& functions,
+         const std::function<int(Master&)>& body, MasterOptions options = {});
+
+}  // namespace grove
+
+#endif  // GROVE_MASTER_MASTER_H_
