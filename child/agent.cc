@@ -1,8 +1,10 @@
 #include "child/agent.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
@@ -39,6 +41,22 @@ struct AgentFlags {
   int min_log_level = 0;
   int verbosity = 0;
 };
+
+// A child holds no fd of its parent's but stdio and its link, even ones the parent's own code
+// opened without close-on-exec.
+void CloseInheritedFds(int link_fd) {
+  std::vector<int> fds;
+  if (DIR* dir = ::opendir("/proc/self/fd")) {
+    while (struct dirent* e = ::readdir(dir)) {
+      int fd;
+      if (absl::SimpleAtoi(e->d_name, &fd) && fd > 2 && fd != link_fd && fd != ::dirfd(dir)) {
+        fds.push_back(fd);
+      }
+    }
+    ::closedir(dir);
+  }
+  for (int fd : fds) ::close(fd);
+}
 
 bool ParseFlags(int argc, char** argv, AgentFlags* flags, std::string* error) {
   for (int i = 2; i < argc; ++i) {
@@ -129,7 +147,12 @@ class IoForwarder : public google::LogSink {
     return absl::OkStatus();
   }
 
-  void StartThread() { thread_ = std::thread([this] { Loop(); }); }
+  void StartThread() {
+    thread_ = std::thread([this] {
+      pthread_setname_np(pthread_self(), "grove-io");
+      Loop();
+    });
+  }
 
   // Forwards what is still buffered and stops the thread.
   void Stop() {
@@ -256,6 +279,7 @@ void RunAgent(int argc, char** argv, const Functions& functions) {
     _exit(2);
   }
   ::signal(SIGPIPE, SIG_IGN);
+  CloseInheritedFds(flags.fd);
   v1::ContextInfo& info = flags.info;
   info.set_pid(::getpid());
   info.set_host(HostName());

@@ -1,5 +1,7 @@
 #include "common/executor.h"
 
+#include <pthread.h>
+
 #include <utility>
 
 namespace grove {
@@ -35,6 +37,7 @@ int WorkerPool::threads() const {
 }
 
 void WorkerPool::Loop() {
+  pthread_setname_np(pthread_self(), "grove-worker");
   mu_.Lock();
   for (;;) {
     if (tasks_.empty()) {
@@ -98,6 +101,7 @@ bool Timer::Cancel(uint64_t id) {
 }
 
 void Timer::Loop() {
+  pthread_setname_np(pthread_self(), "grove-timer");
   absl::MutexLock lock(&mu_);
   while (!stopping_) {
     if (queue_.empty()) {

@@ -1,0 +1,138 @@
+#include "tests/leak_check.h"
+
+#include <dirent.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+
+namespace grove::testing {
+namespace {
+
+std::vector<std::string> ListDir(const std::string& path) {
+  std::vector<std::string> out;
+  DIR* dir = ::opendir(path.c_str());
+  if (dir == nullptr) return out;
+  while (struct dirent* e = ::readdir(dir)) {
+    std::string name = e->d_name;
+    if (name != "." && name != "..") out.push_back(name);
+  }
+  ::closedir(dir);
+  return out;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+}  // namespace
+
+ProcessState CaptureState() {
+  ProcessState state;
+  std::string self_fd = "/proc/self/fd";
+  int dir_fd = -1;
+  for (const std::string& fd : ListDir(self_fd)) {
+    char target[512] = {0};
+    ssize_t n = ::readlink((self_fd + "/" + fd).c_str(), target, sizeof(target) - 1);
+    if (n < 0) {
+      dir_fd = std::stoi(fd);  // The directory stream itself, closed by now.
+      continue;
+    }
+    state.fds.insert(absl::StrCat(fd, " -> ", target));
+  }
+  (void)dir_fd;
+  for (const std::string& task : ListDir("/proc/self/task")) {
+    std::string comm = ReadFile(absl::StrCat("/proc/self/task/", task, "/comm"));
+    if (!comm.empty() && comm.back() == '\n') comm.pop_back();
+    state.thread_names.push_back(comm);
+  }
+  std::sort(state.thread_names.begin(), state.thread_names.end());
+  // gRPC keeps process-wide threads of its own (timers, executors) while it is initialised,
+  // and sizes those pools by load: they are not grove's to count. Every thread grove starts
+  // is named "grove-*"; threads of the test itself keep the main thread's name.
+  const std::string main_name = state.thread_names.empty() ? "" :
+      ReadFile(absl::StrCat("/proc/self/task/", ::getpid(), "/comm"));
+  for (const std::string& name : state.thread_names) {
+    if (absl::StartsWith(name, "grove-") || absl::StrCat(name, "\n") == main_name) {
+      ++state.threads;
+    }
+  }
+  const pid_t self = ::getpid();
+  char exe[512] = {0};
+  ::readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+  for (const std::string& pid : ListDir("/proc")) {
+    int p = 0;
+    if (!absl::SimpleAtoi(pid, &p) || p == self) continue;
+    std::string stat = ReadFile(absl::StrCat("/proc/", pid, "/stat"));
+    size_t close = stat.rfind(')');
+    if (close == std::string::npos) continue;
+    std::istringstream rest(stat.substr(close + 2));
+    std::string st;
+    int ppid = 0;
+    rest >> st >> ppid;
+    char their_exe[512] = {0};
+    ::readlink(absl::StrCat("/proc/", pid, "/exe").c_str(), their_exe, sizeof(their_exe) - 1);
+    bool agent = st != "Z" && std::string(their_exe) == exe;
+    if (ppid != self && !agent) continue;
+    std::string cmdline = ReadFile(absl::StrCat("/proc/", pid, "/cmdline"));
+    for (char& c : cmdline) {
+      if (c == '\0') c = ' ';
+    }
+    std::string line = absl::StrCat(pid, " ", st, " ", cmdline.substr(0, 120));
+    if (ppid == self) state.children.push_back(line);
+    if (agent) state.agents.push_back(line);
+  }
+  return state;
+}
+
+void GroveTest::SetUp() { before_ = CaptureState(); }
+
+void GroveTest::TearDown() {
+  ProcessState after;
+  absl::Time deadline = absl::Now() + absl::Seconds(10);
+  for (;;) {
+    after = CaptureState();
+    bool clean = after.children.empty() && after.agents.empty() &&
+                 after.threads <= before_.threads &&
+                 after.fds == before_.fds;
+    if (clean || absl::Now() > deadline) break;
+    absl::SleepFor(absl::Milliseconds(20));  // Polling /proc: nothing to wait on.
+  }
+  EXPECT_TRUE(after.children.empty())
+      << "processes left behind:\n  " << absl::StrJoin(after.children, "\n  ");
+  EXPECT_TRUE(after.agents.empty())
+      << "agents of this test still running:\n  " << absl::StrJoin(after.agents, "\n  ");
+  EXPECT_LE(after.threads, before_.threads) << "threads left behind: before [" << absl::StrJoin(before_.thread_names, ", ")
+      << "], after [" << absl::StrJoin(after.thread_names, ", ") << "]";
+  std::vector<std::string> leaked, closed;
+  for (const std::string& fd : after.fds) {
+    if (!before_.fds.count(fd)) leaked.push_back(fd);
+  }
+  for (const std::string& fd : before_.fds) {
+    if (!after.fds.count(fd)) closed.push_back(fd);
+  }
+  EXPECT_TRUE(leaked.empty()) << "fds left open:\n  " << absl::StrJoin(leaked, "\n  ");
+  EXPECT_TRUE(closed.empty()) << "fds closed that the test did not open:\n  "
+                              << absl::StrJoin(closed, "\n  ");
+  // Never leave a leak to the next test: kill and reap whatever is left.
+  for (const std::string& agent : after.agents) ::kill(std::stoi(agent), SIGKILL);
+  for (const std::string& child : after.children) {
+    pid_t pid = std::stoi(child);
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, nullptr, 0);
+  }
+}
+
+}  // namespace grove::testing

@@ -1,0 +1,40 @@
+// The fixture every multi-process test uses: it fails a test that leaves processes, zombies,
+// threads or fds behind.
+#ifndef GROVE_TESTS_LEAK_CHECK_H_
+#define GROVE_TESTS_LEAK_CHECK_H_
+
+#include <set>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace grove::testing {
+
+// Snapshot of what this process holds.
+struct ProcessState {
+  std::set<std::string> fds;   // "fd -> target"
+  int threads = 0;
+  std::vector<std::string> thread_names;
+  std::vector<std::string> children;  // "pid state cmdline" of direct children
+  // Live processes (not zombies) other than this one running this same binary: agents of
+  // this test, wherever they were reparented.
+  std::vector<std::string> agents;
+};
+
+ProcessState CaptureState();
+
+// Compares the state after the test with the one before, waiting (up to 10 s) for things that
+// end asynchronously (gRPC threads, exiting children) to settle; reaps leaked children.
+class GroveTest : public ::testing::Test {
+ protected:
+  void SetUp() override;
+  void TearDown() override;
+
+ private:
+  ProcessState before_;
+};
+
+}  // namespace grove::testing
+
+#endif  // GROVE_TESTS_LEAK_CHECK_H_

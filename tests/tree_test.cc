@@ -1,0 +1,467 @@
+// The foundation, tested with real processes: links, calls, nesting, the registry,
+// disconnects, shutdown, stdio and logs, policy and bad input.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <future>
+#include <set>
+#include <sstream>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "common/status_util.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "master/master.h"
+#include "tests/leak_check.h"
+#include "tests/log_collector.h"
+#include "tests/test.pb.h"
+#include "tests/test_functions.h"
+
+namespace grove::testing {
+namespace {
+
+using ::testing::HasSubstr;
+
+test::Echo MakeEcho(const std::string& text) {
+  test::Echo e;
+  e.set_text(text);
+  return e;
+}
+
+CallOptions Timeout(absl::Duration d) {
+  CallOptions o;
+  o.timeout = d;
+  return o;
+}
+
+std::string Readlink(const std::string& path) {
+  char buffer[512] = {0};
+  ssize_t n = ::readlink(path.c_str(), buffer, sizeof(buffer) - 1);
+  return n < 0 ? "" : std::string(buffer, n);
+}
+
+class TreeTest : public GroveTest {
+ protected:
+  MasterOptions Options() {
+    MasterOptions options;
+    options.log_sink = logs_.Sink();
+    return options;
+  }
+  LogCollector logs_;
+};
+
+// ---- 1. Links ----
+
+TEST_F(TreeTest, ChildIsThisBinaryAndHoldsOnlyItsLinkAndStdio) {
+  // An fd opened without close-on-exec by the program must not reach the child.
+  int leaky = ::open("/proc/self/exe", O_RDONLY);
+  ASSERT_GE(leaky, 0);
+  {
+    Master master(TestFunctions(), Options());
+    absl::StatusOr<Context> child = master.Spawn("local");
+    ASSERT_TRUE(child.ok()) << child.status();
+    absl::StatusOr<v1::InfoReply> info = child->Info();
+    ASSERT_TRUE(info.ok()) << info.status();
+    const std::string proc = absl::StrCat("/proc/", info->pid());
+    EXPECT_EQ(Readlink(proc + "/exe"), Readlink("/proc/self/exe"));
+    EXPECT_EQ(Readlink(proc + "/fd/0"), "/dev/null");
+    EXPECT_EQ(Readlink(proc + "/fd/" + std::to_string(leaky)).find("/proc"), std::string::npos);
+    // No TCP socket anywhere in the child: it listens on no port.
+    std::ifstream tcp("/proc/net/tcp");
+    std::stringstream tcp_text;
+    tcp_text << tcp.rdbuf();
+    for (int fd = 0; fd < 256; ++fd) {
+      std::string target = Readlink(absl::StrCat(proc, "/fd/", fd));
+      if (!absl::StartsWith(target, "socket:[")) continue;
+      std::string inode = target.substr(8, target.size() - 9);
+      EXPECT_THAT(tcp_text.str(), ::testing::Not(HasSubstr(" " + inode + " ")));
+    }
+  }
+  ::close(leaky);
+}
+
+TEST_F(TreeTest, ManyCallsInFlightOnOneLink) {
+  Master master(TestFunctions(), Options());
+  absl::StatusOr<Context> child = master.Spawn("local");
+  ASSERT_TRUE(child.ok()) << child.status();
+  std::vector<std::future<absl::StatusOr<test::Echo>>> calls;
+  for (int i = 0; i < 2000; ++i) {
+    calls.push_back(child->CallAsync<test::Echo>("echo", MakeEcho(std::to_string(i))));
+  }
+  for (int i = 0; i < 2000; ++i) {
+    absl::StatusOr<test::Echo> reply = calls[i].get();
+    ASSERT_TRUE(reply.ok()) << reply.status();
+    EXPECT_EQ(reply->text(), child->name() + ": " + std::to_string(i));
+  }
+}
+
+// ---- 2. Functions and calls ----
+
+TEST_F(TreeTest, RemoteErrorKeepsCodeAndMessageAndNamesItsContext) {
+  Master master(TestFunctions(), Options());
+  absl::StatusOr<Context> child = master.Spawn("local,name=middle");
+  ASSERT_TRUE(child.ok()) << child.status();
+  absl::StatusOr<Context> leaf = child->Spawn("local,name=leaf");
+  ASSERT_TRUE(leaf.ok()) << leaf.status();
+  test::FailRequest fail;
+  fail.set_code(static_cast<int>(absl::StatusCode::kFailedPrecondition));
+  fail.set_message("the disk is not mounted");
+  absl::StatusOr<test::Echo> direct = leaf->Call<test::Echo>("fail", fail);
+  EXPECT_EQ(direct.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(direct.status().message(), HasSubstr("the disk is not mounted"));
+  EXPECT_EQ(OriginOf(direct.status()), "leaf");
+
+  // Through a function in the middle that calls the leaf: the origin stays the leaf.
+  test::Forward forward;
+  forward.set_target(leaf->id().value());
+  forward.set_function("fail");
+  absl::StatusOr<test::Echo> nested = child->Call<test::Echo>(
+      "forward", forward);  // forward's argument is Echo, not FailRequest:
+  EXPECT_EQ(nested.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(OriginOf(nested.status()), "leaf");
+  EXPECT_THAT(nested.status().message(), HasSubstr("takes grove.test.FailRequest"));
+}
+
+TEST_F(TreeTest, DeadlineCrossesHopsAndCancelsTheCallee) {
+  Master master(TestFunctions(), Options());
+  absl::StatusOr<Context> leaf = master.SpawnPath("local/local/local");
+  ASSERT_TRUE(leaf.ok()) << leaf.status();
+  v1::SleepRequest sleep;
+  sleep.set_ms(60000);
+  absl::StatusOr<v1::Empty> slept =
+      leaf->Call<v1::Empty>("grove.sleep", sleep, Timeout(absl::Milliseconds(200)));
+  EXPECT_EQ(slept.status().code(), absl::StatusCode::kDeadlineExceeded) << slept.status();
+  EXPECT_EQ(master.router().pending_calls(), 0u);
+  // The link is fine afterwards.
+  EXPECT_TRUE(leaf->Ping(Timeout(absl::Seconds(10))).ok());
+}
+
+TEST_F(TreeTest, CancellationCrossesHops) {
+  Master master(TestFunctions(), Options());
+  absl::StatusOr<Context> leaf = master.SpawnPath("local/local");
+  ASSERT_TRUE(leaf.ok()) << leaf.status();
+  v1::SleepRequest sleep;
+  sleep.set_ms(60000);
+  CancelSource cancel;
+  CallOptions options;
+  options.cancel = &cancel;
+  auto call = leaf->CallAsync<v1::Empty>("grove.sleep", sleep, options);
+  ASSERT_TRUE(leaf->Ping(Timeout(absl::Seconds(10))).ok());  // The sleep is running.
+  cancel.Cancel();
+  EXPECT_EQ(call.get().status().code(), absl::StatusCode::kCancelled);
+}
+
+TEST_F(TreeTest, BuiltinsPingInfoRun) {
+  Master master(TestFunctions(), Options());
+  absl::StatusOr<Context> child = master.Spawn("local,name=worker1");
+  ASSERT_TRUE(child.ok()) << child.status();
+  EXPECT_TRUE(child->Ping().ok());
+  absl::StatusOr<v1::InfoReply> info = child->Info();
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->id(), child->id().value());
+  EXPECT_EQ(info->name(), "worker1");
+  EXPECT_EQ(info->parent(), 0u);
+  EXPECT_NE(info->pid(), ::getpid());
+  EXPECT_FALSE(info->host().empty());
+  EXPECT_FALSE(info->user().empty());
+
+  v1::RunRequest run;
+  run.add_argv("sh");
+  run.add_argv("-c");
+  run.add_argv("cat; echo \"$GREETING\" \"$(pwd)\"; echo oops >&2; exit 3");
+  run.add_env("GREETING=hi");
+  run.set_cwd("/tmp");
+  run.set_stdin("from stdin\n");
+  absl::StatusOr<v1::RunReply> ran = child->Run(run);
+  ASSERT_TRUE(ran.ok()) << ran.status();
+  EXPECT_EQ(ran->exit_status(), 3);
+  EXPECT_EQ(ran->stdout(), "from stdin\nhi /tmp\n");
+  EXPECT_EQ(ran->stderr(), "oops\n");
+
+  v1::RunRequest missing;
+  missing.add_argv("/nonexistent/program");
+  absl::StatusOr<v1::RunReply> not_run = child->Run(missing);
+  EXPECT_EQ(not_run.status().code(), absl::StatusCode::kNotFound) << not_run.status();
+  EXPECT_EQ(OriginOf(not_run.status()), "worker1");
+}
+
+// ---- 3. Nesting ----
+
+TEST_F(TreeTest, DepthTenChainAnswersByIdAndName) {
+  Master master(TestFunctions(), Options());
+  std::string path = "local";
+  for (int i = 2; i <= 10; ++i) path += (i == 10 ? "/local,name=deepest" : "/local");
+  absl::StatusOr<Context> deepest = master.SpawnPath(path);
+  ASSERT_TRUE(deepest.ok()) << deepest.status();
+  absl::StatusOr<Context> by_name = master.Find("deepest");
+  ASSERT_TRUE(by_name.ok()) << by_name.status();
+  EXPECT_EQ(by_name->id(), deepest->id());
+  absl::StatusOr<test::Echo> reply = by_name->Call<test::Echo>("echo", MakeEcho("down there"));
+  ASSERT_TRUE(reply.ok()) << reply.status();
+  EXPECT_EQ(reply->text(), "deepest: down there");
+  absl::StatusOr<Context> by_id = master.Find(deepest->id());
+  ASSERT_TRUE(by_id.ok());
+  EXPECT_TRUE(by_id->Ping().ok());
+  // Depth: walk parents from the deepest to the master.
+  int depth = 0;
+  for (ContextId id = deepest->id(); id != kMasterId; ++depth) {
+    id = master.registry().Find(id)->parent;
+  }
+  EXPECT_EQ(depth, 10);
+}
+
+// ---- 4. Registry ----
+
+TEST_F(TreeTest, RegistryHoldsContextsChildrenStartedOnTheirOwn) {
+  Master master(TestFunctions(), Options());
+  std::vector<RegistryEvent> events;
+  absl::Mutex mu;
+  master.registry().Subscribe([&](const RegistryEvent& e) {
+    absl::MutexLock lock(&mu);
+    events.push_back(e);
+  });
+  absl::StatusOr<Context> child = master.Spawn("local");
+  ASSERT_TRUE(child.ok()) << child.status();
+  // Code running in the child starts a child of its own.
+  test::Forward forward;
+  forward.set_target(child->id().value());
+  // The child calls grove.spawn on itself: a spawn the master did not ask its router for.
+  absl::StatusOr<Context> grandchild = child->Spawn("local,name=started-by-child");
+  ASSERT_TRUE(grandchild.ok()) << grandchild.status();
+
+  std::optional<ContextRecord> record = master.registry().FindByName("started-by-child");
+  ASSERT_TRUE(record.has_value());
+  EXPECT_EQ(record->parent, child->id());
+  EXPECT_EQ(record->method, "local");
+  EXPECT_EQ(record->state, ContextState::kConnected);
+  EXPECT_GT(record->pid, 0);
+  // Default names are descriptive.
+  std::optional<ContextRecord> first = master.registry().Find(child->id());
+  ASSERT_TRUE(first.has_value());
+  EXPECT_EQ(first->name, absl::StrCat("local.", first->pid));
+  // Ids: unique, and the grandchild's comes from a block the child got from the master.
+  absl::StatusOr<Context> second = master.Spawn("local");
+  ASSERT_TRUE(second.ok());
+  std::set<uint64_t> ids = {child->id().value(), grandchild->id().value(),
+                            second->id().value()};
+  EXPECT_EQ(ids.size(), 3u);
+  {
+    absl::MutexLock lock(&mu);
+    ASSERT_EQ(events.size(), 3u);
+    EXPECT_EQ(events[1].record.name, "started-by-child");
+  }
+}
+
+TEST_F(TreeTest, IdsAreNeverReused) {
+  Master master(TestFunctions(), Options());
+  std::set<uint64_t> ids;
+  for (int i = 0; i < 5; ++i) {
+    absl::StatusOr<Context> child = master.Spawn("local,name=again");
+    ASSERT_TRUE(child.ok()) << child.status();
+    EXPECT_TRUE(ids.insert(child->id().value()).second);
+    ASSERT_TRUE(child->Shutdown().ok());
+  }
+}
+
+TEST_F(TreeTest, DuplicateExplicitNameIsRefused) {
+  Master master(TestFunctions(), Options());
+  ASSERT_TRUE(master.Spawn("local,name=twin").ok());
+  absl::StatusOr<Context> second = master.Spawn("local,name=twin");
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kAlreadyExists) << second.status();
+}
+
+// ---- 5. Disconnects ----
+
+TEST_F(TreeTest, KilledContextFailsPendingCallsAndMarksItsSubtreeGone) {
+  Master master(TestFunctions(), Options());
+  absl::StatusOr<Context> middle = master.Spawn("local,name=doomed");
+  ASSERT_TRUE(middle.ok()) << middle.status();
+  absl::StatusOr<Context> leaf = middle->Spawn("local,name=doomed-leaf");
+  ASSERT_TRUE(leaf.ok()) << leaf.status();
+  absl::StatusOr<Context> other = master.Spawn("local,name=survivor");
+  ASSERT_TRUE(other.ok()) << other.status();
+
+  v1::SleepRequest sleep;
+  sleep.set_ms(60000);
+  auto to_leaf = leaf->CallAsync<v1::Empty>("grove.sleep", sleep);
+  auto to_middle = middle->CallAsync<v1::Empty>("grove.sleep", sleep);
+  ASSERT_TRUE(leaf->Ping().ok());
+  absl::StatusOr<v1::InfoReply> info = middle->Info();
+  ASSERT_TRUE(info.ok());
+  ASSERT_EQ(::kill(info->pid(), SIGKILL), 0);
+
+  absl::StatusOr<v1::Empty> leaf_result = to_leaf.get();
+  EXPECT_EQ(leaf_result.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(leaf_result.status().message(), HasSubstr("doomed"));
+  absl::StatusOr<v1::Empty> middle_result = to_middle.get();
+  EXPECT_EQ(middle_result.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(middle_result.status().message(), HasSubstr("killed by signal 9"));
+
+  EXPECT_EQ(master.registry().Find(middle->id())->state, ContextState::kGone);
+  EXPECT_EQ(master.registry().Find(leaf->id())->state, ContextState::kGone);
+  EXPECT_THAT(master.registry().Find(leaf->id())->reason, HasSubstr("doomed"));
+  // Gone contexts fail at once; the other subtree works.
+  EXPECT_EQ(leaf->Ping().code(), absl::StatusCode::kUnavailable);
+  EXPECT_TRUE(other->Ping().ok());
+}
+
+TEST_F(TreeTest, CrashIsReportedWithItsSignal) {
+  Master master(TestFunctions(), Options());
+  absl::StatusOr<Context> child = master.Spawn("local,name=crasher");
+  ASSERT_TRUE(child.ok()) << child.status();
+  absl::StatusOr<test::Echo> r = child->Call<test::Echo>("crash", MakeEcho(""));
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(r.status().message(), HasSubstr("crasher"));
+  EXPECT_THAT(r.status().message(), HasSubstr("signal 6"));
+}
+
+// ---- 6. Shutdown and reaping ----
+
+TEST_F(TreeTest, ShutdownTakesOneSubtreeDownAndLeavesTheRest) {
+  Master master(TestFunctions(), Options());
+  absl::StatusOr<Context> a = master.Spawn("local,name=a");
+  absl::StatusOr<Context> b = master.Spawn("local,name=b");
+  ASSERT_TRUE(a.ok() && b.ok());
+  absl::StatusOr<Context> a1 = a->Spawn("local,name=a1");
+  absl::StatusOr<Context> a2 = a1->Spawn("local,name=a2");
+  ASSERT_TRUE(a1.ok() && a2.ok());
+  std::vector<int64_t> pids;
+  for (const Context& c : {*a, *a1, *a2}) pids.push_back(c.Info()->pid());
+
+  ASSERT_TRUE(a1->Shutdown().ok());  // Its parent (a) stops it.
+  EXPECT_EQ(master.registry().Find(a1->id())->state, ContextState::kGone);
+  EXPECT_EQ(master.registry().Find(a2->id())->state, ContextState::kGone);
+  EXPECT_NE(::kill(static_cast<pid_t>(pids[1]), 0), 0);  // Reaped, not a zombie.
+  EXPECT_NE(::kill(static_cast<pid_t>(pids[2]), 0), 0);
+  EXPECT_TRUE(a->Ping().ok());
+  EXPECT_TRUE(b->Ping().ok());
+  absl::StatusOr<test::Echo> after = a2->Call<test::Echo>("echo", MakeEcho(""));
+  EXPECT_EQ(after.status().code(), absl::StatusCode::kUnavailable);
+}
+
+// ---- 7. Stdio and logs ----
+
+TEST_F(TreeTest, StdoutStderrAndGlogReachTheMasterTagged) {
+  Master master(TestFunctions(), Options());
+  absl::StatusOr<Context> child = master.SpawnPath("local/local,name=talker");
+  ASSERT_TRUE(child.ok()) << child.status();
+  test::PrintRequest print;
+  print.set_line("to stdout");
+  ASSERT_TRUE(child->Call<test::Count>("print", print).ok());
+  print.set_line("to stderr");
+  print.set_to_stderr(true);
+  ASSERT_TRUE(child->Call<test::Count>("print", print).ok());
+  print.set_line("through glog");
+  print.set_glog(true);
+  ASSERT_TRUE(child->Call<test::Count>("print", print).ok());
+  v1::RunRequest run;
+  run.add_argv("echo");
+  run.add_argv("from a command");
+  run.set_output(v1::RunRequest::INHERIT);
+  ASSERT_TRUE(child->Run(run).ok());
+
+  auto has = [&](v1::LogRecord::Kind kind, const std::string& text) {
+    return logs_.WaitFor(
+        [&](const CollectedLog& l) {
+          return l.context == "talker" && l.record.kind() == kind && l.record.text() == text;
+        },
+        absl::Seconds(10));
+  };
+  EXPECT_TRUE(has(v1::LogRecord::STDOUT, "to stdout"));
+  EXPECT_TRUE(has(v1::LogRecord::STDERR, "to stderr"));
+  EXPECT_TRUE(has(v1::LogRecord::GLOG, "through glog"));
+  EXPECT_TRUE(has(v1::LogRecord::STDOUT, "from a command"));
+}
+
+TEST_F(TreeTest, OneMebibyteOfStdoutNeitherBlocksNorCorruptsTheLink) {
+  Master master(TestFunctions(), Options());
+  absl::StatusOr<Context> child = master.Spawn("local");
+  ASSERT_TRUE(child.ok()) << child.status();
+  test::PrintRequest print;
+  print.set_bytes(1 << 20);
+  absl::StatusOr<test::Count> printed =
+      child->Call<test::Count>("print", print, Timeout(absl::Seconds(30)));
+  ASSERT_TRUE(printed.ok()) << printed.status();
+  // Every byte but the newlines arrives as text.
+  EXPECT_TRUE(logs_.WaitForBytes((1 << 20) - (1 << 20) / 4096, absl::Seconds(30)));
+  absl::StatusOr<test::Echo> echo = child->Call<test::Echo>("echo", MakeEcho("still fine"));
+  ASSERT_TRUE(echo.ok()) << echo.status();
+}
+
+// ---- 8. Policy ----
+
+TEST_F(TreeTest, ChildrenMayCallUpOrSidewaysOnlyWhereAllowed) {
+  Master master(TestFunctions(), Options());
+  absl::StatusOr<Context> child = master.Spawn("local,name=kid");
+  absl::StatusOr<Context> sibling = master.Spawn("local,name=sib");
+  ASSERT_TRUE(child.ok() && sibling.ok());
+  auto forward = [&](uint64_t target, const std::string& function) {
+    test::Forward f;
+    f.set_target(target);
+    f.set_function(function);
+    return child->Call<test::Echo>("forward", f, Timeout(absl::Seconds(10)));
+  };
+  absl::StatusOr<test::Echo> up = forward(0, "echo");
+  EXPECT_EQ(up.status().code(), absl::StatusCode::kPermissionDenied) << up.status();
+  EXPECT_THAT(up.status().message(), HasSubstr("may not call 'echo'"));
+  EXPECT_TRUE(forward(0, "for_descendants").ok());
+  EXPECT_EQ(forward(sibling->id().value(), "echo").status().code(),
+            absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(forward(sibling->id().value(), "for_descendants").status().code(),
+            absl::StatusCode::kPermissionDenied);
+  EXPECT_TRUE(forward(sibling->id().value(), "for_anyone").ok());
+  // The run built-in is never callable from below.
+  EXPECT_EQ(forward(0, "grove.run").status().code(), absl::StatusCode::kPermissionDenied);
+}
+
+// ---- 9. Bad input ----
+
+TEST_F(TreeTest, UnknownFunctionContextOrUndecodableArgumentIsAClearError) {
+  Master master(TestFunctions(), Options());
+  absl::StatusOr<Context> child = master.Spawn("local,name=strict");
+  ASSERT_TRUE(child.ok()) << child.status();
+  absl::StatusOr<test::Echo> unknown = child->Call<test::Echo>("no_such_function", MakeEcho(""));
+  EXPECT_EQ(unknown.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(unknown.status().message(), HasSubstr("no function 'no_such_function'"));
+  EXPECT_THAT(unknown.status().message(), HasSubstr("strict"));
+
+  Context nobody(&master.router(), ContextId(987654), "nobody");
+  EXPECT_EQ(nobody.Ping().code(), absl::StatusCode::kNotFound);
+
+  std::promise<absl::StatusOr<std::string>> raw;
+  child->CallRaw("echo", "grove.test.Echo", std::string("\xff\xff\xff\xff", 4), {},
+                 [&](absl::StatusOr<std::string> r) { raw.set_value(std::move(r)); });
+  absl::StatusOr<std::string> garbage = raw.get_future().get();
+  EXPECT_EQ(garbage.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(garbage.status().message(), HasSubstr("cannot decode"));
+  EXPECT_TRUE(child->Ping().ok());
+}
+
+TEST_F(TreeTest, OversizedMessagesAreRefusedAndTheLimitIsInherited) {
+  MasterOptions options = Options();
+  options.max_message_bytes = 1 << 20;
+  Master master(TestFunctions(), options);
+  absl::StatusOr<Context> child = master.Spawn("local");
+  ASSERT_TRUE(child.ok()) << child.status();
+  test::Echo big;
+  big.set_payload(std::string(2 << 20, 'x'));
+  absl::StatusOr<test::Echo> refused = child->Call<test::Echo>("echo", big);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted);
+  // The child has the same limit: a result over it is refused there, and the link survives.
+  v1::RunRequest run;
+  run.add_argv("head");
+  run.add_argv("-c");
+  run.add_argv("2000000");
+  run.add_argv("/dev/zero");
+  absl::StatusOr<v1::RunReply> too_big = child->Run(run);
+  EXPECT_EQ(too_big.status().code(), absl::StatusCode::kResourceExhausted) << too_big.status();
+  EXPECT_TRUE(child->Ping().ok());
+}
+
+}  // namespace
+}  // namespace grove::testing

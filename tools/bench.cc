@@ -1,0 +1,215 @@
+// grove bench: the figures in the README, measured on local contexts.
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <fstream>
+#include <set>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/notification.h"
+#include "google/protobuf/wrappers.pb.h"
+#include "tools/cli.h"
+
+namespace grove::cli {
+namespace {
+
+struct Emitter {
+  bool json = false;
+  std::set<std::string> only;
+  bool Wants(const std::string& metric) const { return only.empty() || only.count(metric); }
+  void Emit(const std::string& metric, double value, const std::string& unit) const {
+    if (json) {
+      printf("{\"peer\":\"grove\",\"metric\":\"%s\",\"value\":%.2f,\"unit\":\"%s\"}\n",
+             metric.c_str(), value, unit.c_str());
+    } else {
+      printf("%-28s %12.2f %s\n", metric.c_str(), value, unit.c_str());
+    }
+    fflush(stdout);
+  }
+};
+
+double Percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  size_t i = std::min(v.size() - 1, static_cast<size_t>(p * (v.size() - 1) + 0.5));
+  return v[i];
+}
+
+double Ms(absl::Duration d) { return absl::ToDoubleMilliseconds(d); }
+
+int64_t RssKib(int64_t pid) {
+  std::ifstream status(absl::StrCat("/proc/", pid, "/status"));
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::atoll(line.c_str() + 6);
+  }
+  return -1;
+}
+
+// Median and p99 round trip of `calls` pings after a warm-up.
+std::vector<double> PingTimes(const Context& c, int calls) {
+  for (int i = 0; i < 200; ++i) c.Ping().IgnoreError();
+  std::vector<double> us;
+  us.reserve(calls);
+  for (int i = 0; i < calls; ++i) {
+    absl::Time t = absl::Now();
+    if (!c.Ping().ok()) break;
+    us.push_back(absl::ToDoubleMicroseconds(absl::Now() - t));
+  }
+  return us;
+}
+
+// Keeps `in_flight` pings outstanding for `duration`; returns completions per second.
+double Throughput(const Context& c, int in_flight, absl::Duration duration) {
+  std::atomic<int64_t> completed{0};
+  std::atomic<bool> stop{false};
+  std::atomic<int> outstanding{0};
+  absl::Notification drained;
+  std::function<void()> issue;
+  const std::string type = v1::Empty::descriptor()->full_name();
+  issue = [&] {
+    outstanding.fetch_add(1);
+    c.CallRaw("grove.ping", type, "", {}, [&](absl::StatusOr<std::string> r) {
+      if (r.ok()) completed.fetch_add(1, std::memory_order_relaxed);
+      if (!stop.load() && r.ok()) issue();
+      if (outstanding.fetch_sub(1) == 1 && stop.load()) drained.Notify();
+    });
+  };
+  for (int i = 0; i < 2000; ++i) c.Ping().IgnoreError();  // Warm-up.
+  absl::Time start = absl::Now();
+  int64_t base = completed.load();
+  for (int i = 0; i < in_flight; ++i) issue();
+  absl::SleepFor(duration);  // The measurement window itself.
+  int64_t done = completed.load() - base;
+  absl::Duration elapsed = absl::Now() - start;
+  stop.store(true);
+  if (outstanding.load() > 0) drained.WaitForNotificationWithTimeout(absl::Seconds(10));
+  return static_cast<double>(done) / absl::ToDoubleSeconds(elapsed);
+}
+
+}  // namespace
+
+int Bench(Master& master, const std::vector<std::string>& args) {
+  Emitter out;
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i] == "--json") {
+      out.json = true;
+    } else if (args[i] == "--only" && i + 1 < args.size()) {
+      for (absl::string_view m : absl::StrSplit(args[++i], ',', absl::SkipEmpty())) {
+        out.only.insert(std::string(m));
+      }
+    } else {
+      fprintf(stderr, "grove bench: unknown argument %s\n", args[i].c_str());
+      return 2;
+    }
+  }
+  CallOptions timeout;
+  timeout.timeout = absl::Seconds(60);
+
+  if (out.Wants("rtt_us") || out.Wants("rtt_p99_us") || out.Wants("calls_per_s_concurrent") ||
+      out.Wants("rss_per_child_kib")) {
+    absl::StatusOr<Context> child = master.Spawn("local,name=bench");
+    if (!child.ok()) return (fprintf(stderr, "%s\n", child.status().ToString().c_str()), 1);
+    if (out.Wants("rss_per_child_kib")) {
+      absl::StatusOr<v1::InfoReply> info = child->Info();
+      // Idle: measured before any load.
+      if (info.ok()) out.Emit("rss_per_child_kib", RssKib(info->pid()), "KiB");
+    }
+    if (out.Wants("rtt_us") || out.Wants("rtt_p99_us")) {
+      std::vector<double> us = PingTimes(*child, 2000);
+      if (out.Wants("rtt_us")) out.Emit("rtt_us", Percentile(us, 0.5), "us");
+      if (out.Wants("rtt_p99_us")) out.Emit("rtt_p99_us", Percentile(us, 0.99), "us");
+    }
+    if (out.Wants("calls_per_s_concurrent")) {
+      out.Emit("calls_per_s_concurrent", Throughput(*child, 256, absl::Seconds(2)), "calls/s");
+    }
+    child->Shutdown().IgnoreError();
+  }
+  if (out.Wants("spawn_local_ms")) {
+    std::vector<double> ms;
+    for (int i = 0; i < 11; ++i) {
+      absl::Time t = absl::Now();
+      absl::StatusOr<Context> child = master.Spawn("local");
+      if (!child.ok() || !child->Ping().ok()) return 1;
+      if (i > 0) ms.push_back(Ms(absl::Now() - t));  // The first warms the page cache.
+      child->Shutdown().IgnoreError();
+    }
+    out.Emit("spawn_local_ms", Percentile(ms, 0.5), "ms");
+  }
+  if (out.Wants("fanout_32_ms")) {
+    absl::Time t = absl::Now();
+    std::vector<std::thread> threads;
+    std::vector<absl::StatusOr<Context>> children(32, absl::UnknownError(""));
+    for (int i = 0; i < 32; ++i) {
+      threads.emplace_back([&, i] {
+        children[i] = master.Spawn("local");
+        if (children[i].ok()) {
+          if (absl::Status s = children[i]->Ping(); !s.ok()) children[i] = s;
+        }
+      });
+    }
+    for (auto& th : threads) th.join();
+    double elapsed = Ms(absl::Now() - t);
+    for (auto& c : children) {
+      if (!c.ok()) return (fprintf(stderr, "%s\n", c.status().ToString().c_str()), 1);
+    }
+    out.Emit("fanout_32_ms", elapsed, "ms");
+    master.router().StopAllChildren();
+  }
+  if (out.Wants("nested_depth4_rtt_us")) {
+    absl::StatusOr<Context> leaf = master.SpawnPath("local/local/local/local");
+    if (!leaf.ok()) return (fprintf(stderr, "%s\n", leaf.status().ToString().c_str()), 1);
+    out.Emit("nested_depth4_rtt_us", Percentile(PingTimes(*leaf, 2000), 0.5), "us");
+    master.router().StopAllChildren();
+  }
+  if (out.Wants("transfer_100MiB_MBps")) {
+    absl::StatusOr<Context> child = master.Spawn("local");
+    if (!child.ok()) return 1;
+    google::protobuf::BytesValue chunk;
+    chunk.set_value(std::string(1 << 20, 'g'));
+    const int kChunks = 100, kInFlight = 8;
+    absl::Time t = absl::Now();
+    std::vector<std::future<absl::StatusOr<google::protobuf::Int64Value>>> calls;
+    int64_t received = 0;
+    for (int i = 0; i < kChunks; ++i) {
+      calls.push_back(child->CallAsync<google::protobuf::Int64Value>("bench.sink", chunk));
+      if (calls.size() >= kInFlight) {
+        auto r = calls.front().get();
+        calls.erase(calls.begin());
+        if (!r.ok()) return (fprintf(stderr, "%s\n", r.status().ToString().c_str()), 1);
+        received += r->value();
+      }
+    }
+    for (auto& f : calls) received += f.get().value_or(google::protobuf::Int64Value()).value();
+    double seconds = absl::ToDoubleSeconds(absl::Now() - t);
+    if (received != int64_t{kChunks} << 20) return 1;
+    out.Emit("transfer_100MiB_MBps", (kChunks * 1.048576) / seconds, "MB/s");
+    child->Shutdown().IgnoreError();
+  }
+  if (out.Wants("child_killed_detect_ms")) {
+    std::vector<double> ms;
+    for (int i = 0; i < 5; ++i) {
+      absl::StatusOr<Context> child = master.Spawn("local");
+      if (!child.ok()) return 1;
+      absl::StatusOr<v1::InfoReply> info = child->Info();
+      if (!info.ok()) return 1;
+      v1::SleepRequest sleep;
+      sleep.set_ms(10000);
+      auto call = child->CallAsync<v1::Empty>("grove.sleep", sleep);
+      child->Ping().IgnoreError();  // The sleep has started.
+      absl::Time t = absl::Now();
+      ::kill(static_cast<pid_t>(info->pid()), SIGKILL);
+      absl::StatusOr<v1::Empty> r = call.get();
+      ms.push_back(Ms(absl::Now() - t));
+    }
+    out.Emit("child_killed_detect_ms", Percentile(ms, 0.5), "ms");
+  }
+  return 0;
+}
+
+}  // namespace grove::cli

@@ -1,0 +1,26 @@
+// The grove CLI's verbs and the functions the CLI program registers (it replicates itself
+// like any grove program).
+#ifndef GROVE_TOOLS_CLI_H_
+#define GROVE_TOOLS_CLI_H_
+
+#include <string>
+#include <vector>
+
+#include "master/master.h"
+
+namespace grove::cli {
+
+// The CLI program's own functions (bench sink, spawning from inside a child for the demo).
+const Functions& CliFunctions();
+
+int Run(Master& master, const std::vector<std::string>& args);
+int Tree(Master& master, const std::vector<std::string>& args);
+int Bench(Master& master, const std::vector<std::string>& args);
+int Demo(Master& master, const std::vector<std::string>& args);
+
+// Prints the registry of `master` as a tree (or, with `json`, a JSON array).
+void PrintTree(Master& master, bool json, bool include_gone);
+
+}  // namespace grove::cli
+
+#endif  // GROVE_TOOLS_CLI_H_
