@@ -59,6 +59,10 @@ Router::Router(Options options)
 
 Router::~Router() {
   absl::MutexLock lock(&mu_);
+  if (!children_.empty()) {
+    LOG(DFATAL) << "Router of context " << self_.name() << " destroyed with "
+                << children_.size() << " children linked";
+  }
   if (!shut_down_) {
     LOG(DFATAL) << "Router of context " << self_.name() << " destroyed without Shutdown()";
   }
@@ -725,8 +729,12 @@ void Router::OnLinkDown(Link* link, const absl::Status& reason) {
                                    reason.ok() ? "closed" : std::string(reason.message()));
     for (uint64_t id : pending_up) Complete(id, absl::UnavailableError(why));
     RequestShutdown(absl::UnavailableError(why));
+    absl::MutexLock lock(&mu_);
+    parent_link_done_ = true;
     return;
   }
+  VLOG(1) << "context " << self_.name() << ": link to child " << child->info.name()
+          << " down: " << reason;
   std::string how = child->handle ? child->handle->PollExit() : "";
   if (how.empty()) {
     how = reason.ok() ? "its link closed"
@@ -740,12 +748,15 @@ void Router::OnLinkDown(Link* link, const absl::Status& reason) {
     ids.assign(child->routed.begin(), child->routed.end());
   }
   RemoveContexts(child, std::move(ids), why);
-  child->gone.Notify();
   if (child->handle != nullptr) {
     // Reap in the background; StopChild may be waiting for the same process (Stop is
     // idempotent).
     workers_.Post([child, grace = options_.stop_grace] { child->handle->Stop(grace); });
   }
+  child->gone.Notify();
+  // The last touch of `this` for this link: Shutdown may return as soon as the count is 0.
+  absl::MutexLock lock(&mu_);
+  --live_child_links_;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -852,6 +863,7 @@ absl::StatusOr<v1::ContextInfo> Router::SpawnChild(const Hop& hop, absl::Time de
     } else {
       children_[child->link.get()] = child;
       routes_[id->value()] = child;
+      ++live_child_links_;
       if (!parent_down_) parent = parent_;
     }
   }
@@ -892,19 +904,25 @@ absl::Status Router::StopChild(ContextId id) {
     return absl::NotFoundError(absl::StrCat("context ", DescribeContext(id.value()),
                                             " is not a live child of ", self_.name()));
   }
+  StopChildAndWait(child);
+  return absl::OkStatus();
+}
+
+void Router::StopChildAndWait(const std::shared_ptr<Child>& child) {
   v1::Envelope shutdown;
-  shutdown.set_dst(id.value());
+  shutdown.set_dst(child->info.id());
   shutdown.set_src(self_.id());
   shutdown.mutable_shutdown();
   child->link->Send(std::move(shutdown));
-  child->handle->Stop(options_.stop_grace);
+  std::string how = child->handle->Stop(options_.stop_grace);
+  VLOG(1) << "context " << self_.name() << ": stopped child " << child->info.name() << ": "
+          << how;
   // The process is gone, so its link goes down within milliseconds; close it in case a copy
   // of its socket survives elsewhere.
   if (!child->gone.WaitForNotificationWithTimeout(absl::Seconds(1))) {
     child->link->Close(absl::UnavailableError("the context was stopped"));
     child->gone.WaitForNotification();
   }
-  return absl::OkStatus();
 }
 
 void Router::StopAllChildren() {
@@ -921,7 +939,7 @@ void Router::StopAllChildren() {
     shutdown.mutable_shutdown();
     child->link->Send(std::move(shutdown));
   }
-  for (const auto& child : children) StopChild(ContextId(child->info.id())).IgnoreError();
+  for (const auto& child : children) StopChildAndWait(child);
 }
 
 void Router::RequestShutdown(const absl::Status& why) {
@@ -942,6 +960,12 @@ void Router::Shutdown(const absl::Status& why) {
     shutting_down_ = true;
   }
   StopAllChildren();
+  {
+    // Links that went down on their own may still be inside OnLinkDown.
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(
+        +[](int* live) { return *live == 0; }, &live_child_links_));
+  }
   std::vector<uint64_t> pending;
   std::vector<std::shared_ptr<CallContext>> running;
   std::shared_ptr<Link> parent;
@@ -958,7 +982,7 @@ void Router::Shutdown(const absl::Status& why) {
   if (parent != nullptr) {
     parent->Close(why);
     absl::MutexLock lock(&mu_);
-    mu_.AwaitWithTimeout(absl::Condition(&parent_down_), absl::Seconds(2));
+    mu_.AwaitWithTimeout(absl::Condition(&parent_link_done_), absl::Seconds(2));
   }
   absl::MutexLock lock(&mu_);
   shut_down_ = true;

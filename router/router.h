@@ -184,14 +184,15 @@ class Router : public LinkDelegate {
   void RegisterBuiltins();
   void RequestShutdown(const absl::Status& why);
   std::string DescribeContext(uint64_t id) const;
+  // Asks `child` to shut down, makes sure its process is gone, and waits until its link-down
+  // has been handled.
+  void StopChildAndWait(const std::shared_ptr<Child>& child);
 
   const Options options_;
   const v1::ContextInfo self_;
   const absl::flat_hash_set<uint64_t> ancestors_;
   Functions builtins_;
   Registry registry_;
-  Timer timer_;
-  WorkerPool workers_;
   std::atomic<uint64_t> next_call_id_{1};
 
   mutable absl::Mutex mu_;
@@ -208,6 +209,11 @@ class Router : public LinkDelegate {
   absl::flat_hash_set<std::string> spawning_names_ ABSL_GUARDED_BY(mu_);
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t id_block_end_ ABSL_GUARDED_BY(mu_) = 0;
+  // Child links added and not yet through OnLinkDown; Shutdown waits for zero, so that no
+  // link calls into a destroyed router.
+  int live_child_links_ ABSL_GUARDED_BY(mu_) = 0;
+  // Set at the end of OnLinkDown for the parent link.
+  bool parent_link_done_ ABSL_GUARDED_BY(mu_) = false;
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
   std::function<void(const absl::Status&)> shutdown_handler_ ABSL_GUARDED_BY(mu_);
@@ -215,6 +221,11 @@ class Router : public LinkDelegate {
   LogSink log_sink_ ABSL_GUARDED_BY(mu_);
   // Serialises id block requests to the master.
   absl::Mutex id_block_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+
+  // Last, so that they are destroyed first: their destructors wait for the callbacks and
+  // tasks that still use the members above.
+  Timer timer_;
+  WorkerPool workers_;
 };
 
 }  // namespace grove

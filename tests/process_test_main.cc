@@ -5,6 +5,7 @@
 #include "glog/logging.h"
 #include "gtest/gtest.h"
 #include "tests/test_functions.h"
+#include "transport/grpc_link.h"
 
 int main(int argc, char** argv) {
   if (grove::IsAgentInvocation(argc, argv)) {
@@ -13,6 +14,7 @@ int main(int argc, char** argv) {
   // gRPC's process-wide state (its poller fds) lives from here to the end, so that the leak
   // check's baseline includes it.
   grpc_init();
+  grove::HoldCallbackQueue();
   google::InitGoogleLogging(argv[0]);
   FLAGS_logtostderr = true;
   testing::InitGoogleTest(&argc, argv);

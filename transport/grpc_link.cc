@@ -11,6 +11,18 @@
 
 namespace grove {
 
+void HoldCallbackQueue() {
+  static grpc::Server* const server = [] {
+    // Intentionally leaked: it must outlive every other gRPC object of the process.
+    auto* service = new AgentService("callback queue anchor", 1 << 10,
+                                     [](std::shared_ptr<GrpcServerLink>) {});
+    grpc::ServerBuilder builder;
+    builder.RegisterService(service);
+    return builder.BuildAndStart().release();
+  }();
+  (void)server;
+}
+
 int LinkReceiveLimit(int64_t max_message_bytes) {
   // Room for batch framing around the largest envelope.
   int64_t limit = max_message_bytes + (int64_t{1} << 16);
@@ -45,6 +57,7 @@ GrpcClientLink::~GrpcClientLink() = default;
 
 std::shared_ptr<GrpcClientLink> GrpcClientLink::Connect(UniqueFd fd, std::string debug_name,
                                                         int64_t max_message_bytes) {
+  HoldCallbackQueue();
   std::shared_ptr<GrpcClientLink> link(
       new GrpcClientLink(std::move(debug_name), max_message_bytes));
   grpc::ChannelArguments args;
