@@ -1,15 +1,50 @@
 // main() of every multi-process test binary: in a context started by grove it runs the agent
 // (the binary replicates itself); otherwise it runs the tests.
+#include <unistd.h>
+
+#include <cstdio>
+#include <string>
+
 #include "child/agent.h"
+#include "master/master.h"
 #include "grpc/grpc.h"
 #include "glog/logging.h"
 #include "gtest/gtest.h"
 #include "tests/test_functions.h"
 #include "transport/grpc_link.h"
 
+namespace {
+
+// `--tree-master`: act as a master for a test that kills it. Starts a small tree, prints the
+// pid of every context (one per line), then "ready", and waits to be killed.
+int TreeMaster() {
+  grove::MasterOptions options;
+  grove::Master master(grove::testing::TestFunctions(), options);
+  for (const char* path : {"local/local/local", "local,name=second/local"}) {
+    absl::StatusOr<grove::Context> c = master.SpawnPath(path);
+    if (!c.ok()) {
+      fprintf(stderr, "tree master: %s\n", c.status().ToString().c_str());
+      return 1;
+    }
+  }
+  for (const grove::ContextRecord& r : master.registry().List(false)) {
+    printf("%lld\n", static_cast<long long>(r.pid));
+  }
+  printf("ready\n");
+  fflush(stdout);
+  pause();
+  return 0;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   if (grove::IsAgentInvocation(argc, argv)) {
     grove::RunAgent(argc, argv, grove::testing::TestFunctions());
+  }
+  if (argc == 2 && std::string(argv[1]) == "--tree-master") {
+    google::InitGoogleLogging(argv[0]);
+    return TreeMaster();
   }
   // gRPC's process-wide state (its poller fds) lives from here to the end, so that the leak
   // check's baseline includes it.

@@ -1,6 +1,8 @@
 // The foundation, tested with real processes: links, calls, nesting, the registry,
 // disconnects, shutdown, stdio and logs, policy and bad input.
 #include <fcntl.h>
+#include <poll.h>
+#include <sys/syscall.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -11,6 +13,10 @@
 #include <sstream>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "common/fd.h"
+#include "common/process.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "common/status_util.h"
@@ -342,6 +348,40 @@ TEST_F(TreeTest, ShutdownTakesOneSubtreeDownAndLeavesTheRest) {
   EXPECT_TRUE(b->Ping().ok());
   absl::StatusOr<test::Echo> after = a2->Call<test::Echo>("echo", MakeEcho(""));
   EXPECT_EQ(after.status().code(), absl::StatusCode::kUnavailable);
+}
+
+TEST_F(TreeTest, KillingTheMasterTakesTheWholeTreeDownWithinOneSecond) {
+  auto out = Pipe();
+  ASSERT_TRUE(out.ok());
+  SpawnOptions spawn;
+  spawn.argv = {Readlink("/proc/self/exe"), "--tree-master"};
+  spawn.fds = {{1, out->second.get()}};
+  absl::StatusOr<Process> master = Process::Spawn(spawn);
+  ASSERT_TRUE(master.ok()) << master.status();
+  out->second.Reset();
+  std::string text;
+  char buffer[256];
+  while (text.find("ready\n") == std::string::npos) {
+    ssize_t n = ::read(out->first.get(), buffer, sizeof(buffer));
+    ASSERT_GT(n, 0) << "the tree master exited early";
+    text.append(buffer, n);
+  }
+  std::vector<UniqueFd> contexts;
+  for (absl::string_view line : absl::StrSplit(text, '\n', absl::SkipEmpty())) {
+    int pid;
+    if (!absl::SimpleAtoi(line, &pid)) continue;
+    contexts.emplace_back(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+    ASSERT_TRUE(contexts.back().valid());
+  }
+  ASSERT_EQ(contexts.size(), 5u);
+  master->Signal(SIGKILL);
+  absl::Time deadline = absl::Now() + absl::Seconds(1);
+  for (UniqueFd& pidfd : contexts) {
+    struct pollfd p = {pidfd.get(), POLLIN, 0};
+    int ms = std::max<int64_t>(0, absl::ToInt64Milliseconds(deadline - absl::Now()));
+    EXPECT_EQ(::poll(&p, 1, ms), 1) << "a context outlived its master by more than 1 s";
+  }
+  EXPECT_TRUE(master->Wait(absl::Now() + absl::Seconds(5)).ok());
 }
 
 // ---- 7. Stdio and logs ----

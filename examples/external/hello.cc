@@ -4,7 +4,7 @@
 
 #include <iostream>
 
-#include "examples/hello/hello.pb.h"
+#include "hello.pb.h"
 #include "grove.h"
 
 int main(int argc, char** argv) {
