@@ -349,6 +349,23 @@ TEST_F(TreeTest, ShutdownTakesOneSubtreeDownAndLeavesTheRest) {
   EXPECT_EQ(after.status().code(), absl::StatusCode::kUnavailable);
 }
 
+TEST_F(TreeTest, AHungContextIsStillShutDownThroughSigkill) {
+  MasterOptions options = Options();
+  options.stop_grace = absl::Milliseconds(200);
+  Master master(TestFunctions(), options);
+  absl::StatusOr<Context> child = master.Spawn("local,name=hung");
+  ASSERT_TRUE(child.ok()) << child.status();
+  absl::StatusOr<v1::InfoReply> info = child->Info();
+  ASSERT_TRUE(info.ok());
+  ASSERT_EQ(::kill(static_cast<pid_t>(info->pid()), SIGSTOP), 0);
+  // A call to a hung context runs into its deadline, not forever.
+  EXPECT_EQ(child->Ping(Timeout(absl::Milliseconds(100))).code(),
+            absl::StatusCode::kDeadlineExceeded);
+  ASSERT_TRUE(child->Shutdown().ok());
+  EXPECT_EQ(master.registry().Find(child->id())->state, ContextState::kGone);
+  EXPECT_THAT(master.registry().Find(child->id())->reason, HasSubstr("signal 9"));
+}
+
 TEST_F(TreeTest, KillingTheMasterTakesTheWholeTreeDownWithinOneSecond) {
   auto out = Pipe();
   ASSERT_TRUE(out.ok());

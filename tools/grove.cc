@@ -181,9 +181,9 @@ void PrintTree(Master& master, bool json, bool include_gone) {
     for (size_t i = 0; i < kids.size(); ++i) {
       const ContextRecord& r = *kids[i];
       bool last = i + 1 == kids.size();
-      printf("%s%s %s  id=%llu method=%s host=%s pid=%lld %s%s\n", indent.c_str(),
+      printf("%s%s %s  id=%llu parent=%llu method=%s host=%s pid=%lld %s%s\n", indent.c_str(),
              last ? "└─" : "├─", r.name.c_str(), static_cast<unsigned long long>(r.id.value()),
-             r.method.c_str(), r.host.c_str(), static_cast<long long>(r.pid),
+             static_cast<unsigned long long>(r.parent.value()), r.method.c_str(), r.host.c_str(), static_cast<long long>(r.pid),
              ContextStateName(r.state),
              r.state == ContextState::kGone ? absl::StrCat(" (", r.reason, ")").c_str() : "");
       walk(r.id.value(), indent + (last ? "   " : "│  "));

@@ -1,0 +1,163 @@
+// Links over a real socketpair, both ends in this process: envelopes in order both ways,
+// batching, and bad input (an oversized message, garbage bytes) dropping only that link.
+#include "transport/grpc_link.h"
+
+#include <poll.h>
+#include <unistd.h>
+
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "common/fd.h"
+#include "glog/logging.h"
+#include "grpcpp/server_posix.h"
+#include "gtest/gtest.h"
+
+namespace grove {
+namespace {
+
+constexpr int64_t kLimit = 1 << 20;
+
+// Records what a link delivers. Thread-safe.
+class Recorder : public LinkDelegate {
+ public:
+  void OnEnvelope(Link*, v1::Envelope envelope) override {
+    absl::MutexLock lock(&mu_);
+    received_.push_back(std::move(envelope));
+  }
+  void OnLinkDown(Link*, const absl::Status& reason) override {
+    {
+      absl::MutexLock lock(&mu_);
+      reason_ = reason;
+    }
+    down_.Notify();
+  }
+  bool WaitForCount(size_t n) {
+    absl::MutexLock lock(&mu_);
+    auto enough = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return received_.size() >= n; };
+    return mu_.AwaitWithTimeout(absl::Condition(&enough), absl::Seconds(10));
+  }
+  std::vector<v1::Envelope> received() {
+    absl::MutexLock lock(&mu_);
+    return received_;
+  }
+  absl::Status reason() {
+    absl::MutexLock lock(&mu_);
+    return reason_;
+  }
+  absl::Notification& down() { return down_; }
+
+ private:
+  absl::Mutex mu_;
+  std::vector<v1::Envelope> received_ ABSL_GUARDED_BY(mu_);
+  absl::Status reason_ ABSL_GUARDED_BY(mu_);
+  absl::Notification down_;
+};
+
+v1::Envelope Numbered(uint64_t n, size_t payload = 0) {
+  v1::Envelope e;
+  e.set_src(1);
+  e.set_dst(2);
+  e.mutable_output()->set_id(n);
+  e.mutable_output()->set_data(std::string(payload, 'p'));
+  return e;
+}
+
+// A server link on one end of a socketpair, a client link on the other, linked up.
+class LinkPair {
+ public:
+  LinkPair() {
+    auto fds = SocketPair();
+    CHECK(fds.ok());
+    raw_client_fd_ = ::dup(fds->first.get());  // For writing garbage into the link.
+    service_ = std::make_unique<AgentService>(
+        "test server", kLimit, [this](std::shared_ptr<GrpcServerLink> link) {
+          v1::Envelope hello;
+          hello.mutable_hello()->mutable_info()->set_name("server");
+          link->Send(std::move(hello));
+          link->Start(&server_recorder);
+          server_link_ = std::move(link);
+          attached_.Notify();
+        });
+    grpc::ServerBuilder builder;
+    builder.RegisterService(service_.get());
+    builder.SetMaxReceiveMessageSize(LinkReceiveLimit(kLimit));
+    server_ = builder.BuildAndStart();
+    CHECK(SetNonBlocking(fds->second.get(), true).ok());
+    grpc::AddInsecureChannelFromFd(server_.get(), fds->second.Release());
+    client = GrpcClientLink::Connect(std::move(fds->first), "test client", kLimit);
+    CHECK(attached_.WaitForNotificationWithTimeout(absl::Seconds(10)));
+    struct pollfd p = {client->first_envelope_fd(), POLLIN, 0};
+    CHECK_EQ(::poll(&p, 1, 10000), 1);
+    absl::StatusOr<v1::Envelope> hello = client->TakeFirstEnvelope();
+    CHECK(hello.ok() && hello->hello().info().name() == "server");
+    client->Start(&client_recorder);
+  }
+  ~LinkPair() {
+    client->Close(absl::CancelledError("test over"));
+    client_recorder.down().WaitForNotificationWithTimeout(absl::Seconds(10));
+    server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    server_recorder.down().WaitForNotificationWithTimeout(absl::Seconds(10));
+    server_link_.reset();
+    client.reset();
+    ::close(raw_client_fd_);
+  }
+  Link& server_link() { return *server_link_; }
+  int raw_client_fd() const { return raw_client_fd_; }
+
+  Recorder client_recorder;
+  Recorder server_recorder;
+  std::shared_ptr<GrpcClientLink> client;
+
+ private:
+  int raw_client_fd_ = -1;
+  std::unique_ptr<AgentService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  absl::Notification attached_;
+  std::shared_ptr<GrpcServerLink> server_link_;
+};
+
+TEST(GrpcLinkTest, EnvelopesArriveInOrderBothWays) {
+  LinkPair pair;
+  for (uint64_t i = 0; i < 1000; ++i) pair.client->Send(Numbered(i));
+  for (uint64_t i = 0; i < 1000; ++i) pair.server_link().Send(Numbered(i, 100));
+  ASSERT_TRUE(pair.server_recorder.WaitForCount(1000));
+  ASSERT_TRUE(pair.client_recorder.WaitForCount(1000));
+  std::vector<v1::Envelope> at_server = pair.server_recorder.received();
+  std::vector<v1::Envelope> at_client = pair.client_recorder.received();
+  for (uint64_t i = 0; i < 1000; ++i) {
+    EXPECT_EQ(at_server[i].output().id(), i);
+    EXPECT_EQ(at_client[i].output().id(), i);
+    EXPECT_EQ(at_client[i].output().data().size(), 100u);
+  }
+}
+
+TEST(GrpcLinkTest, AnOversizedMessageDropsTheLinkWithAReason) {
+  LinkPair pair;
+  pair.client->Send(Numbered(1, 2 * kLimit));
+  ASSERT_TRUE(pair.client_recorder.down().WaitForNotificationWithTimeout(absl::Seconds(10)));
+  ASSERT_TRUE(pair.server_recorder.down().WaitForNotificationWithTimeout(absl::Seconds(10)));
+  EXPECT_FALSE(pair.client_recorder.reason().ok());
+  EXPECT_TRUE(pair.server_recorder.received().empty());
+}
+
+TEST(GrpcLinkTest, GarbageOnTheSocketDropsTheLink) {
+  LinkPair pair;
+  pair.client->Send(Numbered(1));
+  ASSERT_TRUE(pair.server_recorder.WaitForCount(1));
+  std::string garbage(4096, '\x5a');
+  ASSERT_TRUE(WriteAll(pair.raw_client_fd(), garbage.data(), garbage.size()).ok());
+  ASSERT_TRUE(pair.server_recorder.down().WaitForNotificationWithTimeout(absl::Seconds(10)));
+  ASSERT_TRUE(pair.client_recorder.down().WaitForNotificationWithTimeout(absl::Seconds(10)));
+  EXPECT_FALSE(pair.client_recorder.reason().ok());
+}
+
+}  // namespace
+}  // namespace grove
+
+int main(int argc, char** argv) {
+  google::InitGoogleLogging(argv[0]);
+  testing::InitGoogleTest(&argc, argv);
+  return RUN_ALL_TESTS();
+}
