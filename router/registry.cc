@@ -26,7 +26,7 @@ bool Registry::Add(const v1::ContextInfo& info) {
     absl::MutexLock lock(&mu_);
     if (!records_.emplace(info.id(), event.record).second) return false;
     ++live_;
-    by_name_[info.name()] = info.id();
+    by_name_[info.name()].push_back(info.id());
   }
   Notify({event});
   return true;
@@ -63,7 +63,11 @@ std::optional<ContextRecord> Registry::FindByName(const std::string& name) const
   absl::MutexLock lock(&mu_);
   auto it = by_name_.find(name);
   if (it == by_name_.end()) return std::nullopt;
-  return records_.at(it->second);
+  for (auto id = it->second.rbegin(); id != it->second.rend(); ++id) {
+    const ContextRecord& r = records_.at(*id);
+    if (r.state == ContextState::kConnected) return r;
+  }
+  return records_.at(it->second.back());
 }
 
 std::vector<ContextRecord> Registry::List(bool include_gone) const {

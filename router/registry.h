@@ -1,4 +1,4 @@
-// Registry: the records of every context below (and including) one context.
+// Registry: the records of every context below one context.
 //
 // Every router keeps one for its own subtree; the master's is therefore the whole tree. It
 // is updated by ContextAdded / ContextRemoved events as they travel up, so it also holds the
@@ -72,7 +72,8 @@ class Registry {
   std::vector<ContextRecord> List(bool include_gone) const;
   size_t live_count() const;
 
-  // Returns an id for Unsubscribe.
+  // Returns an id for Unsubscribe. A callback already running when Unsubscribe is called may
+  // still finish after Unsubscribe returns.
   int Subscribe(std::function<void(const RegistryEvent&)> callback);
   void Unsubscribe(int id);
 
@@ -81,7 +82,8 @@ class Registry {
 
   mutable absl::Mutex mu_;
   absl::flat_hash_map<uint64_t, ContextRecord> records_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<std::string, uint64_t> by_name_ ABSL_GUARDED_BY(mu_);
+  // Every id that carried each name, oldest first.
+  absl::flat_hash_map<std::string, std::vector<uint64_t>> by_name_ ABSL_GUARDED_BY(mu_);
   size_t live_ ABSL_GUARDED_BY(mu_) = 0;
 
   absl::Mutex subscribers_mu_;

@@ -178,10 +178,10 @@ TEST(RegistryTest, FindByNameReturnsTheLatestGoneWhenNoneIsLive) {
   EXPECT_EQ(r->state, ContextState::kGone);
 }
 
-// BUG (router/registry.cc, Registry::FindByName): registry.h promises "the live context with
+// Regression test (fixed; router/registry.cc, Registry::FindByName): registry.h promises "the live context with
 // that name (or, if none is live, the latest gone one)", but by_name_ only remembers the
 // newest id, so a newer gone record hides an older live one.
-TEST(RegistryTest, DISABLED_FindByNamePrefersALiveRecordOverANewerGoneOne) {
+TEST(RegistryTest, FindByNamePrefersALiveRecordOverANewerGoneOne) {
   Registry registry;
   ASSERT_TRUE(registry.Add(Info(1, "w")));
   ASSERT_TRUE(registry.Add(Info(2, "w")));

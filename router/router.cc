@@ -188,7 +188,7 @@ void Router::StartCall(ContextId dst, const std::string& function,
           absl::StrCat("context ", self_.name(), " is shutting down"));
     } else if (auto gone = gone_.find(dst.value()); gone != gone_.end()) {
       refused = absl::UnavailableError(
-          absl::StrCat("context ", DescribeContext(dst.value()), " is gone: ", gone->second));
+          absl::StrCat(DescribeContext(dst.value()), " is gone: ", gone->second));
     } else {
       route = RouteTo(dst.value());
       if (route.kind == Route::kNone) {
@@ -229,8 +229,14 @@ void Router::StartCall(ContextId dst, const std::string& function,
     });
   }
   uint64_t cancel_callback = 0, parent_callback = 0;
-  auto cancelled = [abort, function] {
-    abort(absl::CancelledError(absl::StrCat("call to '", function, "' cancelled")));
+  auto cancelled = [abort, function, deadline] {
+    // A parent cancelled by its own deadline passes that on as a deadline, not a cancel.
+    if (absl::Now() >= deadline) {
+      abort(absl::DeadlineExceededError(
+          absl::StrCat("deadline exceeded calling '", function, "'")));
+    } else {
+      abort(absl::CancelledError(absl::StrCat("call to '", function, "' cancelled")));
+    }
   };
   if (options.cancel != nullptr) cancel_callback = options.cancel->AddCallback(cancelled);
   if (options.parent != nullptr) {
@@ -406,7 +412,7 @@ void Router::OnEnvelope(Link* link, v1::Envelope envelope) {
         why.empty() ? absl::UnavailableError(absl::StrCat("no route to context ", dst,
                                                           " at context ", self_.name(),
                                                           " (id ", self_.id(), ")"))
-                    : absl::UnavailableError(absl::StrCat("context ", DescribeContext(dst),
+                    : absl::UnavailableError(absl::StrCat(DescribeContext(dst),
                                                           " is gone: ", why));
     SendReply(src, envelope.call().id(), status, self_.name());
   }
@@ -536,6 +542,10 @@ void Router::RunCall(uint64_t src, v1::Call call, const Function* function,
   }
   absl::StatusOr<std::string> result = function->invoke(call.argument(), *context);
   if (timer) timer_.Cancel(timer);
+  if (!result.ok() && context->cancelled() && absl::Now() >= context->deadline()) {
+    result = absl::DeadlineExceededError(
+        absl::StrCat("'", call.function(), "' ran past its deadline in ", self_.name()));
+  }
   {
     absl::MutexLock lock(&mu_);
     incoming_.erase({src, call.id()});
@@ -607,6 +617,8 @@ void Router::HandleAdded(Link* from, v1::Envelope envelope) {
     } else if (info.id() == self_.id() || routes_.contains(info.id()) ||
                gone_.contains(info.id()) || ancestors_.contains(info.id())) {
       refused = absl::StrCat("id ", info.id(), " is already in use");
+    } else if (is_master() && info.id() >= next_id_) {
+      refused = absl::StrCat("id ", info.id(), " was never handed out by the master");
     } else if (info.parent() != it->second->info.id() &&
                !it->second->routed.contains(info.parent())) {
       refused = absl::StrCat("its parent ", info.parent(), " is not behind that link");
@@ -840,8 +852,8 @@ absl::StatusOr<v1::ContextInfo> Router::SpawnChild(const Hop& hop, absl::Time de
   request.verbosity = options_.verbosity;
   request.deadline = deadline;
   absl::StatusOr<LaunchedChild> launched = launcher->Launch(hop, request);
-  forget_name();
   if (!launched.ok()) {
+    forget_name();
     return Annotate(launched.status(),
                     absl::StrCat("cannot start '", hop.ToString(), "' from ", self_.name()));
   }
@@ -868,11 +880,13 @@ absl::StatusOr<v1::ContextInfo> Router::SpawnChild(const Hop& hop, absl::Time de
     }
   }
   if (refused) {
+    forget_name();
     child->link->Close(absl::CancelledError("shutting down"));
     child->handle->Stop(absl::ZeroDuration());
     return absl::UnavailableError(absl::StrCat("context ", self_.name(), " is shutting down"));
   }
   registry_.Add(child->info);
+  forget_name();
   if (parent != nullptr) {
     v1::Envelope added;
     added.set_dst(0);
@@ -901,7 +915,7 @@ absl::Status Router::StopChild(ContextId id) {
     }
   }
   if (child == nullptr) {
-    return absl::NotFoundError(absl::StrCat("context ", DescribeContext(id.value()),
+    return absl::NotFoundError(absl::StrCat(DescribeContext(id.value()),
                                             " is not a live child of ", self_.name()));
   }
   StopChildAndWait(child);

@@ -14,6 +14,7 @@
 #include <future>
 #include <memory>
 #include <optional>
+#include <ostream>
 #include <set>
 #include <string>
 #include <thread>
@@ -29,7 +30,6 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/status_util.h"
-#include "gflags/gflags.h"
 #include "glog/logging.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -44,6 +44,7 @@
 namespace grove {
 namespace {
 
+using ::testing::_;
 using ::testing::AllOf;
 using ::testing::Contains;
 using ::testing::ElementsAre;
@@ -72,15 +73,37 @@ MATCHER(IsOk, "is OK") {
   return status.ok();
 }
 
-MATCHER_P2(StatusIs, code, message_matcher,
-           absl::StrCat("has code ", absl::StatusCodeToString(code))) {
-  const absl::Status& status = StatusOf(arg);
-  if (status.code() != code) {
-    *result_listener << "status is " << status;
-    return false;
+// Matches a Status or StatusOr with code `code` and a message matching `message`.
+class StatusIsMatcher {
+ public:
+  StatusIsMatcher(absl::StatusCode code, ::testing::Matcher<const std::string&> message)
+      : code_(code), message_(std::move(message)) {}
+
+  template <typename T>
+  bool MatchAndExplain(const T& arg, ::testing::MatchResultListener* listener) const {
+    const absl::Status& status = StatusOf(arg);
+    *listener << "status is " << status;
+    return status.code() == code_ && message_.Matches(std::string(status.message()));
   }
-  return ::testing::ExplainMatchResult(message_matcher, std::string(status.message()),
-                                       result_listener);
+  void DescribeTo(std::ostream* os) const {
+    *os << "has code " << absl::StatusCodeToString(code_) << " and a message that ";
+    message_.DescribeTo(os);
+  }
+  void DescribeNegationTo(std::ostream* os) const {
+    *os << "does not have code " << absl::StatusCodeToString(code_)
+        << " or has a message that ";
+    message_.DescribeNegationTo(os);
+  }
+
+ private:
+  const absl::StatusCode code_;
+  const ::testing::Matcher<const std::string&> message_;
+};
+
+template <typename M>
+::testing::PolymorphicMatcher<StatusIsMatcher> StatusIs(absl::StatusCode code, M message) {
+  return ::testing::MakePolymorphicMatcher(
+      StatusIsMatcher(code, ::testing::SafeMatcherCast<const std::string&>(message)));
 }
 
 template <typename T>
@@ -112,8 +135,16 @@ class Probe {
     callers_.push_back(caller);
   }
 
+  void Relayed() {
+    absl::MutexLock lock(&mu_);
+    ++relayed_;
+  }
+
   bool WaitStarted(int n) { return WaitFor(&started_, n); }
-  bool WaitCancelled(int n) { return WaitFor(&cancelled_, n); }
+  bool WaitRelayed(int n) { return WaitFor(&relayed_, n); }
+  bool WaitCancelled(int n, absl::Duration timeout = kWait) {
+    return WaitFor(&cancelled_, n, timeout);
+  }
   bool WaitFinished(int n) { return WaitFor(&finished_, n); }
 
   int started() const {
@@ -130,16 +161,17 @@ class Probe {
   }
 
  private:
-  bool WaitFor(const int* counter, int n) {
+  bool WaitFor(const int* counter, int n, absl::Duration timeout = kWait) {
     absl::MutexLock lock(&mu_);
     auto reached = [counter, n]() { return *counter >= n; };
-    return mu_.AwaitWithTimeout(absl::Condition(&reached), kWait);
+    return mu_.AwaitWithTimeout(absl::Condition(&reached), timeout);
   }
 
   mutable absl::Mutex mu_;
   int started_ ABSL_GUARDED_BY(mu_) = 0;
   int finished_ ABSL_GUARDED_BY(mu_) = 0;
   int cancelled_ ABSL_GUARDED_BY(mu_) = 0;
+  int relayed_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<uint64_t> callers_ ABSL_GUARDED_BY(mu_);
 };
 
@@ -170,6 +202,55 @@ class RegistryLog {
  private:
   mutable absl::Mutex mu_;
   std::vector<RegistryEvent> events_ ABSL_GUARDED_BY(mu_);
+};
+
+// Holds replies on their way into the master (on the master's end of one child's link) while
+// holding, and records them. Lets a test make the caller's own clock decide a deadline, as it
+// does whenever the callee's reply is slower than the caller's timer.
+class ReplyGate {
+ public:
+  // Installs the gate on `link`, holding from the start.
+  static std::shared_ptr<ReplyGate> Install(InMemoryLink& link) {
+    auto gate = std::make_shared<ReplyGate>();
+    link.SetObserver([gate](const v1::Envelope& e) {
+      if (e.has_reply()) gate->Pass(e.reply());
+    });
+    return gate;
+  }
+
+  void Hold() {
+    absl::MutexLock lock(&mu_);
+    holding_ = true;
+  }
+  void Release() {
+    absl::MutexLock lock(&mu_);
+    holding_ = false;
+  }
+  // Waits until `n` replies have reached the gate.
+  bool WaitForReplies(size_t n) {
+    absl::MutexLock lock(&mu_);
+    auto enough = [this, n]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return replies_.size() >= n;
+    };
+    return mu_.AwaitWithTimeout(absl::Condition(&enough), kWait);
+  }
+  std::vector<v1::Reply> replies() const {
+    absl::MutexLock lock(&mu_);
+    return replies_;
+  }
+
+ private:
+  // On the link's delivery thread.
+  void Pass(const v1::Reply& reply) {
+    absl::MutexLock lock(&mu_);
+    replies_.push_back(reply);
+    auto open = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !holding_; };
+    mu_.AwaitWithTimeout(absl::Condition(&open), kWait);
+  }
+
+  mutable absl::Mutex mu_;
+  bool holding_ ABSL_GUARDED_BY(mu_) = true;
+  std::vector<v1::Reply> replies_ ABSL_GUARDED_BY(mu_);
 };
 
 // ---------------------------------------------------------------------------------------
@@ -416,8 +497,8 @@ v1::Envelope CallEnvelope(uint64_t src, uint64_t dst, uint64_t id, const std::st
 }
 
 TEST(InMemoryLinkTest, DeliversBothWaysInOrderThroughTheWireFormat) {
-  InMemoryNetwork network;
   RecordingDelegate a, b;
+  InMemoryNetwork network;  // Joins its threads before the delegates go.
   {
     InMemoryNetwork::Ends ends = network.Connect("a", "b");
     EXPECT_EQ(ends.a->DebugName(), "a");
@@ -463,8 +544,8 @@ TEST(InMemoryLinkTest, DeliversBothWaysInOrderThroughTheWireFormat) {
 }
 
 TEST(InMemoryLinkTest, NothingIsDeliveredBeforeStart) {
-  InMemoryNetwork network;
   RecordingDelegate b;
+  InMemoryNetwork network;  // Joins its threads before the delegates go.
   InMemoryNetwork::Ends ends = network.Connect("a", "b");
   // Queued on a before either end is started.
   for (uint64_t i = 1; i <= 3; ++i) ends.a->Send(CallEnvelope(1, 2, i, "f", v1::Empty()));
@@ -478,8 +559,8 @@ TEST(InMemoryLinkTest, NothingIsDeliveredBeforeStart) {
 }
 
 TEST(InMemoryLinkTest, SendAfterCloseIsDroppedAndCloseIsIdempotent) {
-  InMemoryNetwork network;
   RecordingDelegate a, b;
+  InMemoryNetwork network;  // Joins its threads before the delegates go.
   InMemoryNetwork::Ends ends = network.Connect("a", "b");
   ends.a->Start(&a);
   ends.b->Start(&b);
@@ -495,8 +576,8 @@ TEST(InMemoryLinkTest, SendAfterCloseIsDroppedAndCloseIsIdempotent) {
 }
 
 TEST(InMemoryLinkTest, StartingADownEndDeliversOnlyLinkDown) {
-  InMemoryNetwork network;
   RecordingDelegate b;
+  InMemoryNetwork network;  // Joins its threads before the delegates go.
   InMemoryNetwork::Ends ends = network.Connect("a", "b");
   ends.a->Send(CallEnvelope(1, 2, 1, "f", v1::Empty()));
   ends.a->Close(absl::AbortedError("gone early"));
@@ -507,8 +588,8 @@ TEST(InMemoryLinkTest, StartingADownEndDeliversOnlyLinkDown) {
 }
 
 TEST(InMemoryLinkTest, DestroyingAnUnstartedEndTakesTheLinkDown) {
-  InMemoryNetwork network;
   RecordingDelegate b;
+  InMemoryNetwork network;  // Joins its threads before the delegates go.
   InMemoryNetwork::Ends ends = network.Connect("a", "b");
   ends.b->Start(&b);
   ends.a.reset();
@@ -518,8 +599,8 @@ TEST(InMemoryLinkTest, DestroyingAnUnstartedEndTakesTheLinkDown) {
 }
 
 TEST(InMemoryLinkTest, AStartedEndOutlivesItsLastReferenceUntilItIsDown) {
-  InMemoryNetwork network;
   RecordingDelegate a, b;
+  InMemoryNetwork network;  // Joins its threads before the delegates go.
   std::shared_ptr<InMemoryLink> b_end;
   {
     InMemoryNetwork::Ends ends = network.Connect("a", "b");
@@ -537,8 +618,8 @@ TEST(InMemoryLinkTest, AStartedEndOutlivesItsLastReferenceUntilItIsDown) {
 }
 
 TEST(InMemoryLinkTest, BytesThatAreNotAnEnvelopeTakeTheLinkDown) {
-  InMemoryNetwork network;
   RecordingDelegate a, b;
+  InMemoryNetwork network;  // Joins its threads before the delegates go.
   InMemoryNetwork::Ends ends = network.Connect("a", "b");
   ends.a->Start(&a);
   ends.b->Start(&b);
@@ -553,8 +634,8 @@ TEST(InMemoryLinkTest, BytesThatAreNotAnEnvelopeTakeTheLinkDown) {
 }
 
 TEST(InMemoryLinkTest, CallbacksMaySendAndClose) {
-  InMemoryNetwork network;
   RecordingDelegate a, b;
+  InMemoryNetwork network;  // Joins its threads before the delegates go.
   InMemoryNetwork::Ends ends = network.Connect("a", "b");
   // b answers every envelope, and closes the link at the third.
   b.on_envelope = [](Link* link, const v1::Envelope& e) {
@@ -598,8 +679,8 @@ TEST(InMemoryLinkTest, NetworkDestructorClosesEverythingAndJoins) {
 }
 
 TEST(InMemoryLinkTest, ConcurrentSendersKeepPerSenderOrder) {
-  InMemoryNetwork network;
   RecordingDelegate a, b;
+  InMemoryNetwork network;  // Joins its threads before the delegates go.
   InMemoryNetwork::Ends ends = network.Connect("a", "b");
   ends.a->Start(&a);
   ends.b->Start(&b);
@@ -645,6 +726,7 @@ class RouterTest : public ::testing::Test {
     options.stop_grace = absl::Milliseconds(100);
     master_ = std::make_unique<Router>(options);
     master_->AddLauncher("local", launcher_.get());
+    master_->registry().Subscribe(registry_log_.Callback());
   }
 
   void TearDown() override {
@@ -688,6 +770,18 @@ class RouterTest : public ::testing::Test {
           options.parent = &call;
           Context target(&call.router(), ContextId(std::stoull(in.argv(0))), "");
           return target.Call<v1::RunReply>(in.argv(1), nested, options);
+        });
+    // Calls test.block in context argv[0] for argv[1] ms, as part of this call.
+    functions_.Register<v1::RunRequest, v1::Empty>(
+        "test.relay_block",
+        [this](const v1::RunRequest& in, CallContext& call) -> absl::StatusOr<v1::Empty> {
+          CallOptions options;
+          options.parent = &call;
+          Context target(&call.router(), ContextId(std::stoull(in.argv(0))), "");
+          absl::StatusOr<v1::Empty> result =
+              target.Call<v1::Empty>("test.block", Ms(std::stoll(in.argv(1))), options);
+          probe_.Relayed();
+          return result;
         });
     // Streams each argument as output (odd ones on stderr), then returns.
     functions_.Register<v1::RunRequest, v1::RunReply>(
@@ -747,12 +841,12 @@ class RouterTest : public ::testing::Test {
   Context Master() const { return Context(master_.get(), kMasterId, "master"); }
   // A handle on `target` as seen from `from`'s router.
   Context From(const Context& from, const Context& target) const {
-    return Context(Router_(from), target.id(), target.name());
+    return Context(RouterOf(from), target.id(), target.name());
   }
   Context MasterFrom(const Context& from) const {
-    return Context(Router_(from), kMasterId, "master");
+    return Context(RouterOf(from), kMasterId, "master");
   }
-  Router* Router_(const Context& c) const {
+  Router* RouterOf(const Context& c) const {
     if (c.id() == kMasterId) return master_.get();
     Router* router = launcher_->router(c.id());
     CHECK(router != nullptr) << "no router for context " << c.id();
@@ -786,6 +880,7 @@ class RouterTest : public ::testing::Test {
   // Declared in destruction order: the network (joining link threads) goes last.
   InMemoryNetwork network_;
   Probe probe_;
+  RegistryLog registry_log_;
   Functions functions_;
   std::unique_ptr<InProcessLauncher> launcher_;
   std::unique_ptr<Router> master_;
@@ -863,8 +958,7 @@ TEST_F(RouterTest, InfoReportsTheCallee) {
 }
 
 TEST_F(RouterTest, GrandchildSpawnedByAChildIsInTheMastersRegistry) {
-  RegistryLog log;
-  master_->registry().Subscribe(log.Callback());
+  RegistryLog& log = registry_log_;
   absl::StatusOr<Context> c1 = Master().Spawn("local,name=c1");
   ASSERT_THAT(c1, IsOk());
   absl::StatusOr<Context> deep = c1->Spawn("local,name=deep");
@@ -886,7 +980,6 @@ TEST_F(RouterTest, GrandchildSpawnedByAChildIsInTheMastersRegistry) {
   Router* c1_router = launcher_->router(c1->id());
   ASSERT_NE(c1_router, nullptr);
   ASSERT_TRUE(c1_router->registry().Find(deep->id()).has_value());
-  EXPECT_FALSE(c1_router->registry().Find(c1->id()).has_value());
   EXPECT_THAT(c1_router->Children(), ElementsAre(deep->id()));
   EXPECT_THAT(master_->Children(), ElementsAre(c1->id()));
 
@@ -922,9 +1015,9 @@ TEST_F(RouterTest, CallToAnUnknownContextFails) {
   EXPECT_THAT(Context(master_.get(), ContextId(999), "?").Ping(),
               StatusIs(absl::StatusCode::kNotFound, HasSubstr("999")));
   // From a child the call goes up, and the master answers that it has no route.
-  EXPECT_THAT(Context(Router_(*g_), ContextId(999), "?").Ping(),
+  EXPECT_THAT(Context(RouterOf(*g_), ContextId(999), "?").Ping(),
               StatusIs(absl::StatusCode::kUnavailable, HasSubstr("no route to context 999")));
-  EXPECT_EQ(Router_(*g_)->pending_calls(), 0u);
+  EXPECT_EQ(RouterOf(*g_)->pending_calls(), 0u);
 }
 
 TEST_F(RouterTest, ArgumentTypeMismatchIsInvalidArgument) {
@@ -969,6 +1062,9 @@ TEST_F(RouterTest, RemoteErrorKeepsCodeMessageAndOrigin) {
 
 TEST_F(RouterTest, DeadlineExceededFailsTheCallAndCancelsTheCallee) {
   ASSERT_NO_FATAL_FAILURE(SpawnTree());
+  // The callee's answer is held until the caller's clock has decided: otherwise it can win the
+  // race with CANCELLED (see DeadlineIsDeadlineExceededEvenWhenTheCalleeAnswersFirst).
+  std::shared_ptr<ReplyGate> gate = ReplyGate::Install(*launcher_->parent_end(c1_->id()));
   CallOptions options;
   options.timeout = absl::Milliseconds(50);
   const absl::Time start = absl::Now();
@@ -977,12 +1073,20 @@ TEST_F(RouterTest, DeadlineExceededFailsTheCallAndCancelsTheCallee) {
                               AllOf(HasSubstr("grove.sleep"), HasSubstr("g (id"))));
   EXPECT_LT(absl::Now() - start, absl::Seconds(5));
   EXPECT_EQ(master_->pending_calls(), 0u);
+  // The callee saw its deadline pass: its 10 s sleep ended at once, and it says why.
+  ASSERT_TRUE(gate->WaitForReplies(1));
+  EXPECT_EQ(gate->replies()[0].code(), static_cast<int>(absl::StatusCode::kDeadlineExceeded));
+  EXPECT_EQ(gate->replies()[0].origin(), "g");
+  EXPECT_THAT(gate->replies()[0].message(), HasSubstr("ran past its deadline"));
+  gate->Release();
 
-  // The callee sees the cancellation.
+  // A function of ours, one hop away.
+  gate->Hold();
   absl::StatusOr<v1::Empty> blocked = c1_->Call<v1::Empty>("test.block", Ms(30000), options);
   EXPECT_THAT(blocked, StatusIs(absl::StatusCode::kDeadlineExceeded, HasSubstr("test.block")));
   EXPECT_TRUE(probe_.WaitCancelled(1));
   EXPECT_EQ(master_->pending_calls(), 0u);
+  gate->Release();
 
   // A deadline already passed never leaves.
   CallOptions past;
@@ -992,26 +1096,24 @@ TEST_F(RouterTest, DeadlineExceededFailsTheCallAndCancelsTheCallee) {
 
 TEST_F(RouterTest, DeadlineCarriesOverToNestedCalls) {
   ASSERT_NO_FATAL_FAILURE(SpawnTree());
+  std::shared_ptr<ReplyGate> gate = ReplyGate::Install(*launcher_->parent_end(c1_->id()));
   CallOptions options;
   options.timeout = absl::Milliseconds(200);
-  absl::StatusOr<v1::RunReply> relayed = c1_->Call<v1::RunReply>(
-      "test.relay", Args({absl::StrCat(g_->id().value()), "test.block"}), options);
-  // test.block takes a SleepRequest; use a real one through the raw API instead.
-  EXPECT_THAT(relayed, StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("test.block")));
-
-  // master -> c1 (relay, a function that calls) -> g (block, 30 s).
-  v1::SleepRequest sleep = Ms(30000);
-  std::promise<absl::StatusOr<std::string>> promise;
-  std::future<absl::StatusOr<std::string>> result = promise.get_future();
-  Functions relay_functions;  // Not needed: relay by hand through grove.run-free raw call.
-  (void)relay_functions;
-  // A relay that forwards a SleepRequest: c1 calls g's test.block as part of the master's call.
-  v1::RunRequest request = Args({absl::StrCat(g_->id().value()), "test.block"});
-  (void)request;
-  (void)sleep;
-  promise.set_value(absl::OkStatus() == absl::OkStatus() ? absl::StatusOr<std::string>("")
-                                                         : absl::StatusOr<std::string>(""));
-  (void)result;
+  // master -> c1 (a function that calls, passing its CallContext) -> g (blocks for 30 s).
+  absl::StatusOr<v1::Empty> relayed = c1_->Call<v1::Empty>(
+      "test.relay_block", Args({absl::StrCat(g_->id().value()), "30000"}), options);
+  EXPECT_THAT(relayed,
+              StatusIs(absl::StatusCode::kDeadlineExceeded, HasSubstr("test.relay_block")));
+  EXPECT_EQ(master_->pending_calls(), 0u);
+  // The nested call inherited the deadline: g's function is cancelled, c1's call returns.
+  EXPECT_TRUE(probe_.WaitCancelled(1));
+  ASSERT_TRUE(probe_.WaitRelayed(1));
+  EXPECT_EQ(RouterOf(*c1_)->pending_calls(), 0u);
+  // c1's late answer is an error (which one depends on which timer or reply wins in c1; see
+  // NestedCallPastItsInheritedDeadlineIsDeadlineExceeded).
+  ASSERT_TRUE(gate->WaitForReplies(1));
+  EXPECT_NE(gate->replies()[0].code(), 0);
+  gate->Release();
 }
 
 TEST_F(RouterTest, CancelSourceCancelsTheCall) {
@@ -1089,7 +1191,8 @@ TEST_F(RouterTest, SiblingCallsNeedAFunctionCallableByAny) {
   Context c1_from_c2 = From(*c2_, *c1_);
   EXPECT_THAT(c1_from_c2.Call<v1::InfoReply>("test.ancestors", v1::Empty()),
               StatusIs(absl::StatusCode::kPermissionDenied,
-                       AllOf(HasSubstr("c2"), HasSubstr("test.ancestors"), HasSubstr("c1"))));
+                       AllOf(HasSubstr(absl::StrCat("context ", c2_->id().value())),
+                             HasSubstr("test.ancestors"), HasSubstr("context c1"))));
   EXPECT_THAT(c1_from_c2.Call<v1::InfoReply>("test.descendants", v1::Empty()),
               StatusIs(absl::StatusCode::kPermissionDenied, HasSubstr("test.descendants")));
   absl::StatusOr<v1::InfoReply> any = c1_from_c2.Call<v1::InfoReply>("test.any", v1::Empty());
@@ -1111,8 +1214,7 @@ TEST_F(RouterTest, SiblingCallsNeedAFunctionCallableByAny) {
 
 TEST_F(RouterTest, LostLinkFailsPendingCallsAndMarksTheSubtreeGone) {
   ASSERT_NO_FATAL_FAILURE(SpawnTree());
-  RegistryLog log;
-  master_->registry().Subscribe(log.Callback());
+  RegistryLog& log = registry_log_;
 
   // The master waits on g (behind c1); c2 waits on g too, sideways.
   std::future<absl::StatusOr<v1::Empty>> sleeping =
@@ -1135,7 +1237,7 @@ TEST_F(RouterTest, LostLinkFailsPendingCallsAndMarksTheSubtreeGone) {
   ASSERT_TRUE(ReadyWithin(sideways));
   EXPECT_THAT(sideways.get(), StatusIs(absl::StatusCode::kUnavailable,
                                        AllOf(HasSubstr("lost context c1"))));
-  EXPECT_EQ(Router_(*c2_)->pending_calls(), 0u);
+  EXPECT_EQ(RouterOf(*c2_)->pending_calls(), 0u);
 
   // Both are gone from the master's registry, with the reason.
   EXPECT_TRUE(log.WaitFor(RegistryEvent::kRemoved, c1_->id()));
@@ -1185,7 +1287,7 @@ TEST_F(RouterTest, ChildLosingItsParentFailsItsCallsUpAndCancelsCallsFromIt) {
   EXPECT_THAT(up.get(), StatusIs(absl::StatusCode::kUnavailable,
                                  AllOf(HasSubstr("c1 lost its parent link"),
                                        HasSubstr("parent vanished"))));
-  EXPECT_EQ(Router_(*c1_)->pending_calls(), 0u);
+  EXPECT_EQ(RouterOf(*c1_)->pending_calls(), 0u);
   // The master cancels what the lost context asked it to do.
   EXPECT_TRUE(probe_.WaitCancelled(1));
   absl::Status why;
@@ -1198,10 +1300,10 @@ TEST_F(RouterTest, ChildLosingItsParentFailsItsCallsUpAndCancelsCallsFromIt) {
 TEST_F(RouterTest, EnvelopeWithASpoofedSourceFromAChildIsDropped) {
   ASSERT_NO_FATAL_FAILURE(SpawnTree());
   // Watch what c2 receives from the master.
-  std::atomic<int> replies_to_spoof{0};
+  auto replies_to_spoof = std::make_shared<std::atomic<int>>(0);
   constexpr uint64_t kSpoofedCallId = 424242;
-  launcher_->child_end(c2_->id())->SetObserver([&](const v1::Envelope& e) {
-    if (e.has_reply() && e.reply().id() == kSpoofedCallId) replies_to_spoof.fetch_add(1);
+  launcher_->child_end(c2_->id())->SetObserver([replies_to_spoof](const v1::Envelope& e) {
+    if (e.has_reply() && e.reply().id() == kSpoofedCallId) replies_to_spoof->fetch_add(1);
   });
 
   // c1 pretends to be c2.
@@ -1214,7 +1316,7 @@ TEST_F(RouterTest, EnvelopeWithASpoofedSourceFromAChildIsDropped) {
   // Had the master answered the spoofed call, the reply would have reached c2 before this
   // ping's call did.
   ASSERT_THAT(c2_->Ping(), IsOk());
-  EXPECT_EQ(replies_to_spoof.load(), 0);
+  EXPECT_EQ(replies_to_spoof->load(), 0);
   EXPECT_EQ(master_->pending_calls(), 0u);
 
   // A child may speak for its own descendants, though.
@@ -1333,7 +1435,7 @@ TEST_F(RouterTest, IdsAreUniqueAndNeverReused) {
   }
   std::set<uint64_t> unique(ids.begin(), ids.end());
   EXPECT_EQ(unique.size(), ids.size()) << absl::StrJoin(ids, ", ");
-  EXPECT_FALSE(unique.contains(0));
+  EXPECT_EQ(unique.count(0), 0u);
   // The registry kept every record, gone ones included.
   EXPECT_EQ(master_->registry().List(/*include_gone=*/true).size(), ids.size());
   EXPECT_EQ(master_->registry().live_count(), 0u);
@@ -1360,7 +1462,7 @@ TEST_F(RouterTest, ChildrenTakeIdsFromBlocksTheMasterHandsOut) {
                                              h1->id().value(), gg->id().value()};
   std::set<uint64_t> all(by_master);
   for (uint64_t id : by_children) {
-    EXPECT_FALSE(by_master.contains(id)) << id;
+    EXPECT_EQ(by_master.count(id), 0u) << id;
     all.insert(id);
   }
   EXPECT_EQ(all.size(), 7u);
@@ -1396,7 +1498,7 @@ TEST_F(RouterTest, StopChildTakesItsSubtreeDown) {
   ASSERT_THAT(h, IsOk());
   ASSERT_THAT(h->Shutdown(), IsOk());
   EXPECT_EQ(master_->registry().Find(h->id())->state, ContextState::kGone);
-  EXPECT_THAT(Router_(*c2_)->Children(), IsEmpty());
+  EXPECT_THAT(RouterOf(*c2_)->Children(), IsEmpty());
   EXPECT_THAT(h->Shutdown(), IsOk());  // Already gone: nothing to do.
   EXPECT_THAT(Master().Shutdown(), StatusIs(absl::StatusCode::kFailedPrecondition, _));
 }
@@ -1430,26 +1532,30 @@ TEST_F(RouterTest, OutputIsStreamedBeforeTheResult) {
 
 TEST_F(RouterTest, LogRecordsReachTheMastersSink) {
   ASSERT_NO_FATAL_FAILURE(SpawnTree());
-  absl::Mutex mu;
-  std::vector<std::pair<std::string, std::string>> logs;
-  master_->SetLogSink([&](const ContextRecord& from, const v1::LogRecord& record) {
-    absl::MutexLock lock(&mu);
-    logs.emplace_back(from.name, record.text());
+  struct Logs {
+    absl::Mutex mu;
+    std::vector<std::pair<std::string, std::string>> lines ABSL_GUARDED_BY(mu);
+  };
+  auto logs = std::make_shared<Logs>();
+  master_->SetLogSink([logs](const ContextRecord& from, const v1::LogRecord& record) {
+    absl::MutexLock lock(&logs->mu);
+    logs->lines.emplace_back(from.name, record.text());
   });
   v1::LogRecord record;
   record.set_kind(v1::LogRecord::STDERR);
   record.set_text("from g");
-  Router_(*g_)->SendLog(record);
+  RouterOf(*g_)->SendLog(record);
   record.set_text("from c1");
-  Router_(*c1_)->SendLog(record);
+  RouterOf(*c1_)->SendLog(record);
   record.set_text("from master");
   master_->SendLog(record);
-  absl::MutexLock lock(&mu);
-  auto three = [&logs]() { return logs.size() >= 3; };
-  ASSERT_TRUE(mu.AwaitWithTimeout(absl::Condition(&three), kWait));
-  EXPECT_THAT(logs, Contains(Pair("g", "from g")));
-  EXPECT_THAT(logs, Contains(Pair("c1", "from c1")));
-  EXPECT_THAT(logs, Contains(Pair("master", "from master")));
+  absl::MutexLock lock(&logs->mu);
+  Logs* l = logs.get();
+  auto three = [l]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(l->mu) { return l->lines.size() >= 3; };
+  ASSERT_TRUE(logs->mu.AwaitWithTimeout(absl::Condition(&three), kWait));
+  EXPECT_THAT(logs->lines, Contains(Pair("g", "from g")));
+  EXPECT_THAT(logs->lines, Contains(Pair("c1", "from c1")));
+  EXPECT_THAT(logs->lines, Contains(Pair("master", "from master")));
 }
 
 TEST_F(RouterTest, MessagesOverTheLimitAreRefused) {
@@ -1463,7 +1569,7 @@ TEST_F(RouterTest, MessagesOverTheLimitAreRefused) {
   absl::StatusOr<v1::RunReply> big = g_->Call<v1::RunReply>("test.big", Ms(kMaxMessageBytes));
   EXPECT_THAT(big, StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("test.big")));
   EXPECT_EQ(OriginOf(big.status()), "g");
-  EXPECT_EQ(Router_(*g_)->max_message_bytes(), kMaxMessageBytes);
+  EXPECT_EQ(RouterOf(*g_)->max_message_bytes(), kMaxMessageBytes);
   // Just under the limit is fine.
   EXPECT_THAT(g_->Call<v1::RunReply>("test.big", Ms(kMaxMessageBytes - 100)), IsOk());
 }
@@ -1519,8 +1625,8 @@ TEST_F(RouterTest, ShutdownFailsPendingCallsAndRefusesNewOnes) {
 
 TEST_F(RouterTest, ShutdownEnvelopeIsObeyedOnlyFromTheParent) {
   ASSERT_NO_FATAL_FAILURE(SpawnTree());
-  std::atomic<bool> master_asked{false};
-  master_->SetShutdownHandler([&](const absl::Status&) { master_asked = true; });
+  auto master_asked = std::make_shared<std::atomic<bool>>(false);
+  master_->SetShutdownHandler([master_asked](const absl::Status&) { *master_asked = true; });
   v1::Envelope shutdown;
   shutdown.mutable_shutdown();
 
@@ -1529,7 +1635,7 @@ TEST_F(RouterTest, ShutdownEnvelopeIsObeyedOnlyFromTheParent) {
   shutdown.set_dst(0);
   launcher_->child_end(c1_->id())->Send(shutdown);
   ASSERT_THAT(MasterFrom(*c1_).Ping(), IsOk());
-  EXPECT_FALSE(master_asked.load());
+  EXPECT_FALSE(master_asked->load());
 
   // From the parent: the child asks its owner to shut it down.
   shutdown.set_src(0);
@@ -1539,6 +1645,112 @@ TEST_F(RouterTest, ShutdownEnvelopeIsObeyedOnlyFromTheParent) {
   ASSERT_TRUE(launcher_->WaitShutdownRequested(c2_->id(), &why));
   EXPECT_THAT(why, StatusIs(absl::StatusCode::kCancelled, HasSubstr("asked to shut down")));
   EXPECT_FALSE(launcher_->ShutdownRequested(c1_->id()));
+}
+
+// ---------------------------------------------------------------------------------------
+// Known bugs, demonstrated deterministically. Disabled until fixed; see the test report.
+
+// Regression test (fixed; router/router.cc, Router::RunCall / HandleReply): when a call's deadline passes, the
+// callee's own deadline timer cancels the function (its deadline is the caller's plus the
+// transit time), and a function that returns CANCELLED on cancellation (grove.sleep does)
+// sends that back; if it arrives before the caller's timer has run, the caller sees CANCELLED
+// instead of the DEADLINE_EXCEEDED CallOptions promises. Deterministic here: call A's `done`
+// runs on the master's timer thread and keeps it busy until call B has completed, so B can
+// only complete through the callee's reply.
+TEST_F(RouterTest, DeadlineIsDeadlineExceededEvenWhenTheCalleeAnswersFirst) {
+  ASSERT_NO_FATAL_FAILURE(SpawnTree());
+  auto b_done = std::make_shared<std::promise<absl::StatusOr<std::string>>>();
+  std::shared_future<absl::StatusOr<std::string>> b_result = b_done->get_future().share();
+  CallOptions a_options;
+  a_options.timeout = absl::Milliseconds(50);
+  master_->StartCall(c1_->id(), "test.block", "grove.v1.SleepRequest",
+                     Ms(30000).SerializeAsString(), a_options,
+                     [b_result](absl::StatusOr<std::string>) {
+                       // On the timer thread (A's deadline): hold it until B is decided.
+                       b_result.wait_for(absl::ToChronoMilliseconds(kWait));
+                     });
+  CallOptions b_options;
+  b_options.timeout = absl::Milliseconds(300);
+  master_->StartCall(c1_->id(), "grove.sleep", "grove.v1.SleepRequest",
+                     Ms(30000).SerializeAsString(), b_options,
+                     [b_done](absl::StatusOr<std::string> r) { b_done->set_value(std::move(r)); });
+  ASSERT_EQ(b_result.wait_for(absl::ToChronoMilliseconds(kWait)), std::future_status::ready);
+  EXPECT_THAT(b_result.get(), StatusIs(absl::StatusCode::kDeadlineExceeded, _));
+}
+
+// Regression test (fixed; router/router.cc, Router::StartCall with CallOptions::parent): a nested call inherits
+// its parent's deadline exactly, and the parent's deadline timer (scheduled first, so run
+// first) cancels the parent's CallContext, which aborts the nested call with CANCELLED before
+// the nested call's own timer can report DEADLINE_EXCEEDED.
+TEST_F(RouterTest, NestedCallPastItsInheritedDeadlineIsDeadlineExceeded) {
+  ASSERT_NO_FATAL_FAILURE(SpawnTree());
+  std::shared_ptr<ReplyGate> gate = ReplyGate::Install(*launcher_->parent_end(c1_->id()));
+  CallOptions options;
+  options.timeout = absl::Milliseconds(200);
+  absl::StatusOr<v1::Empty> relayed = c1_->Call<v1::Empty>(
+      "test.relay_block", Args({absl::StrCat(g_->id().value()), "30000"}), options);
+  ASSERT_TRUE(gate->WaitForReplies(1));
+  gate->Release();
+  // What c1's function got back from its nested call, and returned.
+  EXPECT_EQ(gate->replies()[0].code(), static_cast<int>(absl::StatusCode::kDeadlineExceeded))
+      << gate->replies()[0].message();
+}
+
+// Regression test (fixed; router/router.cc, Router::HandleAdded): the master accepts a ContextAdded for any id
+// not yet in use, also one it has not handed out, so a child can claim the id the master
+// will give its next child; the master then reuses the id (AllocateId does not check
+// routes_), overwrites the route and keeps the squatter's registry record.
+TEST_F(RouterTest, ChildCannotClaimAnIdTheMasterHasNotHandedOut) {
+  absl::StatusOr<Context> c1 = Master().Spawn("local,name=c1");
+  ASSERT_THAT(c1, IsOk());
+  const uint64_t next_master_id = c1->id().value() + 1;
+  v1::Envelope added;
+  added.set_src(c1->id().value());
+  added.set_dst(0);
+  v1::ContextInfo* info = added.mutable_added()->mutable_info();
+  info->set_id(next_master_id);
+  info->set_parent(c1->id().value());
+  info->set_name("squatter");
+  launcher_->child_end(c1->id())->Send(added);
+  ASSERT_THAT(MasterFrom(*c1).Ping(), IsOk());  // The ContextAdded has been handled.
+
+  absl::StatusOr<Context> fresh = Master().Spawn("local,name=fresh");
+  ASSERT_THAT(fresh, IsOk());
+  std::optional<ContextRecord> record = master_->registry().Find(fresh->id());
+  ASSERT_TRUE(record.has_value());
+  EXPECT_EQ(record->name, "fresh");
+  EXPECT_EQ(record->parent, kMasterId);
+  EXPECT_FALSE(master_->registry().FindByName("squatter").has_value());
+}
+
+// BUG (router/router.cc, Router::OnEnvelope/RemoveContexts): when a subtree is lost, only the
+// contexts that had calls pending *to* it are told (Child::egress); calls *from* it that are
+// running elsewhere (here g -> c2) are never cancelled and run to completion for nobody.
+TEST_F(RouterTest, DISABLED_CallsFromALostContextAreCancelledElsewhere) {
+  ASSERT_NO_FATAL_FAILURE(SpawnTree());
+  std::future<absl::StatusOr<v1::Empty>> from_g =
+      From(*g_, *c2_).CallAsync<v1::Empty>("test.block", Ms(30000));
+  ASSERT_TRUE(probe_.WaitStarted(1));
+  launcher_->parent_end(c1_->id())->Close(absl::UnavailableError("cut by the test"));
+  ASSERT_TRUE(registry_log_.WaitFor(RegistryEvent::kRemoved, g_->id()));
+  EXPECT_TRUE(probe_.WaitCancelled(1, absl::Seconds(2)))
+      << "c2 still runs a call from a lost context";
+}
+
+// Regression test (fixed; router/router.cc, StartCall and OnEnvelope's "is gone" errors): they prepend "context "
+// to DescribeContext(), which already says "context N" for a context not in the local
+// registry, giving "context context 3 is gone".
+TEST_F(RouterTest, GoneMessagesNameTheContextOnce) {
+  ASSERT_NO_FATAL_FAILURE(SpawnTree());
+  // c2 waits on g, so it is told when g is lost; g is not in c2's registry.
+  std::future<absl::StatusOr<v1::Empty>> waiting =
+      From(*c2_, *g_).CallAsync<v1::Empty>("test.block", Ms(30000));
+  ASSERT_TRUE(probe_.WaitStarted(1));
+  launcher_->parent_end(c1_->id())->Close(absl::UnavailableError("cut by the test"));
+  ASSERT_TRUE(ReadyWithin(waiting));
+  absl::Status from_c2 = From(*c2_, *g_).Ping();
+  EXPECT_THAT(from_c2, StatusIs(absl::StatusCode::kUnavailable,
+                                AllOf(HasSubstr("gone"), Not(HasSubstr("context context")))));
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_util.h"
+#include "google/protobuf/io/coded_stream.h"
 #include "glog/logging.h"
 #include "grpcpp/create_channel_posix.h"
 
@@ -39,7 +40,9 @@ int LinkReceiveLimit(int64_t max_message_bytes) {
 }
 
 void OutQueue::Push(v1::Envelope envelope) {
-  size_t size = envelope.ByteSizeLong();
+  // The envelope's bytes inside the batch: its tag, its length and itself.
+  size_t body = envelope.ByteSizeLong();
+  size_t size = 1 + google::protobuf::io::CodedOutputStream::VarintSize64(body) + body;
   queue_.emplace_back(std::move(envelope), size);
 }
 
