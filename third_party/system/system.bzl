@@ -6,9 +6,8 @@ dynamic), so every grove binary is one self-contained executable that can travel
 host. The link flags come from `pkg-config --static` at fetch time, deduplicated.
 """
 
-# System libraries linked dynamically. libunwind's archive (glog's stack traces) is not
-# position-independent, so it stays a shared library.
-DYNAMIC = ["-lpthread", "-ldl", "-lrt", "-lm", "-lunwind"]
+# Linked dynamically: glibc's parts only.
+DYNAMIC = ["-lpthread", "-ldl", "-lrt", "-lm"]
 
 def _libs(ctx, packages):
     result = ctx.execute(["pkg-config", "--static", "--libs"] + packages)
@@ -25,19 +24,46 @@ def _system_libraries_impl(ctx):
     grpc = _libs(ctx, ["grpc++_unsecure", "protobuf", "libglog"])
 
     # pkg-config's list for grpc++_unsecure misses a few of gRPC core's own dependencies.
-    for extra in ["-lupb", "-laddress_sorting", "-lcares", "-lre2", "-lz", "-latomic"]:
+    # libcrypto: SHA-256 of the travelling agent. libunwind (glog's stack traces) needs lzma.
+    for extra in ["-lupb", "-laddress_sorting", "-lcares", "-lre2", "-lz", "-latomic", "-lcrypto",
+                  "-lunwind", "-llzma"]:
         if extra not in grpc:
             grpc.append(extra)
+
+    # libgcc_eh first, so that C++'s _Unwind_* come from it and not from libunwind (whose
+    # copies would clash with it); glog takes only libunwind's own unw_* calls.
+    grpc = ["-l:libgcc_eh.a"] + grpc
     static = ["-Wl,-Bstatic", "-Wl,--start-group"] + grpc + ["-Wl,--end-group", "-Wl,-Bdynamic"]
-    dynamic = DYNAMIC + ["-static-libstdc++", "-static-libgcc"]
+
+    # A self-contained program: libstdc++ and libgcc static too (the -lstdc++ Bazel appends
+    # then resolves nothing and, with --as-needed, is not recorded). libunwind.a is not
+    # position-independent, hence -no-pie. Under a sanitizer, libstdc++ stays shared so that
+    # the sanitizer's operator new/delete take effect.
+    self_contained = ["-no-pie", "-Wl,-Bstatic", "-l:libstdc++.a", "-Wl,-Bdynamic",
+                      "-static-libgcc", "-Wl,--as-needed"]
+    sanitized = ["-no-pie"]
 
     ctx.file("BUILD.bazel", """
 package(default_visibility = ["//visibility:public"])
 
 # gRPC (unsecure), protobuf, Abseil, glog, gflags, libunwind: static.
+config_setting(
+    name = "asan",
+    define_values = {{"grove_sanitizer": "address"}},
+)
+
+config_setting(
+    name = "tsan",
+    define_values = {{"grove_sanitizer": "thread"}},
+)
+
 cc_library(
     name = "grpc",
-    linkopts = {grpc},
+    linkopts = {grpc} + select({{
+        ":asan": {sanitized},
+        ":tsan": {sanitized},
+        "//conditions:default": {self_contained},
+    }}),
 )
 
 cc_library(
@@ -50,7 +76,11 @@ cc_library(
     name = "benchmark",
     linkopts = ["-lbenchmark"],
 )
-""".format(grpc = repr(static + dynamic)))
+""".format(
+        grpc = repr(static + DYNAMIC),
+        sanitized = repr(sanitized),
+        self_contained = repr(self_contained),
+    ))
     ctx.file("WORKSPACE", "workspace(name = \"system\")\n")
 
 system_libraries = repository_rule(
