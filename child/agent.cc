@@ -24,8 +24,11 @@
 #include "glog/logging.h"
 #include "grpcpp/server_posix.h"
 #include "launch/local_launcher.h"
+#include "launch/payload.h"
+#include "launch/remote_launcher.h"
 #include "router/router.h"
 #include "transport/grpc_link.h"
+#include "transport/relay.h"
 
 namespace grove {
 namespace {
@@ -35,6 +38,8 @@ constexpr size_t kMaxLine = 16384;
 
 struct AgentFlags {
   int fd = -1;
+  // The link is on stdin/stdout (pipes, from ssh, sudo or a container runtime).
+  bool stdio = false;
   v1::ContextInfo info;
   std::vector<uint64_t> ancestors;
   int64_t max_message_bytes = kDefaultMaxMessageBytes;
@@ -69,6 +74,8 @@ bool ParseFlags(int argc, char** argv, AgentFlags* flags, std::string* error) {
     bool ok = true;
     if (key == "--grove-fd") {
       ok = absl::SimpleAtoi(value, &flags->fd);
+    } else if (key == "--grove-stdio") {
+      flags->stdio = true;
     } else if (key == "--grove-id") {
       ok = absl::SimpleAtoi(value, &u);
       flags->info.set_id(u);
@@ -100,8 +107,8 @@ bool ParseFlags(int argc, char** argv, AgentFlags* flags, std::string* error) {
       return false;
     }
   }
-  if (flags->fd < 0) {
-    *error = "missing --grove-fd";
+  if (flags->fd < 0 && !flags->stdio) {
+    *error = "missing --grove-fd or --grove-stdio";
     return false;
   }
   return true;
@@ -268,6 +275,14 @@ class IoForwarder : public google::LogSink {
 }  // namespace
 
 bool IsAgentInvocation(int argc, char** argv) {
+  // Started by ssh as its SSH_ASKPASS helper (the ssh launcher's password path): answer the
+  // prompt and end. The password lives only in ssh's environment.
+  if (const char* password = ::getenv("GROVE_ASKPASS_PASSWORD");
+      password != nullptr && ::getenv("SSH_ASKPASS") != nullptr) {
+    std::string line = std::string(password) + "\n";
+    WriteAll(1, line.data(), line.size()).IgnoreError();
+    _exit(0);
+  }
   return argc >= 2 && std::strcmp(argv[1], "--grove-agent") == 0;
 }
 
@@ -280,6 +295,23 @@ void RunAgent(int argc, char** argv, const Functions& functions) {
   }
   ::signal(SIGPIPE, SIG_IGN);
   CloseInheritedFds(flags.fd);
+  if (flags.stdio) {
+    // The link arrives on pipes: relay them to a socketpair and serve on its other end. The
+    // boot marker goes out first, so the parent knows that what follows is gRPC.
+    int in = ::fcntl(0, F_DUPFD_CLOEXEC, 3);
+    int out = ::fcntl(1, F_DUPFD_CLOEXEC, 3);
+    auto pair = SocketPair();
+    int null = ::open("/dev/null", O_RDWR);
+    if (in < 0 || out < 0 || !pair.ok() || null < 0 ||
+        !WriteAll(out, kBootMarker, kMarkerSize).ok()) {
+      fprintf(stderr, "grove agent: cannot set up the stdio link\n");
+      _exit(2);
+    }
+    ::dup2(null, 0);
+    ::close(null);
+    flags.fd = pair->second.Release();
+    new Relay(UniqueFd(in), UniqueFd(out), std::move(pair->first));  // Lives until _exit.
+  }
   v1::ContextInfo& info = flags.info;
   info.set_pid(::getpid());
   info.set_host(HostName());
@@ -295,8 +327,10 @@ void RunAgent(int argc, char** argv, const Functions& functions) {
   options.verbosity = flags.verbosity;
   // Intentionally leaked: the process ends with _exit, never by destroying these.
   auto* router = new Router(options);
-  auto* local = new LocalLauncher();
-  router->AddLauncher("local", local);
+  router->AddLauncher("local", new LocalLauncher());
+  router->AddLauncher("command", new CommandLauncher());
+  router->AddLauncher("ssh", new SshLauncher());
+  router->AddLauncher("sudo", new SudoLauncher());
 
   absl::Notification* end = new absl::Notification();
   absl::Mutex* why_mu = new absl::Mutex();

@@ -94,6 +94,8 @@ bool Drain(int fd, std::string* tail) {
   }
 }
 
+}  // namespace
+
 std::string QuoteTail(const std::string& tail) {
   if (tail.empty()) return "; it printed nothing";
   std::vector<absl::string_view> lines = absl::StrSplit(tail, '\n', absl::SkipEmpty());
@@ -102,12 +104,10 @@ std::string QuoteTail(const std::string& tail) {
   return absl::StrCat("; its last output:\n  ", absl::StrJoin(last, "\n  "));
 }
 
-}  // namespace
-
 std::vector<std::string> AgentArguments(const LaunchRequest& request, int link_fd) {
   return {
       "--grove-agent",
-      absl::StrCat("--grove-fd=", link_fd),
+      link_fd < 0 ? std::string("--grove-stdio") : absl::StrCat("--grove-fd=", link_fd),
       absl::StrCat("--grove-id=", request.info.id()),
       absl::StrCat("--grove-name=", request.info.name()),
       absl::StrCat("--grove-parent=", request.info.parent()),
@@ -151,26 +151,31 @@ absl::StatusOr<LaunchedChild> LocalLauncher::Launch(const Hop& hop, const Launch
   link_fds->second.Reset();
   output->second.Reset();
   null.Reset();
-  SetNonBlocking(output->first.get(), true).IgnoreError();
+  return LinkUp(std::move(link_fds->first), *std::move(process), std::move(output->first),
+                absl::StrCat("local child ", request.info.id()), "", request);
+}
 
+absl::StatusOr<LaunchedChild> LinkUp(UniqueFd socket, Process process_value, UniqueFd output,
+                                     const std::string& what, std::string tail,
+                                     const LaunchRequest& request) {
+  Process* process = &process_value;
   const pid_t pid = process->pid();
+  SetNonBlocking(output.get(), true).IgnoreError();
   std::shared_ptr<GrpcClientLink> link = GrpcClientLink::Connect(
-      std::move(link_fds->first), absl::StrCat("link to local child ", request.info.id(),
-                                               " (pid ", pid, ")"),
+      std::move(socket), absl::StrCat("link to ", what, " (pid ", pid, ")"),
       request.max_message_bytes);
-  std::string tail;
   bool output_open = true;
   absl::Status failure;
   for (;;) {
     struct pollfd fds[3] = {{link->first_envelope_fd(), POLLIN, 0},
                             {process->pidfd(), POLLIN, 0},
-                            {output_open ? output->first.get() : -1, POLLIN, 0}};
+                            {output_open ? output.get() : -1, POLLIN, 0}};
     int ms = -1;
     if (request.deadline != absl::InfiniteFuture()) {
       absl::Duration left = request.deadline - absl::Now();
       if (left <= absl::ZeroDuration()) {
         failure = absl::DeadlineExceededError(absl::StrCat(
-            "local child (pid ", pid, ") did not link up before the deadline", QuoteTail(tail)));
+            what, " (pid ", pid, ") did not link up before the deadline", QuoteTail(tail)));
         break;
       }
       ms = static_cast<int>(absl::ToInt64Milliseconds(left) + 1);
@@ -180,19 +185,19 @@ absl::StatusOr<LaunchedChild> LocalLauncher::Launch(const Hop& hop, const Launch
       failure = ErrnoStatus(errno, "poll");
       break;
     }
-    if (fds[2].revents) output_open = Drain(output->first.get(), &tail);
+    if (fds[2].revents) output_open = Drain(output.get(), &tail);
     if (fds[0].revents) {
       absl::StatusOr<v1::Envelope> first = link->TakeFirstEnvelope();
       if (first.ok() && first->has_hello()) {
-        Drain(output->first.get(), &tail);
+        Drain(output.get(), &tail);
         if (!tail.empty()) {
-          LOG(INFO) << "local child " << request.info.id() << " (pid " << pid
+          LOG(INFO) << what << " (pid " << pid
                     << ") printed before linking up: " << tail;
         }
         LaunchedChild child;
         child.info = first->hello().info();
         child.link = std::move(link);
-        child.handle = std::make_unique<LocalChild>(*std::move(process));
+        child.handle = std::make_unique<LocalChild>(std::move(*process));
         return child;
       }
       // The link failed first: the process is about to exit; report how.
@@ -200,24 +205,24 @@ absl::StatusOr<LaunchedChild> LocalLauncher::Launch(const Hop& hop, const Launch
         struct pollfd p = {process->pidfd(), POLLIN, 0};
         ::poll(&p, 1, 1000);
         if (!process->TryWait()) {
-          failure = absl::UnavailableError(absl::StrCat("local child (pid ", pid,
+          failure = absl::UnavailableError(absl::StrCat(what, " (pid ", pid,
                                                         ") broke the link: ", first.status().message(),
                                                         QuoteTail(tail)));
           break;
         }
       } else {
-        failure = absl::InternalError(absl::StrCat("local child (pid ", pid,
+        failure = absl::InternalError(absl::StrCat(what, " (pid ", pid,
                                                    ") sent something other than a Hello first"));
         break;
       }
     }
     if (fds[1].revents || process->TryWait()) {
       if (process->TryWait()) {
-        while (output_open && Drain(output->first.get(), &tail)) {
-          struct pollfd p = {output->first.get(), POLLIN, 0};
+        while (output_open && Drain(output.get(), &tail)) {
+          struct pollfd p = {output.get(), POLLIN, 0};
           if (::poll(&p, 1, 100) <= 0) break;
         }
-        failure = absl::UnavailableError(absl::StrCat("local child (pid ", pid, ") ",
+        failure = absl::UnavailableError(absl::StrCat(what, " (pid ", pid, ") ",
                                                       DescribeWaitStatus(*process->status()),
                                                       " before linking up", QuoteTail(tail)));
         break;

@@ -6,12 +6,27 @@
 #include <string>
 #include <vector>
 
+#include "common/fd.h"
+#include "common/process.h"
 #include "router/launcher.h"
 
 namespace grove {
 
-// Command-line flags of an agent, shared by every launcher that starts this program.
+// Command-line flags of an agent, shared by every launcher that starts this program. A
+// `link_fd` of -1 means the link is the agent's stdin and stdout (--grove-stdio).
 std::vector<std::string> AgentArguments(const LaunchRequest& request, int link_fd);
+
+// Links up with a started child whose agent serves gRPC on the other end of `socket`: opens
+// the link, waits for its Hello while collecting what it prints on `output` (appended to
+// `tail`), and fails with that output quoted if the process exits or the deadline passes
+// first (then the process is killed and reaped). `what` names the child in messages.
+// Shared by every launcher.
+absl::StatusOr<LaunchedChild> LinkUp(UniqueFd socket, Process process, UniqueFd output,
+                                     const std::string& what, std::string tail,
+                                     const LaunchRequest& request);
+
+// "; its last output:\n  ..." (the last 20 lines of `tail`), or "; it printed nothing".
+std::string QuoteTail(const std::string& tail);
 
 // Stateless; thread-safe.
 class LocalLauncher : public Launcher {

@@ -61,6 +61,9 @@ Master::Master(const Functions& functions, MasterOptions options) : options_(std
   router_options.stop_grace = options_.stop_grace;
   router_ = std::make_unique<Router>(std::move(router_options));
   router_->AddLauncher("local", &local_launcher_);
+  router_->AddLauncher("command", &command_launcher_);
+  router_->AddLauncher("ssh", &ssh_launcher_);
+  router_->AddLauncher("sudo", &sudo_launcher_);
   router_->SetLogSink(options_.log_sink ? options_.log_sink : LogSink(LogToStderr));
 }
 

@@ -21,6 +21,7 @@
 
 #include "absl/status/statusor.h"
 #include "launch/local_launcher.h"
+#include "launch/remote_launcher.h"
 #include "router/context.h"
 #include "router/functions.h"
 #include "router/registry.h"
@@ -69,6 +70,9 @@ class Master {
  private:
   MasterOptions options_;
   LocalLauncher local_launcher_;
+  CommandLauncher command_launcher_;
+  SshLauncher ssh_launcher_;
+  SudoLauncher sudo_launcher_;
   std::unique_ptr<Router> router_;
 };
 

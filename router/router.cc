@@ -807,6 +807,19 @@ absl::StatusOr<ContextId> Router::AllocateId() {
   return ContextId(next_id_++);
 }
 
+std::string Router::DefaultName(const Hop& hop) const {
+  // Local children are "<method>.<pid>" (the child names itself). Others show the chain, as
+  // "ssh.web1.sudo.root": the parent's name (unless it is the master), the method, the target.
+  if (hop.method == "local" || hop.method == "fork") return "";
+  std::string target = hop.target;
+  if (target.empty() && (hop.method == "sudo" || hop.method == "su")) target = "root";
+  for (char& c : target) {
+    if (c == ' ' || c == '/') c = '_';
+  }
+  std::string name = absl::StrCat(hop.method, target.empty() ? "" : ".", target);
+  return is_master() ? name : absl::StrCat(self_.name(), ".", name);
+}
+
 absl::StatusOr<v1::ContextInfo> Router::SpawnChild(const Hop& hop, absl::Time deadline) {
   const std::string name = hop.Get("name");
   Launcher* launcher = nullptr;
@@ -841,7 +854,7 @@ absl::StatusOr<v1::ContextInfo> Router::SpawnChild(const Hop& hop, absl::Time de
   }
   LaunchRequest request;
   request.info.set_id(id->value());
-  request.info.set_name(name);
+  request.info.set_name(name.empty() ? DefaultName(hop) : name);
   request.info.set_parent(self_.id());
   request.info.set_method(hop.method);
   request.ancestors.push_back(self_.id());
@@ -862,7 +875,7 @@ absl::StatusOr<v1::ContextInfo> Router::SpawnChild(const Hop& hop, absl::Time de
   child->info.set_id(id->value());
   child->info.set_parent(self_.id());
   child->info.set_method(hop.method);
-  if (!name.empty()) child->info.set_name(name);
+  if (!request.info.name().empty()) child->info.set_name(request.info.name());
   child->link = std::move(launched->link);
   child->handle = std::move(launched->handle);
   child->routed.insert(id->value());

@@ -184,6 +184,8 @@ class Router : public LinkDelegate {
   void RegisterBuiltins();
   void RequestShutdown(const absl::Status& why);
   std::string DescribeContext(uint64_t id) const;
+  // The name a child started by `hop` gets when the hop names none.
+  std::string DefaultName(const Hop& hop) const;
   // Asks `child` to shut down, makes sure its process is gone, and waits until its link-down
   // has been handled.
   void StopChildAndWait(const std::shared_ptr<Child>& child);

@@ -1,0 +1,401 @@
+#include "launch/remote_launcher.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "absl/random/random.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "common/fd.h"
+#include "common/status_util.h"
+#include "common/process.h"
+#include "glog/logging.h"
+#include "launch/local_launcher.h"
+#include "launch/payload.h"
+
+extern char** environ;
+
+namespace grove {
+namespace {
+
+constexpr absl::Duration kDefaultConnectTimeout = absl::Seconds(30);
+constexpr size_t kTailBytes = 4096;
+
+// A started command whose stdin and stdout are one end of a socketpair (`socket` is ours) and
+// whose stderr is a pipe (`err` is our end).
+struct Started {
+  UniqueFd socket;
+  Process process;
+  UniqueFd err;
+};
+
+absl::StatusOr<Started> StartCommand(const std::vector<std::string>& argv,
+                                     const std::vector<std::string>& extra_env) {
+  auto link = SocketPair();
+  if (!link.ok()) return link.status();
+  auto err = Pipe();
+  if (!err.ok()) return err.status();
+  SpawnOptions options;
+  options.argv = argv;
+  if (!extra_env.empty()) {
+    std::vector<std::string> env;
+    for (char** e = environ; *e != nullptr; ++e) env.emplace_back(*e);
+    env.insert(env.end(), extra_env.begin(), extra_env.end());
+    options.env = std::move(env);
+  }
+  options.fds = {{0, link->second.get()}, {1, link->second.get()}, {2, err->second.get()}};
+  absl::StatusOr<Process> process = Process::Spawn(options);
+  if (!process.ok()) return process.status();
+  Started started{std::move(link->first), *std::move(process), std::move(err->first)};
+  SetNonBlocking(started.err.get(), true).IgnoreError();
+  return started;
+}
+
+// Decides what stderr output means while bootstrapping: an error to stop with, a reply to
+// write into the command's stdin (a password at a prompt), or nothing yet.
+struct StderrVerdict {
+  absl::Status error;
+  std::string reply;
+};
+using StderrJudge = std::function<StderrVerdict(const std::string& err_tail, size_t new_from)>;
+
+void AppendTail(std::string* tail, const char* data, size_t size) {
+  tail->append(data, size);
+  if (tail->size() > kTailBytes) tail->erase(0, tail->size() - kTailBytes);
+}
+
+// Runs the bootstrap exchange on a started command: writes `script` to its stdin when not
+// empty (for commands that end in a shell), uploads the payload when the first stage asks,
+// and returns once the agent's boot marker arrives (the socket then carries gRPC). `*tail`
+// collects what the command printed.
+absl::Status Bootstrap(Started& s, const Payload& payload, const std::string& script,
+                       const StderrJudge& judge, absl::Time deadline, const std::string& what,
+                       std::string* tail) {
+  BootstrapCounters& counters = GlobalBootstrapCounters();
+  if (!script.empty()) {
+    std::string line = script + "\n";
+    if (absl::Status w = WriteAll(s.socket.get(), line.data(), line.size()); !w.ok()) {
+      return Annotate(w, absl::StrCat("cannot send the first stage to ", what));
+    }
+    counters.bytes_sent += static_cast<int64_t>(line.size());
+  }
+  std::string window;  // The last bytes of stdout, where markers are looked for.
+  std::string err_tail;
+  const int64_t deadline_ms = absl::ToUnixMillis(deadline);
+  for (;;) {
+    int64_t left = deadline_ms - absl::ToUnixMillis(absl::Now());
+    if (left <= 0) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          what, " did not start its agent before the deadline", QuoteTail(*tail + err_tail)));
+    }
+    struct pollfd fds[3] = {{s.socket.get(), POLLIN, 0},
+                            {s.err.valid() ? s.err.get() : -1, POLLIN, 0},
+                            {s.process.pidfd(), POLLIN, 0}};
+    if (::poll(fds, 3, static_cast<int>(std::min<int64_t>(left, 1000))) < 0 && errno != EINTR) {
+      return ErrnoStatus(errno, "poll");
+    }
+    if (fds[1].revents) {
+      char buffer[4096];
+      ssize_t n = ::read(s.err.get(), buffer, sizeof(buffer));
+      if (n > 0) {
+        size_t from = err_tail.size();
+        err_tail.append(buffer, n);
+        StderrVerdict verdict = judge(err_tail, from);
+        if (!verdict.error.ok()) return verdict.error;
+        if (!verdict.reply.empty()) {
+          WriteAll(s.socket.get(), verdict.reply.data(), verdict.reply.size()).IgnoreError();
+        }
+        if (err_tail.size() > kTailBytes) err_tail.erase(0, err_tail.size() - kTailBytes);
+      } else if (n == 0) {
+        s.err.Reset();
+      }
+    }
+    if (fds[0].revents) {
+      // One byte at a time, so that nothing after the boot marker (gRPC) is consumed here.
+      char c;
+      ssize_t n = ::recv(s.socket.get(), &c, 1, 0);
+      if (n == 1) {
+        window.push_back(c);
+        AppendTail(tail, &c, 1);
+        if (window.size() > kMarkerSize) window.erase(0, window.size() - kMarkerSize);
+        if (window == kBootMarker) {
+          tail->resize(tail->size() - kMarkerSize);
+          return absl::OkStatus();
+        }
+        if (window == kNeedMarker) {
+          tail->resize(tail->size() - kMarkerSize);
+          absl::StatusOr<const std::string*> compressed = CompressedProgram();
+          if (!compressed.ok()) return compressed.status();
+          std::string size_line = absl::StrCat((*compressed)->size(), "\n");
+          absl::Status w = WriteAll(s.socket.get(), size_line.data(), size_line.size());
+          if (w.ok()) w = WriteAll(s.socket.get(), (*compressed)->data(), (*compressed)->size());
+          if (!w.ok()) return Annotate(w, absl::StrCat("cannot upload the agent to ", what));
+          counters.bytes_sent += static_cast<int64_t>(size_line.size() + (*compressed)->size());
+          counters.uploads += 1;
+        }
+        if (window == kArchMarker || window == kFailMarker) {
+          bool arch = window == kArchMarker;
+          std::string rest;
+          while (rest.size() < 512 && ::recv(s.socket.get(), &c, 1, 0) == 1 && c != '\n') {
+            rest.push_back(c);
+          }
+          if (arch) {
+            return absl::FailedPreconditionError(absl::StrCat(
+                what, " is a ", rest, " machine; this program is built for another architecture"));
+          }
+          return absl::DataLossError(absl::StrCat(what, ": ", rest));
+        }
+        continue;
+      }
+      if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN)) {
+        // EOF: the command is ending. Report how, with what it printed.
+        struct pollfd p = {s.process.pidfd(), POLLIN, 0};
+        ::poll(&p, 1, 2000);
+        while (s.err.valid()) {
+          char buffer[4096];
+          ssize_t m = ::read(s.err.get(), buffer, sizeof(buffer));
+          if (m <= 0) break;
+          err_tail.append(buffer, m);
+        }
+        StderrVerdict verdict = judge(err_tail, 0);
+        if (!verdict.error.ok()) return verdict.error;
+        std::optional<int> status = s.process.TryWait();
+        return absl::UnavailableError(absl::StrCat(
+            what, " ", status ? DescribeWaitStatus(*status) : "closed its output",
+            " before its agent started", QuoteTail(*tail + err_tail)));
+      }
+    }
+  }
+}
+
+// Launches `argv` and links up with the agent it ends up running.
+absl::StatusOr<LaunchedChild> LaunchThrough(const std::vector<std::string>& argv,
+                                            const std::vector<std::string>& env,
+                                            const std::string& script_on_stdin,
+                                            const StderrJudge& judge, const std::string& what,
+                                            LaunchRequest request) {
+  if (request.deadline == absl::InfiniteFuture()) {
+    request.deadline = absl::Now() + kDefaultConnectTimeout;
+  }
+  absl::StatusOr<const Payload*> payload = ThisProgram();
+  if (!payload.ok()) return payload.status();
+  absl::StatusOr<Started> started = StartCommand(argv, env);
+  if (!started.ok()) {
+    return Annotate(started.status(), absl::StrCat("cannot start ", argv[0], " for ", what));
+  }
+  std::string tail;
+  absl::Status booted =
+      Bootstrap(*started, **payload, script_on_stdin, judge, request.deadline, what, &tail);
+  if (!booted.ok()) {
+    // The connect failed: kill the command and reap it.
+    started->process.Terminate(absl::ZeroDuration());
+    return booted;
+  }
+  return LinkUp(std::move(started->socket), std::move(started->process),
+                std::move(started->err), what, std::move(tail), request);
+}
+
+std::string ScriptFor(const Hop& hop, const LaunchRequest& request) {
+  absl::StatusOr<const Payload*> payload = ThisProgram();
+  if (!payload.ok()) return "";
+  return FirstStage(**payload, hop.Get("cache_dir"), AgentArguments(request, -1));
+}
+
+absl::Status CheckOptions(const Hop& hop, std::initializer_list<absl::string_view> allowed) {
+  for (const auto& [key, value] : hop.options) {
+    bool ok = false;
+    for (absl::string_view a : allowed) ok |= key == a;
+    if (!ok) {
+      return absl::InvalidArgumentError(absl::StrCat("hop '", hop.ToString(), "': unknown option '",
+                                                     key, "' for ", hop.method));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// The password a hop gives (password=... or password_env=VAR), or "".
+absl::StatusOr<std::string> PasswordOf(const Hop& hop) {
+  if (hop.Has("password")) return hop.Get("password");
+  if (hop.Has("password_env")) {
+    const char* value = ::getenv(hop.Get("password_env").c_str());
+    if (value == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "hop '", hop.method, "': environment variable ", hop.Get("password_env"), " is not set"));
+    }
+    return std::string(value);
+  }
+  return std::string();
+}
+
+std::string SelfPath() {
+  char path[4096] = {0};
+  ssize_t n = ::readlink("/proc/self/exe", path, sizeof(path) - 1);
+  return n > 0 ? std::string(path, n) : "/proc/self/exe";
+}
+
+}  // namespace
+
+BootstrapCounters& GlobalBootstrapCounters() {
+  static BootstrapCounters* counters = new BootstrapCounters();
+  return *counters;
+}
+
+absl::StatusOr<LaunchedChild> CommandLauncher::Launch(const Hop& hop,
+                                                      const LaunchRequest& request) {
+  if (absl::Status s = CheckOptions(hop, {"name", "cache_dir"}); !s.ok()) return s;
+  std::vector<std::string> argv = absl::StrSplit(hop.target, ' ', absl::SkipEmpty());
+  if (argv.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("hop '", hop.ToString(), "': command needs an argv (command:ARGV)"));
+  }
+  std::string what = absl::StrCat("command '", hop.target, "'");
+  StderrJudge judge = [](const std::string&, size_t) { return StderrVerdict(); };
+  return LaunchThrough(argv, {}, ScriptFor(hop, request), judge, what, request);
+}
+
+absl::StatusOr<LaunchedChild> SshLauncher::Launch(const Hop& hop, const LaunchRequest& request) {
+  if (absl::Status s = CheckOptions(hop, {"name", "cache_dir", "identity", "ssh_option",
+                                          "check_host_keys", "compression", "password",
+                                          "password_env", "connect_timeout"});
+      !s.ok()) {
+    return s;
+  }
+  if (hop.target.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("hop '", hop.ToString(), "': ssh needs a host (ssh:[user@]host[:port])"));
+  }
+  absl::StatusOr<std::string> password = PasswordOf(hop);
+  if (!password.ok()) return password.status();
+  std::string host = hop.target, user, port;
+  if (size_t at = host.rfind('@'); at != std::string::npos) {
+    user = host.substr(0, at);
+    host = host.substr(at + 1);
+  }
+  if (size_t colon = host.rfind(':'); colon != std::string::npos && host.find(']') == std::string::npos) {
+    port = host.substr(colon + 1);
+    host = host.substr(0, colon);
+  }
+  LaunchRequest req = request;
+  int timeout_s = 30;
+  if (hop.Has("connect_timeout") && !absl::SimpleAtoi(hop.Get("connect_timeout"), &timeout_s)) {
+    return absl::InvalidArgumentError("ssh: connect_timeout must be a number of seconds");
+  }
+  req.deadline = std::min(request.deadline, absl::Now() + absl::Seconds(timeout_s));
+
+  std::vector<std::string> argv = {"ssh", "-T", "-o", absl::StrCat("ConnectTimeout=", timeout_s),
+                                   "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=3"};
+  std::vector<std::string> env;
+  if (password->empty()) {
+    argv.insert(argv.end(), {"-o", "BatchMode=yes"});
+  } else {
+    // The password reaches ssh through SSH_ASKPASS (this program, in askpass mode): never a
+    // PTY, never argv.
+    argv.insert(argv.end(), {"-o", "BatchMode=no", "-o", "NumberOfPasswordPrompts=1",
+                             "-o", "PreferredAuthentications=password,keyboard-interactive"});
+    env = {absl::StrCat("SSH_ASKPASS=", SelfPath()), "SSH_ASKPASS_REQUIRE=force",
+           "DISPLAY=grove", absl::StrCat("GROVE_ASKPASS_PASSWORD=", *password)};
+  }
+  if (!port.empty()) argv.insert(argv.end(), {"-p", port});
+  if (!user.empty()) argv.insert(argv.end(), {"-l", user});
+  if (hop.Has("identity")) argv.insert(argv.end(), {"-i", hop.Get("identity"), "-o", "IdentitiesOnly=yes"});
+  std::string check = hop.Has("check_host_keys") ? hop.Get("check_host_keys") : "yes";
+  if (check == "yes") {
+    argv.insert(argv.end(), {"-o", "StrictHostKeyChecking=yes"});
+  } else if (check == "accept") {
+    argv.insert(argv.end(), {"-o", "StrictHostKeyChecking=accept-new"});
+  } else if (check == "no") {
+    argv.insert(argv.end(), {"-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                             "-o", "LogLevel=ERROR"});
+  } else {
+    return absl::InvalidArgumentError("ssh: check_host_keys must be yes, no or accept");
+  }
+  if (hop.Has("compression")) {
+    argv.insert(argv.end(), {"-o", absl::StrCat("Compression=", hop.Get("compression") == "yes" ? "yes" : "no")});
+  }
+  for (const auto& [key, value] : hop.options) {
+    if (key == "ssh_option") argv.insert(argv.end(), {"-o", value});
+  }
+  argv.push_back(host);
+  argv.push_back(absl::StrCat("exec sh -c ", ShellQuote(ScriptFor(hop, req))));
+
+  const std::string what = absl::StrCat("ssh ", hop.target);
+  const bool has_password = !password->empty();
+  StderrJudge judge = [what, has_password](const std::string& err, size_t) -> StderrVerdict {
+    auto has = [&err](absl::string_view s) { return absl::StrContains(err, s); };
+    StderrVerdict v;
+    if (has("Could not resolve hostname") || has("No route to host") ||
+        has("Connection refused") || has("Network is unreachable")) {
+      v.error = absl::UnavailableError(absl::StrCat(what, ": host unreachable: ", err));
+    } else if (has("REMOTE HOST IDENTIFICATION HAS CHANGED")) {
+      v.error = absl::FailedPreconditionError(absl::StrCat(what, ": host key changed: ", err));
+    } else if (has("Host key verification failed") || has("No ") && has("host key is known")) {
+      v.error = absl::FailedPreconditionError(absl::StrCat(what, ": host key unknown: ", err));
+    } else if (has("Permission denied")) {
+      v.error = has_password
+                    ? absl::PermissionDeniedError(absl::StrCat(what, ": password wrong: ", err))
+                    : absl::PermissionDeniedError(
+                          absl::StrCat(what, ": authentication refused: ", err));
+    } else if (has("Connection timed out") || has("timed out during banner")) {
+      v.error = absl::DeadlineExceededError(absl::StrCat(what, ": connect timed out: ", err));
+    } else if (has("sh: not found") || has("sh: No such file")) {
+      v.error = absl::FailedPreconditionError(absl::StrCat(what, ": remote shell missing: ", err));
+    }
+    return v;
+  };
+  return LaunchThrough(argv, env, "", judge, what, req);
+}
+
+absl::StatusOr<LaunchedChild> SudoLauncher::Launch(const Hop& hop, const LaunchRequest& request) {
+  if (absl::Status s = CheckOptions(hop, {"name", "cache_dir", "password", "password_env"});
+      !s.ok()) {
+    return s;
+  }
+  absl::StatusOr<std::string> password = PasswordOf(hop);
+  if (!password.ok()) return password.status();
+  const std::string user = hop.target.empty() ? "root" : hop.target;
+  // A prompt nothing else prints, so the password is written exactly when sudo asks for it.
+  const std::string prompt =
+      absl::StrFormat("grove-sudo-%016x-password:", absl::Uniform<uint64_t>(absl::BitGen()));
+  std::vector<std::string> argv = {"sudo", "-S", "-p", prompt, "-u", user, "-H", "--",
+                                   "sh", "-c", ScriptFor(hop, request)};
+  const std::string what = absl::StrCat("sudo to ", user);
+  auto prompts = std::make_shared<int>(0);
+  std::string secret = *password;
+  StderrJudge judge = [what, prompt, prompts, secret](const std::string& err,
+                                                      size_t from) -> StderrVerdict {
+    auto has = [&err](absl::string_view s) { return absl::StrContains(err, s); };
+    StderrVerdict v;
+    if (has("unknown user") || has("unknown login")) {
+      v.error = absl::NotFoundError(absl::StrCat(what, ": user unknown"));
+    } else if (has("is not in the sudoers file") || has("is not allowed to") ||
+               has("not allowed to execute")) {
+      v.error = absl::PermissionDeniedError(absl::StrCat(what, ": not allowed"));
+    } else if (has("incorrect password attempt") || has("Sorry, try again")) {
+      v.error = absl::PermissionDeniedError(absl::StrCat(what, ": password incorrect"));
+    } else if (err.find(prompt, from >= prompt.size() ? from - prompt.size() : 0) !=
+               std::string::npos) {
+      if (secret.empty()) {
+        v.error = absl::UnauthenticatedError(absl::StrCat(what, ": password required"));
+      } else if (++*prompts > 1) {
+        v.error = absl::PermissionDeniedError(absl::StrCat(what, ": password incorrect"));
+      } else {
+        v.reply = secret + "\n";
+      }
+    } else if (has("a password is required")) {
+      v.error = absl::UnauthenticatedError(absl::StrCat(what, ": password required"));
+    }
+    return v;
+  };
+  return LaunchThrough(argv, {}, "", judge, what, request);
+}
+
+}  // namespace grove
