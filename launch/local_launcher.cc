@@ -123,12 +123,12 @@ absl::StatusOr<LaunchedChild> LocalLauncher::Launch(const Hop& hop, const Launch
   for (const auto& [key, value] : hop.options) {
     if (key != "name") {
       return absl::InvalidArgumentError(
-          absl::StrCat("hop '", hop.ToString(), "': unknown option '", key, "' (local takes name)"));
+          absl::StrCat("hop '", hop.DebugString(), "': unknown option '", key, "' (local takes name)"));
     }
   }
   if (!hop.target.empty()) {
     return absl::InvalidArgumentError(
-        absl::StrCat("hop '", hop.ToString(), "': local takes no target"));
+        absl::StrCat("hop '", hop.DebugString(), "': local takes no target"));
   }
   auto link_fds = SocketPair();
   if (!link_fds.ok()) return link_fds.status();

@@ -215,7 +215,7 @@ absl::Status CheckOptions(const Hop& hop, std::initializer_list<absl::string_vie
     bool ok = false;
     for (absl::string_view a : allowed) ok |= key == a;
     if (!ok) {
-      return absl::InvalidArgumentError(absl::StrCat("hop '", hop.ToString(), "': unknown option '",
+      return absl::InvalidArgumentError(absl::StrCat("hop '", hop.DebugString(), "': unknown option '",
                                                      key, "' for ", hop.method));
     }
   }
@@ -255,7 +255,7 @@ absl::StatusOr<LaunchedChild> CommandLauncher::Launch(const Hop& hop,
   std::vector<std::string> argv = absl::StrSplit(hop.target, ' ', absl::SkipEmpty());
   if (argv.empty()) {
     return absl::InvalidArgumentError(
-        absl::StrCat("hop '", hop.ToString(), "': command needs an argv (command:ARGV)"));
+        absl::StrCat("hop '", hop.DebugString(), "': command needs an argv (command:ARGV)"));
   }
   std::string what = absl::StrCat("command '", hop.target, "'");
   StderrJudge judge = [](const std::string&, size_t) { return StderrVerdict(); };
@@ -271,7 +271,7 @@ absl::StatusOr<LaunchedChild> SshLauncher::Launch(const Hop& hop, const LaunchRe
   }
   if (hop.target.empty()) {
     return absl::InvalidArgumentError(
-        absl::StrCat("hop '", hop.ToString(), "': ssh needs a host (ssh:[user@]host[:port])"));
+        absl::StrCat("hop '", hop.DebugString(), "': ssh needs a host (ssh:[user@]host[:port])"));
   }
   absl::StatusOr<std::string> password = PasswordOf(hop);
   if (!password.ok()) return password.status();

@@ -60,6 +60,15 @@ std::string Hop::ToString() const {
   return out;
 }
 
+std::string Hop::DebugString() const {
+  std::string out = method;
+  if (!target.empty()) absl::StrAppend(&out, ":", target);
+  for (const auto& [k, v] : options) {
+    absl::StrAppend(&out, ",", k, "=", k == "password" ? "***" : v);
+  }
+  return out;
+}
+
 absl::StatusOr<Hop> ParseHop(absl::string_view text) {
   if (text.empty()) return absl::InvalidArgumentError("empty hop in path");
   std::vector<absl::string_view> parts = absl::StrSplit(text, ',');

@@ -26,6 +26,8 @@ struct Hop {
   bool Has(absl::string_view key) const;
   // The hop as it would be written.
   std::string ToString() const;
+  // The same with secrets (password=...) replaced by "***": for messages and logs.
+  std::string DebugString() const;
 };
 
 // Methods a hop may name.

@@ -868,7 +868,7 @@ absl::StatusOr<v1::ContextInfo> Router::SpawnChild(const Hop& hop, absl::Time de
   if (!launched.ok()) {
     forget_name();
     return Annotate(launched.status(),
-                    absl::StrCat("cannot start '", hop.ToString(), "' from ", self_.name()));
+                    absl::StrCat("cannot start '", hop.DebugString(), "' from ", self_.name()));
   }
   auto child = std::make_shared<Child>();
   child->info = launched->info;

@@ -84,9 +84,12 @@ ProcessState CaptureState() {
     rest >> st >> ppid;
     char their_exe[512] = {0};
     ::readlink(absl::StrCat("/proc/", pid, "/exe").c_str(), their_exe, sizeof(their_exe) - 1);
-    bool agent = st != "Z" && std::string(their_exe) == exe;
-    if (ppid != self && !agent) continue;
     std::string cmdline = ReadFile(absl::StrCat("/proc/", pid, "/cmdline"));
+    // This binary, or a cached copy of it run by a remote method.
+    bool agent = st != "Z" && (std::string(their_exe) == exe ||
+                               (cmdline.find("--grove-agent") != std::string::npos &&
+                                cmdline.find("--grove-stdio") != std::string::npos));
+    if (ppid != self && !agent) continue;
     for (char& c : cmdline) {
       if (c == '\0') c = ' ';
     }
@@ -102,8 +105,23 @@ void GroveTest::SetUp() { before_ = CaptureState(); }
 void GroveTest::TearDown() {
   ProcessState after;
   absl::Time deadline = absl::Now() + absl::Seconds(10);
+  // Processes that were there before the test (a suite's sshd) are not the test's.
+  // Entries are "pid state cmdline"; the state changes, so compare pids.
+  auto forget_old = [](std::vector<std::string>* now, const std::vector<std::string>& before) {
+    auto pid = [](const std::string& p) { return p.substr(0, p.find(' ')); };
+    now->erase(std::remove_if(now->begin(), now->end(),
+                              [&](const std::string& p) {
+                                for (const std::string& b : before) {
+                                  if (pid(b) == pid(p)) return true;
+                                }
+                                return false;
+                              }),
+               now->end());
+  };
   for (;;) {
     after = CaptureState();
+    forget_old(&after.children, before_.children);
+    forget_old(&after.agents, before_.agents);
     bool clean = after.children.empty() && after.agents.empty() &&
                  after.threads <= before_.threads &&
                  after.fds == before_.fds;

@@ -12,17 +12,21 @@ namespace grove::cli {
 absl::StatusOr<std::vector<Context>> StartPaths(Master& master,
                                                 const std::vector<std::string>& paths,
                                                 absl::Duration connect_timeout) {
-  // Each path as its list of prefixes ("local", "local/local,name=x", ...).
+  // Each path as its list of prefixes ("local", "local/local,name=x", ...), and the same
+  // with secrets hidden, for messages.
   std::vector<std::vector<std::string>> prefixes;
+  std::map<std::string, std::string> shown;
   size_t depth = 0;
   for (const std::string& path : paths) {
     absl::StatusOr<std::vector<Hop>> hops = ParsePath(path);
     if (!hops.ok()) return hops.status();
     std::vector<std::string> p;
-    std::string prefix;
+    std::string prefix, debug;
     for (const Hop& hop : *hops) {
       prefix = prefix.empty() ? hop.ToString() : absl::StrCat(prefix, "/", hop.ToString());
+      debug = debug.empty() ? hop.DebugString() : absl::StrCat(debug, "/", hop.DebugString());
       p.push_back(prefix);
+      shown[prefix] = debug;
     }
     depth = std::max(depth, p.size());
     prefixes.push_back(std::move(p));
@@ -52,7 +56,9 @@ absl::StatusOr<std::vector<Context>> StartPaths(Master& master,
     }
     for (std::thread& t : threads) t.join();
     for (auto& [prefix, context] : results) {
-      if (!context.ok()) return Annotate(context.status(), absl::StrCat("path '", prefix, "'"));
+      if (!context.ok()) {
+        return Annotate(context.status(), absl::StrCat("path '", shown[prefix], "'"));
+      }
       started.emplace(prefix, *context);
     }
   }
