@@ -326,6 +326,7 @@ absl::StatusOr<LaunchedChild> SshLauncher::Launch(const Hop& hop, const LaunchRe
   }
   argv.push_back(host);
   argv.push_back(absl::StrCat("exec sh -c ", ShellQuote(ScriptFor(hop, req))));
+  GlobalBootstrapCounters().bytes_sent += static_cast<int64_t>(argv.back().size());
 
   const std::string what = absl::StrCat("ssh ", hop.target);
   const bool has_password = !password->empty();

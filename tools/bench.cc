@@ -13,6 +13,8 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/notification.h"
 #include "google/protobuf/wrappers.pb.h"
+#include "common/process.h"
+#include "launch/remote_launcher.h"
 #include "tools/cli.h"
 
 namespace grove::cli {
@@ -94,11 +96,35 @@ double Throughput(const Context& c, int in_flight, absl::Duration duration) {
 
 }  // namespace
 
+// Milliseconds of `ssh ... true` through the same hop's host, user, port and options.
+double SshTrueMs(const Hop& hop) {
+  std::vector<std::string> argv = {"ssh", "-T", "-o", "BatchMode=yes"};
+  std::string host = hop.target;
+  if (size_t colon = host.rfind(':'); colon != std::string::npos) {
+    argv.insert(argv.end(), {"-p", host.substr(colon + 1)});
+    host = host.substr(0, colon);
+  }
+  if (hop.Has("identity")) argv.insert(argv.end(), {"-i", hop.Get("identity")});
+  for (const auto& [k, v] : hop.options) {
+    if (k == "ssh_option") argv.insert(argv.end(), {"-o", v});
+  }
+  argv.insert(argv.end(), {host, "true"});
+  SpawnOptions spawn;
+  spawn.argv = argv;
+  absl::Time t = absl::Now();
+  absl::StatusOr<Process> p = Process::Spawn(spawn);
+  if (!p.ok() || !p->Wait(absl::Now() + absl::Seconds(30)).ok()) return -1;
+  return Ms(absl::Now() - t);
+}
+
 int Bench(Master& master, const std::vector<std::string>& args) {
   Emitter out;
+  std::string ssh_hop;
   for (size_t i = 0; i < args.size(); ++i) {
     if (args[i] == "--json") {
       out.json = true;
+    } else if (args[i] == "--ssh" && i + 1 < args.size()) {
+      ssh_hop = args[++i];
     } else if (args[i] == "--only" && i + 1 < args.size()) {
       for (absl::string_view m : absl::StrSplit(args[++i], ',', absl::SkipEmpty())) {
         out.only.insert(std::string(m));
@@ -190,6 +216,43 @@ int Bench(Master& master, const std::vector<std::string>& args) {
     if (received != int64_t{kChunks} << 20) return 1;
     out.Emit("transfer_100MiB_MBps", (kChunks * 1.048576) / seconds, "MB/s");
     child->Shutdown().IgnoreError();
+  }
+  if (!ssh_hop.empty() && (out.Wants("ssh_bootstrap_ms") || out.Wants("ssh_first_contact_ms"))) {
+    absl::StatusOr<Hop> hop = ParseHop(ssh_hop);
+    if (!hop.ok() || hop->method != "ssh") {
+      fprintf(stderr, "grove bench: --ssh takes one ssh hop\n");
+      return 2;
+    }
+    std::vector<double> ssh_true;
+    for (int i = 0; i < 5; ++i) ssh_true.push_back(SshTrueMs(*hop));
+    out.Emit("ssh_true_ms", Percentile(ssh_true, 0.5), "ms");
+    char tmpl[] = "/tmp/grove-bench-cache.XXXXXX";
+    std::string cache = ::mkdtemp(tmpl) ? tmpl : "/tmp/grove-bench-cache";
+    auto contact = [&](const std::string& dir) -> double {
+      absl::Time t = absl::Now();
+      absl::StatusOr<Context> c = master.Spawn(absl::StrCat(ssh_hop, ",cache_dir=", dir));
+      if (!c.ok() || !c->Ping().ok()) {
+        fprintf(stderr, "%s\n", c.status().ToString().c_str());
+        return -1;
+      }
+      double ms = Ms(absl::Now() - t);
+      c->Shutdown().IgnoreError();
+      return ms;
+    };
+    int64_t sent = GlobalBootstrapCounters().bytes_sent;
+    double first = contact(cache);
+    int64_t first_bytes = GlobalBootstrapCounters().bytes_sent - sent;
+    out.Emit("ssh_first_contact_ms", first, "ms");
+    out.Emit("ssh_first_contact_bytes", first_bytes, "bytes");
+    std::vector<double> cached;
+    sent = GlobalBootstrapCounters().bytes_sent;
+    for (int i = 0; i < 5; ++i) cached.push_back(contact(cache));
+    out.Emit("ssh_bootstrap_ms", Percentile(cached, 0.5), "ms");
+    out.Emit("ssh_cached_contact_bytes", (GlobalBootstrapCounters().bytes_sent - sent) / 5.0,
+             "bytes");
+    SpawnOptions rm;
+    rm.argv = {"rm", "-rf", cache};
+    if (auto p = Process::Spawn(rm); p.ok()) p->Wait(absl::InfiniteFuture()).IgnoreError();
   }
   if (out.Wants("child_killed_detect_ms")) {
     std::vector<double> ms;
