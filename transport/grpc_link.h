@@ -28,9 +28,8 @@ namespace grove {
 // gRPC 1.51 serves the callback API from one process-wide completion queue that is reference
 // counted by the channels and servers using it; when the count drops to zero it is torn down,
 // and that teardown races with the next user ("assertion failed: prior > 0" in
-// grpc_cq_internal_unref). This takes one reference for the life of the process (a started
-// server with no port), so the queue is built once and never torn down. Idempotent;
-// thread-safe.
+// grpc_cq_internal_unref). This takes one reference for the life of the process (a call that
+// never ends), so the queue is built once and never torn down. Idempotent; thread-safe.
 void HoldCallbackQueue();
 
 // Receive limit of a link carrying envelopes of at most `max_message_bytes`.
