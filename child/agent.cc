@@ -5,7 +5,6 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
-#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <sys/eventfd.h>
@@ -21,6 +20,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/notification.h"
 #include "common/fd.h"
+#include "common/process.h"
 #include "glog/logging.h"
 #include "grpcpp/server_posix.h"
 #include "launch/local_launcher.h"
@@ -114,21 +114,7 @@ bool ParseFlags(int argc, char** argv, AgentFlags* flags, std::string* error) {
   return true;
 }
 
-std::string HostName() {
-  char host[256] = {0};
-  ::gethostname(host, sizeof(host) - 1);
-  return host;
-}
 
-std::string UserName() {
-  struct passwd pw;
-  struct passwd* result = nullptr;
-  char buffer[4096];
-  if (::getpwuid_r(::geteuid(), &pw, buffer, sizeof(buffer), &result) == 0 && result) {
-    return pw.pw_name;
-  }
-  return absl::StrCat(::geteuid());
-}
 
 // Captures this process's stdout and stderr (pipes over fds 1 and 2, read here), collects
 // glog records, watches the parent link for hang-up, and forwards all of it. Owns one thread.
@@ -314,8 +300,8 @@ void RunAgent(int argc, char** argv, const Functions& functions) {
   }
   v1::ContextInfo& info = flags.info;
   info.set_pid(::getpid());
-  info.set_host(HostName());
-  info.set_user(UserName());
+  info.set_host(CurrentHostName());
+  info.set_user(CurrentUserName());
   if (info.name().empty()) info.set_name(absl::StrCat(info.method(), ".", ::getpid()));
 
   Router::Options options;

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pwd.h>
 #include <signal.h>
 #include <spawn.h>
 #include <string.h>
@@ -167,6 +168,22 @@ std::string DescribeWaitStatus(int status) {
                         ::strsignal(WTERMSIG(status)), ")");
   }
   return absl::StrCat("wait status ", status);
+}
+
+std::string CurrentHostName() {
+  char host[256] = {0};
+  ::gethostname(host, sizeof(host) - 1);
+  return host;
+}
+
+std::string CurrentUserName() {
+  struct passwd pw;
+  struct passwd* result = nullptr;
+  char buffer[4096];
+  if (::getpwuid_r(::geteuid(), &pw, buffer, sizeof(buffer), &result) == 0 && result) {
+    return pw.pw_name;
+  }
+  return absl::StrCat(::geteuid());
 }
 
 int ExitCodeOf(int status) {

@@ -68,6 +68,10 @@ class Process {
 // "exited with status 3", "killed by signal 9 (Killed)".
 std::string DescribeWaitStatus(int status);
 
+// This host's name, and the name of the user this process runs as (the uid if it has none).
+std::string CurrentHostName();
+std::string CurrentUserName();
+
 // The conventional shell exit code for a wait status: the exit status, or 128 + signal.
 int ExitCodeOf(int status);
 

@@ -1,6 +1,5 @@
 #include "master/master.h"
 
-#include <pwd.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -8,29 +7,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "child/agent.h"
+#include "common/process.h"
 #include "glog/logging.h"
 #include "router/hop.h"
 
 namespace grove {
-namespace {
-
-std::string HostName() {
-  char host[256] = {0};
-  ::gethostname(host, sizeof(host) - 1);
-  return host;
-}
-
-std::string UserName() {
-  struct passwd pw;
-  struct passwd* result = nullptr;
-  char buffer[4096];
-  if (::getpwuid_r(::geteuid(), &pw, buffer, sizeof(buffer), &result) == 0 && result) {
-    return pw.pw_name;
-  }
-  return absl::StrCat(::geteuid());
-}
-
-}  // namespace
 
 void LogToStderr(const ContextRecord& from, const v1::LogRecord& record) {
   if (record.kind() == v1::LogRecord::GLOG) {
@@ -51,9 +32,9 @@ Master::Master(const Functions& functions, MasterOptions options) : options_(std
   router_options.self.set_name(options_.name);
   router_options.self.set_parent(0);
   router_options.self.set_method("master");
-  router_options.self.set_host(HostName());
+  router_options.self.set_host(CurrentHostName());
   router_options.self.set_pid(::getpid());
-  router_options.self.set_user(UserName());
+  router_options.self.set_user(CurrentUserName());
   router_options.functions = &functions;
   router_options.max_message_bytes = options_.max_message_bytes;
   router_options.min_log_level = FLAGS_minloglevel;

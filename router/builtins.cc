@@ -2,7 +2,6 @@
 // master) id blocks.
 #include <errno.h>
 #include <poll.h>
-#include <pwd.h>
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -22,23 +21,7 @@ namespace {
 
 template <typename In, typename Out, typename F>
 Function MakeBuiltin(const std::string& name, FunctionOptions options, F fn) {
-  Function f;
-  f.name = name;
-  f.argument_type = In::descriptor()->full_name();
-  f.result_type = Out::descriptor()->full_name();
-  f.options = options;
-  f.invoke = [name, fn](const std::string& argument,
-                        CallContext& call) -> absl::StatusOr<std::string> {
-    In in;
-    if (!in.ParseFromString(argument)) {
-      return absl::InvalidArgumentError(absl::StrCat("cannot decode the argument of '", name,
-                                                     "' as ", In::descriptor()->full_name()));
-    }
-    absl::StatusOr<Out> out = fn(in, call);
-    if (!out.ok()) return out.status();
-    return out->SerializeAsString();
-  };
-  return f;
+  return Functions::MakeFunction<In, Out>(name, std::move(fn), options);
 }
 
 // The environment for a command: ours (unless cleared) with `request.env` applied.
@@ -172,16 +155,6 @@ absl::StatusOr<v1::RunReply> RunCommand(const v1::RunRequest& request, CallConte
   return reply;
 }
 
-std::string UserName() {
-  struct passwd pw;
-  struct passwd* result = nullptr;
-  char buffer[4096];
-  if (::getpwuid_r(::geteuid(), &pw, buffer, sizeof(buffer), &result) == 0 && result) {
-    return pw.pw_name;
-  }
-  return absl::StrCat(::geteuid());
-}
-
 }  // namespace
 
 void Router::RegisterBuiltins() {
@@ -200,7 +173,7 @@ void Router::RegisterBuiltins() {
         reply.set_method(self_.method());
         reply.set_host(self_.host());
         reply.set_pid(::getpid());
-        reply.set_user(UserName());
+        reply.set_user(CurrentUserName());
         reply.set_uptime_ms(absl::ToInt64Milliseconds(absl::Now() - started));
         return reply;
       }));

@@ -27,6 +27,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/context_id.h"
+#include "glog/logging.h"
 #include "google/protobuf/message.h"
 
 namespace grove {
@@ -129,6 +130,13 @@ class Functions {
   // name twice is a programmer error (CHECK).
   template <typename In, typename Out, typename F>
   void Register(const std::string& name, F&& fn, FunctionOptions options = {}) {
+    CHECK(name.rfind("grove.", 0) != 0) << "function names starting with grove. are reserved";
+    Add(MakeFunction<In, Out>(name, std::forward<F>(fn), options));
+  }
+
+  // `fn` type-erased to bytes: decodes the argument as In, encodes the result.
+  template <typename In, typename Out, typename F>
+  static Function MakeFunction(const std::string& name, F&& fn, FunctionOptions options) {
     static_assert(std::is_base_of_v<google::protobuf::Message, In>, "In must be a protobuf");
     static_assert(std::is_base_of_v<google::protobuf::Message, Out>, "Out must be a protobuf");
     Function f;
@@ -147,7 +155,7 @@ class Functions {
       if (!out.ok()) return out.status();
       return out->SerializeAsString();
     };
-    Add(std::move(f));
+    return f;
   }
 
   // Registers an already type-erased function (used for the built-ins).
