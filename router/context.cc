@@ -20,9 +20,10 @@ absl::StatusOr<Context> Context::Spawn(const std::string& hop, const CallOptions
   if (!parsed.ok()) return parsed.status();
   v1::ContextInfo info;
   if (id_ == router_->id()) {
-    CallOptions o = options;
-    absl::Time deadline = o.deadline;
-    if (o.timeout != absl::InfiniteDuration()) deadline = std::min(deadline, absl::Now() + o.timeout);
+    absl::Time deadline = options.deadline;
+    if (options.timeout != absl::InfiniteDuration()) {
+      deadline = std::min(deadline, absl::Now() + options.timeout);
+    }
     absl::StatusOr<v1::ContextInfo> spawned = router_->SpawnChild(*parsed, deadline);
     if (!spawned.ok()) return spawned.status();
     info = *std::move(spawned);

@@ -203,10 +203,9 @@ void Router::StartCall(ContextId dst, const std::string& function,
     pending->done(refused);
     return;
   }
-  // Deadline and cancellation are armed after the call is registered; each fires AbortCall,
+  // Deadline and cancellation are armed after the call is registered; each runs `abort`,
   // which is a no-op once the call has completed.
-  auto abort = [this, id, dst, function](absl::Status status) {
-    std::shared_ptr<Pending> p;
+  auto abort = [this, id, dst](absl::Status status) {
     Route route;
     {
       absl::MutexLock lock(&mu_);

@@ -42,17 +42,12 @@ std::string ReadFile(const std::string& path) {
 ProcessState CaptureState() {
   ProcessState state;
   std::string self_fd = "/proc/self/fd";
-  int dir_fd = -1;
   for (const std::string& fd : ListDir(self_fd)) {
     char target[512] = {0};
     ssize_t n = ::readlink((self_fd + "/" + fd).c_str(), target, sizeof(target) - 1);
-    if (n < 0) {
-      dir_fd = std::stoi(fd);  // The directory stream itself, closed by now.
-      continue;
-    }
+    if (n < 0) continue;  // The directory stream itself, closed by now.
     state.fds.insert(absl::StrCat(fd, " -> ", target));
   }
-  (void)dir_fd;
   for (const std::string& task : ListDir("/proc/self/task")) {
     std::string comm = ReadFile(absl::StrCat("/proc/self/task/", task, "/comm"));
     if (!comm.empty() && comm.back() == '\n') comm.pop_back();
