@@ -338,7 +338,7 @@ absl::StatusOr<LaunchedChild> SshLauncher::Launch(const Hop& hop, const LaunchRe
       v.error = absl::UnavailableError(absl::StrCat(what, ": host unreachable: ", err));
     } else if (has("REMOTE HOST IDENTIFICATION HAS CHANGED")) {
       v.error = absl::FailedPreconditionError(absl::StrCat(what, ": host key changed: ", err));
-    } else if (has("Host key verification failed") || has("No ") && has("host key is known")) {
+    } else if (has("Host key verification failed") || (has("No ") && has("host key is known"))) {
       v.error = absl::FailedPreconditionError(absl::StrCat(what, ": host key unknown: ", err));
     } else if (has("Permission denied")) {
       v.error = has_password

@@ -34,12 +34,6 @@ std::string Readlink(const std::string& path) {
   return n < 0 ? "" : std::string(buffer, n);
 }
 
-CallOptions Timeout(absl::Duration d) {
-  CallOptions o;
-  o.timeout = d;
-  return o;
-}
-
 class RemoteTest : public GroveTest {
  protected:
   static void SetUpTestSuite() {
