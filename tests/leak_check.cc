@@ -39,6 +39,12 @@ std::string ReadFile(const std::string& path) {
 
 }  // namespace
 
+std::string Readlink(const std::string& path) {
+  char buffer[4096] = {0};
+  ssize_t n = ::readlink(path.c_str(), buffer, sizeof(buffer) - 1);
+  return n < 0 ? "" : std::string(buffer, n);
+}
+
 ProcessState CaptureState() {
   ProcessState state;
   std::string self_fd = "/proc/self/fd";

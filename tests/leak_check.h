@@ -24,6 +24,9 @@ struct ProcessState {
 
 ProcessState CaptureState();
 
+// The target of the symbolic link at `path` ("" when it cannot be read).
+std::string Readlink(const std::string& path);
+
 // Compares the state after the test with the one before, waiting (up to 10 s) for things that
 // end asynchronously (gRPC threads, exiting children) to settle; reaps leaked children.
 class GroveTest : public ::testing::Test {

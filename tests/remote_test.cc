@@ -28,12 +28,6 @@ constexpr char kUser[] = "grove-test";        // In sudoers, with a password.
 constexpr char kOther[] = "grove-other";      // Not in sudoers.
 constexpr char kPassword[] = "grove-pass-1";
 
-std::string Readlink(const std::string& path) {
-  char buffer[4096] = {0};
-  ssize_t n = ::readlink(path.c_str(), buffer, sizeof(buffer) - 1);
-  return n < 0 ? "" : std::string(buffer, n);
-}
-
 class RemoteTest : public GroveTest {
  protected:
   static void SetUpTestSuite() {

@@ -45,12 +45,6 @@ CallOptions Timeout(absl::Duration d) {
   return o;
 }
 
-std::string Readlink(const std::string& path) {
-  char buffer[512] = {0};
-  ssize_t n = ::readlink(path.c_str(), buffer, sizeof(buffer) - 1);
-  return n < 0 ? "" : std::string(buffer, n);
-}
-
 class TreeTest : public GroveTest {
  protected:
   MasterOptions Options() {
