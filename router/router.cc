@@ -930,16 +930,20 @@ absl::Status Router::StopChild(ContextId id) {
     return absl::NotFoundError(absl::StrCat(DescribeContext(id.value()),
                                             " is not a live child of ", self_.name()));
   }
-  StopChildAndWait(child);
+  AskToShutDown(*child);
+  WaitUntilStopped(child);
   return absl::OkStatus();
 }
 
-void Router::StopChildAndWait(const std::shared_ptr<Child>& child) {
+void Router::AskToShutDown(const Child& child) {
   v1::Envelope shutdown;
-  shutdown.set_dst(child->info.id());
+  shutdown.set_dst(child.info.id());
   shutdown.set_src(self_.id());
   shutdown.mutable_shutdown();
-  child->link->Send(std::move(shutdown));
+  child.link->Send(std::move(shutdown));
+}
+
+void Router::WaitUntilStopped(const std::shared_ptr<Child>& child) {
   std::string how = child->handle->Stop(options_.stop_grace);
   VLOG(1) << "context " << self_.name() << ": stopped child " << child->info.name() << ": "
           << how;
@@ -958,14 +962,8 @@ void Router::StopAllChildren() {
     for (const auto& [link, c] : children_) children.push_back(c);
   }
   // Ask all at once so that they shut down in parallel, then wait for each.
-  for (const auto& child : children) {
-    v1::Envelope shutdown;
-    shutdown.set_dst(child->info.id());
-    shutdown.set_src(self_.id());
-    shutdown.mutable_shutdown();
-    child->link->Send(std::move(shutdown));
-  }
-  for (const auto& child : children) StopChildAndWait(child);
+  for (const auto& child : children) AskToShutDown(*child);
+  for (const auto& child : children) WaitUntilStopped(child);
 }
 
 void Router::RequestShutdown(const absl::Status& why) {

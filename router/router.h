@@ -186,9 +186,11 @@ class Router : public LinkDelegate {
   std::string DescribeContext(uint64_t id) const;
   // The name a child started by `hop` gets when the hop names none.
   std::string DefaultName(const Hop& hop) const;
-  // Asks `child` to shut down, makes sure its process is gone, and waits until its link-down
-  // has been handled.
-  void StopChildAndWait(const std::shared_ptr<Child>& child);
+  // Sends `child` a Shutdown envelope (it takes its subtree down, then exits).
+  void AskToShutDown(const Child& child);
+  // Makes sure the process of a child asked to shut down is gone (SIGTERM, then SIGKILL,
+  // after the grace period) and waits until its link-down has been handled.
+  void WaitUntilStopped(const std::shared_ptr<Child>& child);
 
   const Options options_;
   const v1::ContextInfo self_;
