@@ -317,6 +317,7 @@ void RunAgent(int argc, char** argv, const Functions& functions) {
   router->AddLauncher("command", new CommandLauncher());
   router->AddLauncher("ssh", new SshLauncher());
   router->AddLauncher("sudo", new SudoLauncher());
+  router->AddLauncher("su", new SuLauncher());
 
   absl::Notification* end = new absl::Notification();
   absl::Mutex* why_mu = new absl::Mutex();

@@ -2,6 +2,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdlib.h>
+#include <termios.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -60,6 +62,28 @@ absl::StatusOr<std::pair<UniqueFd, UniqueFd>> Pipe() {
   int p[2];
   if (::pipe2(p, O_CLOEXEC) != 0) return ErrnoStatus(errno, "pipe2");
   return std::make_pair(UniqueFd(p[0]), UniqueFd(p[1]));
+}
+
+absl::StatusOr<Pty> OpenPty() {
+  Pty pty;
+  pty.master.Reset(::posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC));
+  if (!pty.master.valid()) return ErrnoStatus(errno, "posix_openpt");
+  if (::grantpt(pty.master.get()) != 0) return ErrnoStatus(errno, "grantpt");
+  if (::unlockpt(pty.master.get()) != 0) return ErrnoStatus(errno, "unlockpt");
+  char name[128];
+  if (int err = ::ptsname_r(pty.master.get(), name, sizeof(name)); err != 0) {
+    return ErrnoStatus(err, "ptsname_r");
+  }
+  pty.slave_path = name;
+  // Set the modes through the slave (opened here without becoming our terminal).
+  UniqueFd slave(::open(name, O_RDWR | O_NOCTTY | O_CLOEXEC));
+  if (!slave.valid()) return ErrnoStatus(errno, "open of a pty slave");
+  struct termios modes;
+  if (::tcgetattr(slave.get(), &modes) != 0) return ErrnoStatus(errno, "tcgetattr");
+  modes.c_lflag &= ~(ECHO | ECHOE | ECHOK | ECHONL);
+  modes.c_oflag &= ~OPOST;
+  if (::tcsetattr(slave.get(), TCSANOW, &modes) != 0) return ErrnoStatus(errno, "tcsetattr");
+  return pty;
 }
 
 absl::Status SetNonBlocking(int fd, bool on) {

@@ -2,6 +2,7 @@
 #ifndef GROVE_COMMON_FD_H_
 #define GROVE_COMMON_FD_H_
 
+#include <string>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -37,6 +38,15 @@ absl::StatusOr<std::pair<UniqueFd, UniqueFd>> SocketPair();
 
 // A pipe, both ends close-on-exec: {read end, write end}.
 absl::StatusOr<std::pair<UniqueFd, UniqueFd>> Pipe();
+
+// A new pseudo-terminal: our end (the master, close-on-exec) and the slave's path, for a
+// child to open as its controlling terminal. Echo and output processing are off, so what
+// is written to it (a password) is never echoed back and output arrives unchanged.
+struct Pty {
+  UniqueFd master;
+  std::string slave_path;
+};
+absl::StatusOr<Pty> OpenPty();
 
 absl::Status SetNonBlocking(int fd, bool on);
 absl::Status SetCloseOnExec(int fd, bool on);

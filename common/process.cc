@@ -55,6 +55,18 @@ absl::StatusOr<Process> Process::Spawn(const SpawnOptions& options) {
     scratch.emplace_back(copy);
     posix_spawn_file_actions_adddup2(&actions, copy, child_fd);
   }
+  short flags = POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF;
+  if (!options.controlling_terminal.empty() && !options.terminal_fds.empty()) {
+    // glibc runs setsid before the file actions, so this open (without O_NOCTTY) makes the
+    // terminal the new session's controlling terminal.
+    flags |= POSIX_SPAWN_SETSID;
+    const int first = options.terminal_fds[0];
+    posix_spawn_file_actions_addopen(&actions, first, options.controlling_terminal.c_str(),
+                                     O_RDWR, 0);
+    for (size_t i = 1; i < options.terminal_fds.size(); ++i) {
+      posix_spawn_file_actions_adddup2(&actions, first, options.terminal_fds[i]);
+    }
+  }
   if (!options.cwd.empty()) {
     posix_spawn_file_actions_addchdir_np(&actions, options.cwd.c_str());
   }
@@ -67,7 +79,7 @@ absl::StatusOr<Process> Process::Spawn(const SpawnOptions& options) {
   sigemptyset(&defaults);
   for (int sig : kDefaultSignals) sigaddset(&defaults, sig);
   posix_spawnattr_setsigdefault(&attr, &defaults);
-  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+  posix_spawnattr_setflags(&attr, flags);
 
   std::vector<char*> argv = CStrings(options.argv);
   std::vector<char*> envp;

@@ -29,6 +29,10 @@ struct SpawnOptions {
   // {fd in the child, fd in this process}: each is dup2'ed into place. Every other fd of
   // this process is close-on-exec and so not inherited.
   std::vector<std::pair<int, int>> fds;
+  // When set, the child starts a new session and opens this terminal (a PTY's slave path),
+  // which so becomes its controlling terminal, onto each of `terminal_fds` (after `fds`).
+  std::string controlling_terminal;
+  std::vector<int> terminal_fds;
 };
 
 // One started child process. Owns its pid and pidfd; the destructor kills (SIGKILL) and

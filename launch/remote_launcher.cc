@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "absl/random/random.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -31,19 +32,22 @@ constexpr absl::Duration kDefaultConnectTimeout = absl::Seconds(30);
 constexpr size_t kTailBytes = 4096;
 
 // A started command whose stdin and stdout are one end of a socketpair (`socket` is ours) and
-// whose stderr is a pipe (`err` is our end).
+// whose stderr is a pipe (`err` is our end). With a terminal (su), stdin and stderr are
+// instead a PTY that is the command's controlling terminal: `err` reads it and `terminal`
+// keeps it open for the child's life (closing it would hang up the session), and stdout
+// alone is the socket (the shell command moves stdin onto it).
 struct Started {
   UniqueFd socket;
   Process process;
   UniqueFd err;
+  UniqueFd terminal;
 };
 
 absl::StatusOr<Started> StartCommand(const std::vector<std::string>& argv,
-                                     const std::vector<std::string>& extra_env) {
+                                     const std::vector<std::string>& extra_env,
+                                     bool with_terminal) {
   auto link = SocketPair();
   if (!link.ok()) return link.status();
-  auto err = Pipe();
-  if (!err.ok()) return err.status();
   SpawnOptions options;
   options.argv = argv;
   if (!extra_env.empty()) {
@@ -52,13 +56,45 @@ absl::StatusOr<Started> StartCommand(const std::vector<std::string>& argv,
     env.insert(env.end(), extra_env.begin(), extra_env.end());
     options.env = std::move(env);
   }
-  options.fds = {{0, link->second.get()}, {1, link->second.get()}, {2, err->second.get()}};
+  Started started;
+  UniqueFd err_write;
+  if (with_terminal) {
+    absl::StatusOr<Pty> pty = OpenPty();
+    if (!pty.ok()) return pty.status();
+    options.fds = {{1, link->second.get()}};
+    options.controlling_terminal = pty->slave_path;
+    options.terminal_fds = {0, 2};
+    started.err.Reset(::fcntl(pty->master.get(), F_DUPFD_CLOEXEC, 0));
+    if (!started.err.valid()) return ErrnoStatus(errno, "dup of a pty");
+    started.terminal = std::move(pty->master);
+  } else {
+    auto err = Pipe();
+    if (!err.ok()) return err.status();
+    options.fds = {{0, link->second.get()}, {1, link->second.get()}, {2, err->second.get()}};
+    started.err = std::move(err->first);
+    err_write = std::move(err->second);
+  }
   absl::StatusOr<Process> process = Process::Spawn(options);
   if (!process.ok()) return process.status();
-  Started started{std::move(link->first), *std::move(process), std::move(err->first)};
+  started.socket = std::move(link->first);
+  started.process = *std::move(process);
   SetNonBlocking(started.err.get(), true).IgnoreError();
   return started;
 }
+
+// A child reached through a terminal: holds the PTY as long as the child lives.
+// Thread-safe (the inner handle is).
+class TerminalChild : public ChildHandle {
+ public:
+  TerminalChild(std::unique_ptr<ChildHandle> inner, UniqueFd terminal)
+      : inner_(std::move(inner)), terminal_(std::move(terminal)) {}
+  std::string PollExit() override { return inner_->PollExit(); }
+  std::string Stop(absl::Duration grace) override { return inner_->Stop(grace); }
+
+ private:
+  std::unique_ptr<ChildHandle> inner_;
+  UniqueFd terminal_;
+};
 
 // Decides what stderr output means while bootstrapping: an error to stop with, a reply to
 // write into the command's stdin (a password at a prompt), or nothing yet.
@@ -112,11 +148,13 @@ absl::Status Bootstrap(Started& s, const Payload& payload, const std::string& sc
         StderrVerdict verdict = judge(err_tail, from);
         if (!verdict.error.ok()) return verdict.error;
         if (!verdict.reply.empty()) {
-          WriteAll(s.socket.get(), verdict.reply.data(), verdict.reply.size()).IgnoreError();
+          // A password: to the terminal when there is one (su), else to stdin (sudo -S).
+          int to = s.terminal.valid() ? s.terminal.get() : s.socket.get();
+          WriteAll(to, verdict.reply.data(), verdict.reply.size()).IgnoreError();
         }
         if (err_tail.size() > kTailBytes) err_tail.erase(0, err_tail.size() - kTailBytes);
-      } else if (n == 0) {
-        s.err.Reset();
+      } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+        s.err.Reset();  // EOF, or EIO from a PTY nobody holds any more.
       }
     }
     if (fds[0].revents) {
@@ -182,13 +220,13 @@ absl::StatusOr<LaunchedChild> LaunchThrough(const std::vector<std::string>& argv
                                             const std::vector<std::string>& env,
                                             const std::string& script_on_stdin,
                                             const StderrJudge& judge, const std::string& what,
-                                            LaunchRequest request) {
+                                            LaunchRequest request, bool with_terminal = false) {
   if (request.deadline == absl::InfiniteFuture()) {
     request.deadline = absl::Now() + kDefaultConnectTimeout;
   }
   absl::StatusOr<const Payload*> payload = ThisProgram();
   if (!payload.ok()) return payload.status();
-  absl::StatusOr<Started> started = StartCommand(argv, env);
+  absl::StatusOr<Started> started = StartCommand(argv, env, with_terminal);
   if (!started.ok()) {
     return Annotate(started.status(), absl::StrCat("cannot start ", argv[0], " for ", what));
   }
@@ -200,8 +238,14 @@ absl::StatusOr<LaunchedChild> LaunchThrough(const std::vector<std::string>& argv
     started->process.Terminate(absl::ZeroDuration());
     return booted;
   }
-  return LinkUp(std::move(started->socket), std::move(started->process),
-                std::move(started->err), what, std::move(tail), request);
+  absl::StatusOr<LaunchedChild> child =
+      LinkUp(std::move(started->socket), std::move(started->process), std::move(started->err),
+             what, std::move(tail), request);
+  if (child.ok() && started->terminal.valid()) {
+    child->handle =
+        std::make_unique<TerminalChild>(std::move(child->handle), std::move(started->terminal));
+  }
+  return child;
 }
 
 std::string ScriptFor(const Hop& hop, const LaunchRequest& request) {
@@ -234,6 +278,17 @@ absl::StatusOr<std::string> PasswordOf(const Hop& hop) {
     return std::string(value);
   }
   return std::string();
+}
+
+// A user name as sudo and su take it: no option look-alikes, no shell syntax.
+absl::Status CheckUserName(const Hop& hop, const std::string& user) {
+  bool ok = !user.empty() && user[0] != '-';
+  for (char c : user) ok &= absl::ascii_isalnum(c) || c == '_' || c == '-' || c == '.' || c == '$';
+  if (!ok) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("hop '", hop.DebugString(), "': '", user, "' is not a user name"));
+  }
+  return absl::OkStatus();
 }
 
 std::string SelfPath() {
@@ -291,8 +346,14 @@ absl::StatusOr<LaunchedChild> SshLauncher::Launch(const Hop& hop, const LaunchRe
   }
   req.deadline = std::min(request.deadline, absl::Now() + absl::Seconds(timeout_s));
 
-  std::vector<std::string> argv = {"ssh", "-T", "-o", absl::StrCat("ConnectTimeout=", timeout_s),
-                                   "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=3"};
+  // ssh keeps the first value it is given for an option: the user's ssh_option=... come
+  // first, so they override the defaults below.
+  std::vector<std::string> argv = {"ssh", "-T"};
+  for (const auto& [key, value] : hop.options) {
+    if (key == "ssh_option") argv.insert(argv.end(), {"-o", value});
+  }
+  argv.insert(argv.end(), {"-o", absl::StrCat("ConnectTimeout=", timeout_s), "-o",
+                           "ServerAliveInterval=15", "-o", "ServerAliveCountMax=3"});
   std::vector<std::string> env;
   if (password->empty()) {
     argv.insert(argv.end(), {"-o", "BatchMode=yes"});
@@ -319,10 +380,11 @@ absl::StatusOr<LaunchedChild> SshLauncher::Launch(const Hop& hop, const LaunchRe
     return absl::InvalidArgumentError("ssh: check_host_keys must be yes, no or accept");
   }
   if (hop.Has("compression")) {
-    argv.insert(argv.end(), {"-o", absl::StrCat("Compression=", hop.Get("compression") == "yes" ? "yes" : "no")});
-  }
-  for (const auto& [key, value] : hop.options) {
-    if (key == "ssh_option") argv.insert(argv.end(), {"-o", value});
+    const std::string& c = hop.Get("compression");
+    if (c != "yes" && c != "no") {
+      return absl::InvalidArgumentError("ssh: compression must be yes or no");
+    }
+    argv.insert(argv.end(), {"-o", absl::StrCat("Compression=", c)});
   }
   argv.push_back(host);
   argv.push_back(absl::StrCat("exec sh -c ", ShellQuote(ScriptFor(hop, req))));
@@ -363,6 +425,7 @@ absl::StatusOr<LaunchedChild> SudoLauncher::Launch(const Hop& hop, const LaunchR
   absl::StatusOr<std::string> password = PasswordOf(hop);
   if (!password.ok()) return password.status();
   const std::string user = hop.target.empty() ? "root" : hop.target;
+  if (absl::Status s = CheckUserName(hop, user); !s.ok()) return s;
   // A prompt nothing else prints, so the password is written exactly when sudo asks for it.
   const std::string prompt =
       absl::StrFormat("grove-sudo-%016x-password:", absl::Uniform<uint64_t>(absl::BitGen()));
@@ -397,6 +460,51 @@ absl::StatusOr<LaunchedChild> SudoLauncher::Launch(const Hop& hop, const LaunchR
     return v;
   };
   return LaunchThrough(argv, {}, "", judge, what, request);
+}
+
+absl::StatusOr<LaunchedChild> SuLauncher::Launch(const Hop& hop, const LaunchRequest& request) {
+  if (absl::Status s = CheckOptions(hop, {"name", "cache_dir", "password", "password_env"});
+      !s.ok()) {
+    return s;
+  }
+  absl::StatusOr<std::string> password = PasswordOf(hop);
+  if (!password.ok()) return password.status();
+  const std::string user = hop.target.empty() ? "root" : hop.target;
+  if (absl::Status s = CheckUserName(hop, user); !s.ok()) return s;
+  // su reads the password from its terminal, so it runs on a PTY (stdin and stderr); its
+  // stdout is the link, and the command moves stdin there too before the first stage runs.
+  // -s /bin/sh: accounts such as nobody have no login shell (su honours -s only for root
+  // or for users whose shell is a standard one).
+  std::vector<std::string> argv = {"su", "-s", "/bin/sh", "-c",
+                                   "exec 0<&1;" + ScriptFor(hop, request), user};
+  const std::string what = absl::StrCat("su to ", user);
+  auto prompts = std::make_shared<int>(0);
+  std::string secret = *password;
+  StderrJudge judge = [what, prompts, secret](const std::string& err,
+                                              size_t from) -> StderrVerdict {
+    auto has = [&err](absl::string_view s) { return absl::StrContains(err, s); };
+    StderrVerdict v;
+    const std::string fresh = absl::AsciiStrToLower(absl::string_view(err).substr(from));
+    if (has("does not exist") || has("nknown user") || has("nknown login")) {
+      v.error = absl::NotFoundError(absl::StrCat(what, ": user unknown"));
+    } else if (has("Authentication failure") || has("ncorrect password") ||
+               has("Sorry")) {
+      v.error = absl::PermissionDeniedError(absl::StrCat(what, ": password incorrect"));
+    } else if (has("Permission denied") || has("not allowed") || has("must be run from")) {
+      v.error = absl::PermissionDeniedError(absl::StrCat(what, ": not allowed: ", err));
+    } else if (absl::StrContains(fresh, "password") && absl::StrContains(fresh, ":")) {
+      // PAM's prompt ("Password: ", localised) on the terminal.
+      if (secret.empty()) {
+        v.error = absl::UnauthenticatedError(absl::StrCat(what, ": password required"));
+      } else if (++*prompts > 1) {
+        v.error = absl::PermissionDeniedError(absl::StrCat(what, ": password incorrect"));
+      } else {
+        v.reply = secret + "\n";
+      }
+    }
+    return v;
+  };
+  return LaunchThrough(argv, {}, "", judge, what, request, /*with_terminal=*/true);
 }
 
 }  // namespace grove

@@ -1,6 +1,6 @@
 // Launchers for contexts reached through a command: `command:ARGV` (any argv that ends in a
 // shell on the target: docker exec -i C sh, kubectl exec -i POD -- sh, unshare, setpriv...),
-// `ssh:[user@]host[:port]` and `sudo[:user]`. Nothing needs to be installed on the target: a
+// `ssh:[user@]host[:port]`, `sudo[:user]` and `su[:user]`. Nothing needs to be installed on the target: a
 // POSIX sh first stage fetches this program (cached by its SHA-256) and runs it as the agent
 // on the command's stdin and stdout.
 #ifndef GROVE_LAUNCH_REMOTE_LAUNCHER_H_
@@ -37,6 +37,14 @@ class SshLauncher : public Launcher {
 
 // Options: password=..., password_env=VAR, cache_dir=DIR, name=NAME. Stateless; thread-safe.
 class SudoLauncher : public Launcher {
+ public:
+  absl::StatusOr<LaunchedChild> Launch(const Hop& hop, const LaunchRequest& request) override;
+};
+
+// `su[:user]` (root by default). su reads the password from a terminal, so this launcher
+// alone runs its command on a PTY. Options: password=..., password_env=VAR, cache_dir=DIR,
+// name=NAME. Stateless; thread-safe.
+class SuLauncher : public Launcher {
  public:
   absl::StatusOr<LaunchedChild> Launch(const Hop& hop, const LaunchRequest& request) override;
 };

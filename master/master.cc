@@ -45,6 +45,7 @@ Master::Master(const Functions& functions, MasterOptions options) : options_(std
   router_->AddLauncher("command", &command_launcher_);
   router_->AddLauncher("ssh", &ssh_launcher_);
   router_->AddLauncher("sudo", &sudo_launcher_);
+  router_->AddLauncher("su", &su_launcher_);
   router_->SetLogSink(options_.log_sink ? options_.log_sink : LogSink(LogToStderr));
 }
 

@@ -73,6 +73,7 @@ class Master {
   CommandLauncher command_launcher_;
   SshLauncher ssh_launcher_;
   SudoLauncher sudo_launcher_;
+  SuLauncher su_launcher_;
   std::unique_ptr<Router> router_;
 };
 
