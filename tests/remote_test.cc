@@ -1,6 +1,8 @@
 // Remote contexts, for real: commands that change identity or namespace, a real sshd on
 // loopback, real sudo with users and sudoers rules created for the test.
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -26,6 +28,8 @@ using ::testing::HasSubstr;
 
 constexpr char kUser[] = "grove-test";        // In sudoers, with a password.
 constexpr char kOther[] = "grove-other";      // Not in sudoers.
+constexpr char kNoShell[] = "grove-noshell";  // Logs in chrooted where there is no sh.
+constexpr char kChroot[] = "/var/lib/grove-test-chroot";
 constexpr char kPassword[] = "grove-pass-1";
 
 class RemoteTest : public GroveTest {
@@ -37,11 +41,17 @@ class RemoteTest : public GroveTest {
         "for u in ", kUser, " ", kOther, "; do id $u >/dev/null 2>&1 || useradd -m -s /bin/sh $u;",
         " echo $u:", kPassword, " | chpasswd; done;",
         "echo '", kUser, " ALL=(ALL) ALL' > /etc/sudoers.d/grove-test;",
-        "chmod 440 /etc/sudoers.d/grove-test"));
-    absl::StatusOr<std::unique_ptr<Sshd>> sshd = Sshd::Start();
+        "chmod 440 /etc/sudoers.d/grove-test;",
+        "id ", kNoShell, " >/dev/null 2>&1 || useradd -m -s /bin/sh ", kNoShell, ";",
+        // sshd wants every part of a chroot path owned by root and not writable by others.
+        "mkdir -p ", kChroot, "; chmod 755 ", kChroot));
+    SshdOptions options;
+    options.extra_config = absl::StrCat("Match User ", kNoShell, "\n  ChrootDirectory ", kChroot);
+    absl::StatusOr<std::unique_ptr<Sshd>> sshd = Sshd::Start(options);
     if (sshd.ok()) {
       sshd_ = sshd->release();
-      Shell(absl::StrCat("cd ", sshd_->dir(), "/keys && cp root ", kUser, " && cp root ", kOther));
+      Shell(absl::StrCat("cd ", sshd_->dir(), "/keys && cp root ", kUser, " && cp root ", kOther,
+                         " && cp root ", kNoShell));
     } else {
       LOG(WARNING) << "no sshd: " << sshd.status();
     }
@@ -245,6 +255,141 @@ TEST_F(RemoteTest, AKilledRemoteAgentFailsCallsAndLeavesNothing) {
   EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable);
   EXPECT_THAT(r.status().message(), HasSubstr("ssh.root@127.0.0.1"));
   EXPECT_EQ(remote->Ping().code(), absl::StatusCode::kUnavailable);
+}
+
+TEST_F(RemoteTest, SuFromRootAndWithAPasswordOnATerminal) {
+  Master master(TestFunctions());
+  // From root: no password asked.
+  absl::StatusOr<Context> nobody = master.Spawn("su:nobody");
+  ASSERT_TRUE(nobody.ok()) << nobody.status();
+  EXPECT_EQ(nobody->Info()->user(), "nobody");
+  EXPECT_EQ(master.registry().Find(nobody->id())->method, "su");
+
+  // From an unprivileged user: the password goes in at su's prompt, on a PTY.
+  absl::StatusOr<Context> user = master.Spawn(absl::StrCat(
+      "command:setpriv --reuid=", kUser, " --regid=", kUser, " --clear-groups sh"));
+  ASSERT_TRUE(user.ok()) << user.status();
+  EXPECT_EQ(user->Info()->user(), kUser);
+  absl::StatusOr<Context> other = user->Spawn(absl::StrCat("su:", kOther, ",password=", kPassword));
+  ASSERT_TRUE(other.ok()) << other.status();
+  absl::StatusOr<v1::InfoReply> info = other->Info();
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->user(), kOther);
+  // The agent's link is a socket, not the terminal: its stdin is /dev/null and the PTY is
+  // only su's.
+  v1::RunRequest run;
+  run.add_argv("sh");
+  run.add_argv("-c");
+  run.add_argv(absl::StrCat("readlink /proc/", info->pid(), "/fd/0"));
+  absl::StatusOr<v1::RunReply> fd0 = other->Run(run);
+  ASSERT_TRUE(fd0.ok()) << fd0.status();
+  EXPECT_EQ(fd0->stdout(), "/dev/null\n");
+  ASSERT_TRUE(other->Call<test::Echo>("echo", test::Echo()).ok());
+
+  absl::StatusOr<Context> no_password = user->Spawn(absl::StrCat("su:", kOther));
+  EXPECT_EQ(no_password.status().code(), absl::StatusCode::kUnauthenticated)
+      << no_password.status();
+  EXPECT_THAT(no_password.status().message(), HasSubstr("password required"));
+  absl::StatusOr<Context> wrong = user->Spawn(absl::StrCat("su:", kOther, ",password=wrong-one"));
+  EXPECT_EQ(wrong.status().code(), absl::StatusCode::kPermissionDenied) << wrong.status();
+  EXPECT_THAT(wrong.status().message(), HasSubstr("password incorrect"));
+  EXPECT_THAT(wrong.status().message(), ::testing::Not(HasSubstr("wrong-one")));
+  absl::StatusOr<Context> unknown = user->Spawn("su:no-such-user-here,password=x");
+  EXPECT_EQ(unknown.status().code(), absl::StatusCode::kNotFound) << unknown.status();
+  EXPECT_THAT(unknown.status().message(), HasSubstr("user unknown"));
+  absl::StatusOr<Context> bad_name = user->Spawn("su:-c");
+  EXPECT_EQ(bad_name.status().code(), absl::StatusCode::kInvalidArgument) << bad_name.status();
+}
+
+TEST_F(RemoteTest, SshConnectTimeoutKillsAndReapsSsh) {
+  // A port that completes TCP handshakes (the backlog) but never speaks: ssh waits for a
+  // banner that never comes.
+  UniqueFd silent(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  struct sockaddr_in a = {};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(a);
+  ASSERT_EQ(::bind(silent.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+  ASSERT_EQ(::listen(silent.get(), 8), 0);
+  ASSERT_EQ(::getsockname(silent.get(), reinterpret_cast<sockaddr*>(&a), &len), 0);
+  Master master(TestFunctions());
+  absl::Time start = absl::Now();
+  absl::StatusOr<Context> c = master.Spawn(absl::StrCat(
+      "ssh:root@127.0.0.1:", ntohs(a.sin_port), ",connect_timeout=1,check_host_keys=no"));
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kDeadlineExceeded) << c.status();
+  EXPECT_THAT(c.status().message(), HasSubstr("ssh root@127.0.0.1"));
+  // Not the 30 s default (the fixture checks that ssh was reaped).
+  EXPECT_LT(absl::Now() - start, absl::Seconds(20));
+  absl::StatusOr<Context> bad = master.Spawn("ssh:root@127.0.0.1,connect_timeout=soon");
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument) << bad.status();
+}
+
+TEST_F(RemoteTest, SshRemoteShellMissing) {
+  if (sshd_ == nullptr) GTEST_SKIP() << "no sshd";
+  Master master(TestFunctions());
+  absl::StatusOr<Context> c = master.Spawn(absl::StrCat(
+      "ssh:", kNoShell, "@127.0.0.1:", sshd().port(), ",identity=", sshd().identity(),
+      ",ssh_option=UserKnownHostsFile=", sshd().known_hosts()));
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kFailedPrecondition) << c.status();
+  EXPECT_THAT(c.status().message(), HasSubstr("remote shell missing"));
+}
+
+TEST_F(RemoteTest, SshAcceptsNewHostKeysAndCompresses) {
+  if (sshd_ == nullptr) GTEST_SKIP() << "no sshd";
+  Master master(TestFunctions());
+  const std::string known = cache_ + "/known_hosts";
+  const std::string base = absl::StrCat("ssh:root@127.0.0.1:", sshd().port(), ",identity=",
+                                        sshd().identity(), ",cache_dir=", cache_,
+                                        ",ssh_option=UserKnownHostsFile=", known);
+  absl::StatusOr<Context> strict = master.Spawn(base);
+  EXPECT_EQ(strict.status().code(), absl::StatusCode::kFailedPrecondition) << strict.status();
+  absl::StatusOr<Context> accepted = master.Spawn(base + ",check_host_keys=accept,compression=yes");
+  ASSERT_TRUE(accepted.ok()) << accepted.status();
+  ASSERT_TRUE(accepted->Ping().ok());
+  // The key was recorded, so strict checking now passes.
+  absl::StatusOr<Context> again = master.Spawn(base + ",compression=no");
+  ASSERT_TRUE(again.ok()) << again.status();
+  absl::StatusOr<Context> bad = master.Spawn(base + ",compression=maybe");
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument) << bad.status();
+}
+
+TEST_F(RemoteTest, ChainAcrossTwoHostsAndANetworkCutMidCall) {
+  absl::StatusOr<std::unique_ptr<TwoHosts>> hosts = TwoHosts::Start();
+  if (!hosts.ok()) GTEST_SKIP() << hosts.status();
+  Master master(TestFunctions());
+  // ssh:A/ssh:B: the second ssh runs in A's context, inside namespace A. Keepalives every
+  // second (the user's ssh_option overrides grove's 15 s default).
+  absl::StatusOr<Context> b = master.SpawnPath(absl::StrCat(
+      (*hosts)->a().Hop("root"), ",cache_dir=", cache_, "/", (*hosts)->b().Hop("root"),
+      ",cache_dir=", cache_, ",ssh_option=ServerAliveInterval=1,ssh_option=ServerAliveCountMax=2"));
+  ASSERT_TRUE(b.ok()) << b.status();
+  std::optional<ContextRecord> record_b = master.registry().Find(b->id());
+  ASSERT_TRUE(record_b.has_value());
+  EXPECT_THAT(record_b->name, HasSubstr("ssh.root@10.77.1.2"));
+  EXPECT_THAT(record_b->name, HasSubstr("ssh.root@10.77.2.2"));
+  absl::StatusOr<Context> a = master.Find(record_b->parent);
+  ASSERT_TRUE(a.ok());
+  // Each context really is in its own host's network namespace.
+  v1::RunRequest netns;
+  netns.add_argv("readlink");
+  netns.add_argv("/proc/self/ns/net");
+  absl::StatusOr<v1::RunReply> ns_a = a->Run(netns), ns_b = b->Run(netns);
+  ASSERT_TRUE(ns_a.ok() && ns_b.ok());
+  EXPECT_NE(ns_a->stdout(), ns_b->stdout());
+  EXPECT_NE(ns_a->stdout(), Readlink("/proc/self/ns/net") + "\n");
+
+  v1::SleepRequest sleep;
+  sleep.set_ms(20000);  // Longer than the keepalive needs, shorter than ssh's default 45 s.
+  auto pending = b->CallAsync<v1::Empty>("grove.sleep", sleep);
+  ASSERT_TRUE(b->Ping().ok());
+  ASSERT_TRUE((*hosts)->CutAToB().ok());
+  absl::StatusOr<v1::Empty> r = pending.get();
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable) << r.status();
+  EXPECT_THAT(r.status().message(), HasSubstr(record_b->name));
+  EXPECT_EQ(master.registry().Find(b->id())->state, ContextState::kGone);
+  // A, on the other side of the cut, is untouched.
+  EXPECT_TRUE(a->Ping().ok());
+  EXPECT_EQ(master.registry().Find(a->id())->state, ContextState::kConnected);
 }
 
 }  // namespace
