@@ -25,6 +25,7 @@
 #include "grpcpp/server_posix.h"
 #include "launch/local_launcher.h"
 #include "launch/payload.h"
+#include "launch/payload.h"
 #include "launch/remote_launcher.h"
 #include "router/router.h"
 #include "transport/grpc_link.h"
@@ -268,6 +269,10 @@ bool IsAgentInvocation(int argc, char** argv) {
     std::string line = std::string(password) + "\n";
     WriteAll(1, line.data(), line.size()).IgnoreError();
     _exit(0);
+  }
+  // Run by the first stage to check a cached or uploaded agent: hash ourselves and end.
+  if (argc == 2 && std::strncmp(argv[1], kVerifyFlag, sizeof(kVerifyFlag) - 1) == 0) {
+    _exit(VerifySelf(argv[1] + sizeof(kVerifyFlag) - 1));
   }
   return argc >= 2 && std::strcmp(argv[1], "--grove-agent") == 0;
 }

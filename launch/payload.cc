@@ -1,6 +1,10 @@
 #include "launch/payload.h"
 
+#include <fcntl.h>
 #include <openssl/sha.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <sys/utsname.h>
 #include <zlib.h>
 
@@ -12,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
+#include "common/fd.h"
 
 namespace grove {
 namespace {
@@ -34,6 +39,57 @@ absl::StatusOr<std::string> Gzip(const std::string& data) {
   return out;
 }
 
+uint32_t LittleEndian32(const std::string& s, size_t at) {
+  return static_cast<uint32_t>(static_cast<unsigned char>(s[at])) |
+         static_cast<uint32_t>(static_cast<unsigned char>(s[at + 1])) << 8 |
+         static_cast<uint32_t>(static_cast<unsigned char>(s[at + 2])) << 16 |
+         static_cast<uint32_t>(static_cast<unsigned char>(s[at + 3])) << 24;
+}
+
+// Whether `gz` is a one-member gzip whose trailer (CRC-32 and size) matches `data`.
+bool IsGzipOf(const std::string& gz, const std::string& data) {
+  if (gz.size() < 18 || gz[0] != '\x1f' || gz[1] != '\x8b') return false;
+  uLong crc = crc32(0L, Z_NULL, 0);
+  crc = crc32(crc, reinterpret_cast<const Bytef*>(data.data()), static_cast<uInt>(data.size()));
+  return LittleEndian32(gz, gz.size() - 8) == static_cast<uint32_t>(crc) &&
+         LittleEndian32(gz, gz.size() - 4) == static_cast<uint32_t>(data.size());
+}
+
+// Where this build's compressed payload is kept between runs: under $HOME/.cache/grove
+// (0700), or "" without a home.
+std::string LocalPayloadCache(const Payload& payload) {
+  const char* home = ::getenv("HOME");
+  if (home == nullptr || *home == '\0') return "";
+  std::string dir = absl::StrCat(home, "/.cache");
+  ::mkdir(dir.c_str(), 0700);
+  dir += "/grove";
+  ::mkdir(dir.c_str(), 0700);
+  struct stat st;
+  if (::stat(dir.c_str(), &st) != 0 || st.st_uid != ::geteuid() || (st.st_mode & 077) != 0) {
+    return "";  // Not ours, or not private: do not trust what is there.
+  }
+  return absl::StrCat(dir, "/", payload.sha256, ".gz");
+}
+
+bool ReadFile(const std::string& path, std::string* out) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return false;
+  std::stringstream bytes;
+  bytes << in.rdbuf();
+  *out = bytes.str();
+  return static_cast<bool>(in);
+}
+
+// Writes under a temporary name and renames, so a reader never sees a partial file.
+void KeepFile(const std::string& path, const std::string& data) {
+  std::string tmp = absl::StrCat(path, ".", ::getpid(), ".tmp");
+  UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+  if (!fd.valid()) return;
+  if (!WriteAll(fd.get(), data.data(), data.size()).ok() || ::rename(tmp.c_str(), path.c_str()) != 0) {
+    ::unlink(tmp.c_str());
+  }
+}
+
 }  // namespace
 
 std::string Sha256Hex(const std::string& data) {
@@ -41,6 +97,20 @@ std::string Sha256Hex(const std::string& data) {
   SHA256(reinterpret_cast<const unsigned char*>(data.data()), data.size(), digest);
   return absl::BytesToHexString(
       absl::string_view(reinterpret_cast<const char*>(digest), sizeof(digest)));
+}
+
+int VerifySelf(const char* sha256) {
+  UniqueFd fd(::open("/proc/self/exe", O_RDONLY | O_CLOEXEC));
+  struct stat st;
+  if (!fd.valid() || ::fstat(fd.get(), &st) != 0 || st.st_size == 0) return 1;
+  void* map = ::mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ, MAP_PRIVATE, fd.get(), 0);
+  if (map == MAP_FAILED) return 1;
+  unsigned char digest[SHA256_DIGEST_LENGTH];
+  SHA256(static_cast<const unsigned char*>(map), static_cast<size_t>(st.st_size), digest);
+  ::munmap(map, static_cast<size_t>(st.st_size));
+  const std::string hex = absl::BytesToHexString(
+      absl::string_view(reinterpret_cast<const char*>(digest), sizeof(digest)));
+  return hex == sha256 ? 0 : 1;
 }
 
 absl::StatusOr<const Payload*> ThisProgram() {
@@ -71,8 +141,20 @@ absl::StatusOr<const std::string*> CompressedProgram() {
   static absl::StatusOr<std::string>* compressed = nullptr;
   absl::call_once(once, [] {
     absl::StatusOr<const Payload*> payload = ThisProgram();
-    compressed = new absl::StatusOr<std::string>(
-        payload.ok() ? Gzip((*payload)->bytes) : absl::StatusOr<std::string>(payload.status()));
+    if (!payload.ok()) {
+      compressed = new absl::StatusOr<std::string>(payload.status());
+      return;
+    }
+    // Compressing takes a few hundred ms of CPU: keep the result on disk for the next run
+    // of the same build.
+    const std::string path = LocalPayloadCache(**payload);
+    std::string kept;
+    if (!path.empty() && ReadFile(path, &kept) && IsGzipOf(kept, (*payload)->bytes)) {
+      compressed = new absl::StatusOr<std::string>(std::move(kept));
+      return;
+    }
+    compressed = new absl::StatusOr<std::string>(Gzip((*payload)->bytes));
+    if (compressed->ok() && !path.empty()) KeepFile(path, **compressed);
   });
   if (!compressed->ok()) return compressed->status();
   return &**compressed;
@@ -90,22 +172,22 @@ std::string FirstStage(const Payload& payload, const std::string& cache_dir,
   for (const std::string& a : agent_args) quoted.push_back(ShellQuote(a));
   const std::string args = absl::StrJoin(quoted, " ");
   // POSIX sh only. Each step is checked; any failure prints a marker the parent recognises.
-  // The digest tool: sha256sum (GNU, busybox) or shasum -a 256 (BSD, macOS).
+  // Verifying: the agent hashes itself (kVerifyFlag); gzip's CRC has already caught a
+  // damaged upload by then.
   return absl::StrCat(
       "umask 077;h=", payload.sha256, ";",
       "[ \"`uname -m`\" = ", ShellQuote(u.machine), " ] || { printf '", kArchMarker,
       "%s\\n' \"`uname -m`\";exit 1;};",
-      "s(){ if command -v sha256sum >/dev/null;then sha256sum|cut -c1-64;"
-      "else shasum -a 256|cut -c1-64;fi;};",
       "d=", cache_dir.empty() ? "\"$HOME/.cache/grove\"" : ShellQuote(cache_dir), ";",
       "if ! { mkdir -p \"$d\" 2>/dev/null&&[ -w \"$d\" ];};then d=\"${TMPDIR:-/tmp}/grove-`id -u`\";"
       "mkdir -p \"$d\"||exit 1;fi;",
       // The cache must be ours and private: refused otherwise.
       "[ -O \"$d\" ]||{ printf '", kFailMarker, "cache %s is not owned by this user\\n' \"$d\";exit 1;};",
       "chmod 700 \"$d\";f=\"$d/$h\";",
-      "if [ -x \"$f\" ]&&[ \"`s<\"$f\"`\" = $h ];then exec \"$f\" ", args, ";fi;",
+      "if [ -x \"$f\" ]&&\"$f\" ", kVerifyFlag, "$h 2>/dev/null;then exec \"$f\" ", args, ";fi;",
       "t=`mktemp \"$d/.$h.XXXXXX\"`||exit 1;printf ", kNeedMarker, ";read n||exit 1;",
-      "if head -c $n|gzip -dc>\"$t\"&&[ \"`s<\"$t\"`\" = $h ]&&chmod 700 \"$t\"&&mv -f \"$t\" \"$f\";",
+      "if head -c $n|gzip -dc>\"$t\"&&chmod 700 \"$t\"&&\"$t\" ", kVerifyFlag,
+      "$h 2>/dev/null&&mv -f \"$t\" \"$f\";",
       "then exec \"$f\" ", args, ";fi;",
       "rm -f \"$t\";printf '", kFailMarker, "upload did not verify\\n';exit 1");
 }

@@ -19,11 +19,20 @@ struct Payload {
 // This program's payload, read and hashed once per process (thread-safe) and kept.
 absl::StatusOr<const Payload*> ThisProgram();
 
-// The gzip of this program, made on first use (the first upload) and kept. Thread-safe.
+// The gzip of this program, made on first use (the first upload) and kept; also kept on disk
+// as $HOME/.cache/grove/<sha256>.gz (0700 dir) for the next run of the same build, and read
+// back from there when its gzip trailer matches this program. Thread-safe.
 absl::StatusOr<const std::string*> CompressedProgram();
 
 // Hex SHA-256 of `data`.
 std::string Sha256Hex(const std::string& data);
+
+// The first stage runs a cached (or just uploaded) agent as `FILE --grove-verify=SHA256`
+// before it execs it: the program hashes its own executable (OpenSSL, several times faster
+// than sha256sum) and exits 0 only when it is the file with that digest.
+inline constexpr char kVerifyFlag[] = "--grove-verify=";
+// Exit status of a --grove-verify run: 0 when /proc/self/exe has digest `sha256`, 1 if not.
+int VerifySelf(const char* sha256);
 
 // The first stage: a POSIX sh program that execs `<cache>/<sha256>` with `agent_args` if it
 // is there and verifies, and otherwise prints kNeedMarker, reads a line with the compressed

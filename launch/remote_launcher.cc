@@ -166,10 +166,12 @@ absl::Status Bootstrap(Started& s, const Payload& payload, const std::string& sc
         AppendTail(tail, &c, 1);
         if (window.size() > kMarkerSize) window.erase(0, window.size() - kMarkerSize);
         if (window == kBootMarker) {
+          VLOG(1) << what << ": agent booted";
           tail->resize(tail->size() - kMarkerSize);
           return absl::OkStatus();
         }
         if (window == kNeedMarker) {
+          VLOG(1) << what << ": asks for the agent";
           tail->resize(tail->size() - kMarkerSize);
           absl::StatusOr<const std::string*> compressed = CompressedProgram();
           if (!compressed.ok()) return compressed.status();
@@ -179,6 +181,7 @@ absl::Status Bootstrap(Started& s, const Payload& payload, const std::string& sc
           if (!w.ok()) return Annotate(w, absl::StrCat("cannot upload the agent to ", what));
           counters.bytes_sent += static_cast<int64_t>(size_line.size() + (*compressed)->size());
           counters.uploads += 1;
+          VLOG(1) << what << ": uploaded " << (*compressed)->size() << " bytes";
         }
         if (window == kArchMarker || window == kFailMarker) {
           bool arch = window == kArchMarker;
