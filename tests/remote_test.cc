@@ -6,8 +6,12 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <cstdio>
+#include <filesystem>
 #include <fstream>
+#include <future>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "glog/logging.h"
@@ -17,6 +21,7 @@
 #include "launch/remote_launcher.h"
 #include "master/master.h"
 #include "tests/leak_check.h"
+#include "tests/log_collector.h"
 #include "tests/sshd.h"
 #include "tests/test.pb.h"
 #include "tests/test_functions.h"
@@ -79,6 +84,24 @@ class RemoteTest : public GroveTest {
 };
 
 Sshd* RemoteTest::sshd_ = nullptr;
+
+// The pid of this process's child whose command is `comm`, or 0.
+int ChildNamed(const std::string& comm) {
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    if (!absl::ascii_isdigit(entry.path().filename().string()[0])) continue;
+    std::ifstream in(entry.path() / "stat");
+    std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    size_t open = stat.find('('), close = stat.rfind(')');
+    if (open == std::string::npos || close == std::string::npos) continue;
+    int ppid = 0;
+    char state;
+    if (std::sscanf(stat.c_str() + close + 1, " %c %d", &state, &ppid) != 2) continue;
+    if (ppid == ::getpid() && stat.substr(open + 1, close - open - 1) == comm) {
+      return std::atoi(stat.c_str());
+    }
+  }
+  return 0;
+}
 
 TEST_F(RemoteTest, FirstContactUploadsOnceThenTheAgentRunsFromTheCache) {
   Master master(TestFunctions());
@@ -390,6 +413,112 @@ TEST_F(RemoteTest, ChainAcrossTwoHostsAndANetworkCutMidCall) {
   // A, on the other side of the cut, is untouched.
   EXPECT_TRUE(a->Ping().ok());
   EXPECT_EQ(master.registry().Find(a->id())->state, ContextState::kConnected);
+}
+
+TEST_F(RemoteTest, AnotherArchitectureFailsClearly) {
+  // A target whose `uname -m` says aarch64.
+  const std::string bin = cache_ + "/fake-bin";
+  ASSERT_EQ(Shell(absl::StrCat("mkdir -p ", bin, " && printf '#!/bin/sh\necho aarch64\n' > ", bin,
+                               "/uname && chmod +x ", bin, "/uname")),
+            0);
+  Master master(TestFunctions());
+  absl::StatusOr<Context> c = master.Spawn(
+      absl::StrCat("command:env PATH=", bin, ":/usr/bin:/bin sh,cache_dir=", cache_));
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kFailedPrecondition) << c.status();
+  EXPECT_THAT(c.status().message(), HasSubstr("is a aarch64 machine"));
+  EXPECT_THAT(c.status().message(), HasSubstr("another architecture"));
+}
+
+TEST_F(RemoteTest, ConcurrentFirstContactsShareTheCacheSafely) {
+  Master master(TestFunctions());
+  const std::string hop = "command:sh,cache_dir=" + cache_ + "/shared";
+  int64_t uploads = GlobalBootstrapCounters().uploads;
+  auto first = std::async(std::launch::async, [&] { return master.Spawn(hop); });
+  auto second = std::async(std::launch::async, [&] { return master.Spawn(hop); });
+  absl::StatusOr<Context> a = first.get(), b = second.get();
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_TRUE(a->Ping().ok());
+  EXPECT_TRUE(b->Ping().ok());
+  EXPECT_GE(GlobalBootstrapCounters().uploads, uploads + 1);
+  // One verified file under the final name, no temporary left behind.
+  absl::StatusOr<const Payload*> payload = ThisProgram();
+  ASSERT_TRUE(payload.ok());
+  v1::RunRequest ls;
+  ls.add_argv("sh");
+  ls.add_argv("-c");
+  ls.add_argv("ls -A " + cache_ + "/shared");
+  absl::StatusOr<v1::RunReply> listed = a->Run(ls);
+  ASSERT_TRUE(listed.ok());
+  EXPECT_EQ(listed->stdout(), (*payload)->sha256 + "\n");
+  EXPECT_EQ(Shell(absl::StrCat(cache_, "/shared/", (*payload)->sha256, " --grove-verify=",
+                               (*payload)->sha256)),
+            0);
+}
+
+TEST_F(RemoteTest, AnUnwritableCacheFallsBackToATempDir) {
+  Master master(TestFunctions());
+  absl::StatusOr<Context> c = master.Spawn(
+      "command:setpriv --reuid=nobody --regid=nogroup --clear-groups sh,cache_dir=/proc/grove");
+  ASSERT_TRUE(c.ok()) << c.status();
+  absl::StatusOr<v1::InfoReply> info = c->Info();
+  ASSERT_TRUE(info.ok());
+  EXPECT_THAT(Readlink(absl::StrCat("/proc/", info->pid(), "/exe")),
+              ::testing::StartsWith("/tmp/grove-65534/"));
+}
+
+TEST_F(RemoteTest, SshHostKeyChanged) {
+  if (sshd_ == nullptr) GTEST_SKIP() << "no sshd";
+  // A known_hosts that records another key for this host.
+  const std::string known = cache_ + "/changed_known_hosts";
+  ASSERT_EQ(Shell(absl::StrCat("ssh-keygen -q -t ed25519 -N '' -f ", cache_, "/other && echo \"[127.0.0.1]:",
+                               sshd().port(), " $(cat ", cache_, "/other.pub)\" > ", known)),
+            0);
+  Master master(TestFunctions());
+  absl::StatusOr<Context> c = master.Spawn(absl::StrCat(
+      "ssh:root@127.0.0.1:", sshd().port(), ",identity=", sshd().identity(),
+      ",ssh_option=UserKnownHostsFile=", known, ",cache_dir=", cache_));
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kFailedPrecondition) << c.status();
+  EXPECT_THAT(c.status().message(), HasSubstr("host key changed"));
+}
+
+TEST_F(RemoteTest, AKilledSshClientFailsCallsAndTheRemoteAgentExits) {
+  if (sshd_ == nullptr) GTEST_SKIP() << "no sshd";
+  LogCollector logs;
+  MasterOptions options;
+  options.log_sink = logs.Sink();
+  Master master(TestFunctions(), options);
+  absl::StatusOr<Context> remote = master.Spawn(sshd().Hop("root") + ",cache_dir=" + cache_);
+  ASSERT_TRUE(remote.ok()) << remote.status();
+  const std::string name = master.registry().Find(remote->id())->name;
+  // Its output and log records reach the master tagged with its name.
+  test::PrintRequest print;
+  print.set_line("remote stdout line");
+  ASSERT_TRUE(remote->Call<test::Count>("print", print).ok());
+  print.set_line("remote glog line");
+  print.set_glog(true);
+  ASSERT_TRUE(remote->Call<test::Count>("print", print).ok());
+  for (const char* line : {"remote stdout line", "remote glog line"}) {
+    EXPECT_TRUE(logs.WaitFor(
+        [&](const CollectedLog& log) {
+          return log.context == name && absl::StrContains(log.record.text(), line);
+        },
+        absl::Seconds(10)))
+        << line;
+  }
+  // The ssh client is the master's child, and the remote agent its remote end.
+  int ssh_pid = ChildNamed("ssh");
+  ASSERT_GT(ssh_pid, 0);
+  v1::SleepRequest sleep;
+  sleep.set_ms(60000);
+  auto pending = remote->CallAsync<v1::Empty>("grove.sleep", sleep);
+  ASSERT_TRUE(remote->Ping().ok());
+  ASSERT_EQ(::kill(ssh_pid, SIGKILL), 0);
+  absl::StatusOr<v1::Empty> r = pending.get();
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable) << r.status();
+  EXPECT_THAT(r.status().message(), HasSubstr(name));
+  // The remote agent notices its link is gone and exits: the fixture checks that no agent
+  // process is left.
 }
 
 }  // namespace

@@ -112,8 +112,8 @@ constexpr char kAliveConfig[] = "ClientAliveInterval 1\nClientAliveCountMax 2\n"
 
 absl::StatusOr<std::unique_ptr<TwoHosts>> TwoHosts::Start() {
   // Leftovers of a run that was killed first go.
-  Shell(absl::StrCat("ip netns del ", kNetnsA, " 2>/dev/null; ip netns del ", kNetnsB,
-                     " 2>/dev/null; true"));
+  Shell(absl::StrCat("ip link del grove-r0 2>/dev/null; ip netns del ", kNetnsA,
+                     " 2>/dev/null; ip netns del ", kNetnsB, " 2>/dev/null; true"));
   const std::string wiring = absl::StrCat(
       "set -e; A=", kNetnsA, "; B=", kNetnsB, ";",
       "ip netns add $A; ip netns add $B;",
@@ -151,7 +151,9 @@ absl::StatusOr<std::unique_ptr<TwoHosts>> TwoHosts::Start() {
 TwoHosts::~TwoHosts() {
   a_.reset();
   b_.reset();
-  Shell(absl::StrCat("ip netns del ", kNetnsA, "; ip netns del ", kNetnsB));
+  // The root end of the veth goes explicitly: a namespace lingers while the kernel still
+  // holds a reference to it, and with it the veth and our routes.
+  Shell(absl::StrCat("ip link del grove-r0; ip netns del ", kNetnsA, "; ip netns del ", kNetnsB));
 }
 
 absl::Status TwoHosts::CutAToB() {
