@@ -10,6 +10,7 @@
 #include "master/master.h"         // Master, MasterOptions, Main
 #include "proto/builtins.pb.h"     // RunRequest, RunReply, InfoReply, ...
 #include "router/context.h"        // Context
+#include "router/files.h"          // PushFiles, PullFiles
 #include "router/functions.h"      // Functions, CallContext, CallableBy
 #include "router/hop.h"            // ParsePath, ParseHop
 #include "router/registry.h"       // Registry, ContextRecord

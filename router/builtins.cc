@@ -1,5 +1,5 @@
-// The functions every context offers: ping, info, run, spawn, stop, sleep, and (in the
-// master) id blocks.
+// The functions every context offers: ping, info, run, spawn, stop, sleep, the file
+// transfer built-ins (router/files.cc), and (in the master) id blocks.
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
@@ -12,6 +12,7 @@
 #include "common/process.h"
 #include "common/status_util.h"
 #include "proto/builtins.pb.h"
+#include "router/files.h"
 #include "router/router.h"
 
 extern char** environ;
@@ -223,6 +224,7 @@ void Router::RegisterBuiltins() {
         next_id_ += count;
         return reply;
       }));
+  RegisterFileFunctions(this, &builtins_);
 }
 
 }  // namespace grove

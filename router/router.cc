@@ -468,6 +468,12 @@ bool Router::Allowed(uint64_t src, CallableBy callable_by) const {
   return false;
 }
 
+const Function* Router::FindFunction(const std::string& name) const {
+  const Function* function = builtins_.Find(name);
+  if (function == nullptr && options_.functions != nullptr) function = options_.functions->Find(name);
+  return function;
+}
+
 void Router::HandleCall(v1::Envelope envelope) {
   const uint64_t src = envelope.src();
   v1::Call* call = envelope.mutable_call();

@@ -98,6 +98,9 @@ class Router : public LinkDelegate {
   int64_t max_message_bytes() const { return options_.max_message_bytes; }
   // Records of this context's subtree (the whole tree in the master).
   Registry& registry() { return registry_; }
+  // A built-in or one of the program's functions, as calls here would find it; nullptr if
+  // unknown.
+  const Function* FindFunction(const std::string& name) const;
 
   // ---- Wiring, by child/ and master/ before use ----
   // Not owned; must outlive the router.

@@ -17,6 +17,9 @@ int Run(Master& master, const std::vector<std::string>& args);
 int Tree(Master& master, const std::vector<std::string>& args);
 int Bench(Master& master, const std::vector<std::string>& args);
 int Demo(Master& master, const std::vector<std::string>& args);
+int Push(Master& master, const std::vector<std::string>& args);
+int Pull(Master& master, const std::vector<std::string>& args);
+int Call(Master& master, const std::vector<std::string>& args);
 
 // Prints the registry of `master` as a tree (or, with `json`, a JSON array).
 void PrintTree(Master& master, bool json, bool include_gone);

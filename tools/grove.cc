@@ -3,6 +3,8 @@
 //
 //   grove run PATH... -- ARGV...      run a command in the last hop of each path
 //   grove tree [--json] PATH...       start the contexts and print the registry
+//   grove push [-r] PATH... -- SRC DEST, grove pull [-r] PATH -- SRC DEST
+//   grove call PATH FUNCTION 'JSON'   call a function with a JSON argument
 //   grove bench [--json] [--only M]   benchmarks
 //   grove demo                        the tour that tools/demo runs
 #include <unistd.h>
@@ -30,6 +32,14 @@ constexpr char kUsage[] = R"(usage: grove VERB ...
                                     path (in parallel); output is prefixed with the context
                                     name when there are several; exits with the worst status
   grove tree [--json] PATH...       start the contexts and print the master's registry
+  grove push [-r] [--json] PATH... -- SRC DEST
+                                    copy a local file (a directory tree with -r) to DEST in
+                                    the last hop of each path; bytes cross each link once
+  grove pull [-r] [--json] PATH -- SRC DEST
+                                    copy SRC from the last hop of PATH to DEST here
+  grove call PATH FUNCTION 'JSON'   call a function (a built-in such as grove.info, or one
+                                    this program registers) with a JSON argument (protobuf
+                                    JSON mapping); prints the JSON result
   grove bench [--json] [--only METRIC,...]
                                     measure grove on local contexts
   grove demo                        a tour: a tree, calls, a killed subtree, a clean shutdown
@@ -42,6 +52,9 @@ Examples:
   grove run local -- uname -a
   grove run local,name=a local,name=b -- sh -c 'echo $$'
   grove tree local/local,name=deep local/local
+  grove push -r local,name=a local,name=b -- ./site /srv/
+  grove pull ssh:web1 -- /var/log/syslog /tmp/web1.syslog
+  grove call local grove.info '{}'
 )";
 
 int Usage(int status) {
@@ -287,6 +300,9 @@ int main(int argc, char** argv) {
     if (verb == "tree") return cli::Tree(master, args);
     if (verb == "bench") return cli::Bench(master, args);
     if (verb == "demo") return cli::Demo(master, args);
+    if (verb == "push") return cli::Push(master, args);
+    if (verb == "pull") return cli::Pull(master, args);
+    if (verb == "call") return cli::Call(master, args);
     fprintf(stderr, "grove: unknown verb '%s'\n", verb.c_str());
     return cli::Usage(2);
   }, options);

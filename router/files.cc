@@ -1,0 +1,918 @@
+#include "router/files.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <future>
+#include <map>
+#include <memory>
+#include <utility>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "common/fd.h"
+#include "common/status_util.h"
+#include "proto/builtins.pb.h"
+#include "proto/files.pb.h"
+#include "router/context.h"
+
+namespace grove {
+namespace {
+
+constexpr int kMaxDepth = 4096;
+constexpr int64_t kMaxChunk = int64_t{4} << 20;
+
+// "cannot create /x/y in context web1: Permission denied", with the errno's canonical code.
+absl::Status PathError(int err, absl::string_view what, const std::string& path,
+                       const std::string& where) {
+  absl::Status base = ErrnoStatus(err, "");
+  return absl::Status(base.code(), absl::StrCat("cannot ", what, " ", path, " in context ",
+                                                where, base.message()));
+}
+
+std::string Hex(const unsigned char* digest, unsigned int size) {
+  return absl::BytesToHexString(absl::string_view(reinterpret_cast<const char*>(digest), size));
+}
+
+// SHA-256 of a file's bytes (of `size` bytes from an open fd when fd >= 0).
+absl::StatusOr<std::string> Sha256Of(int fd, const std::string& path, const std::string& where) {
+  std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
+  if (ctx == nullptr || EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1) {
+    return absl::InternalError("cannot start a SHA-256");
+  }
+  std::string buffer(1 << 20, '\0');
+  for (int64_t offset = 0;;) {
+    ssize_t n = ::pread(fd, buffer.data(), buffer.size(), offset);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return PathError(errno, "read", path, where);
+    if (n == 0) break;
+    EVP_DigestUpdate(ctx.get(), buffer.data(), static_cast<size_t>(n));
+    offset += n;
+  }
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int size = 0;
+  EVP_DigestFinal_ex(ctx.get(), digest, &size);
+  return Hex(digest, size);
+}
+
+std::string Join(const std::string& dir, const std::string& rel) {
+  if (rel.empty()) return dir;
+  if (!dir.empty() && dir.back() == '/') return dir + rel;
+  return absl::StrCat(dir, "/", rel);
+}
+
+std::string BaseName(std::string path) {
+  while (path.size() > 1 && path.back() == '/') path.pop_back();
+  size_t slash = path.rfind('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+std::string DirName(const std::string& path) {
+  size_t slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  if (slash == 0) return "/";
+  return path.substr(0, slash);
+}
+
+int64_t MtimeNs(const struct stat& st) {
+  return int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec;
+}
+
+struct timespec ToTimespec(int64_t ns) {
+  struct timespec t;
+  t.tv_sec = ns / 1000000000;
+  t.tv_nsec = ns % 1000000000;
+  return t;
+}
+
+// The entries under `root` (itself first, then pre-order), files with their SHA-256.
+absl::Status Scan(const std::string& root, const std::string& rel, bool recursive, int depth,
+                  const std::string& where, std::vector<v1::FileEntry>* out) {
+  const std::string path = Join(root, rel);
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) return PathError(errno, "read", path, where);
+  v1::FileEntry entry;
+  entry.set_path(rel);
+  entry.set_mode(st.st_mode & 07777);
+  entry.set_mtime_ns(MtimeNs(st));
+  if (S_ISLNK(st.st_mode)) {
+    std::string target(4096, '\0');
+    ssize_t n = ::readlink(path.c_str(), target.data(), target.size());
+    if (n < 0) return PathError(errno, "read the symlink", path, where);
+    target.resize(static_cast<size_t>(n));
+    entry.set_kind(v1::FileEntry::SYMLINK);
+    entry.set_symlink_target(target);
+    out->push_back(std::move(entry));
+    return absl::OkStatus();
+  }
+  if (S_ISREG(st.st_mode)) {
+    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd.valid()) return PathError(errno, "read", path, where);
+    absl::StatusOr<std::string> digest = Sha256Of(fd.get(), path, where);
+    if (!digest.ok()) return digest.status();
+    entry.set_kind(v1::FileEntry::FILE);
+    entry.set_size(st.st_size);
+    entry.set_sha256(*digest);
+    out->push_back(std::move(entry));
+    return absl::OkStatus();
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        path, " in context ", where, " is not a regular file, directory or symlink"));
+  }
+  if (!recursive) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, " in context ", where, " is a directory (copy it with recursive)"));
+  }
+  if (depth > kMaxDepth) {
+    return absl::FailedPreconditionError(absl::StrCat(path, ": directories nest too deep"));
+  }
+  entry.set_kind(v1::FileEntry::DIRECTORY);
+  out->push_back(std::move(entry));
+  std::unique_ptr<DIR, int (*)(DIR*)> dir(::opendir(path.c_str()), ::closedir);
+  if (dir == nullptr) return PathError(errno, "list", path, where);
+  std::vector<std::string> names;
+  for (struct dirent* e; (e = ::readdir(dir.get())) != nullptr;) {
+    std::string name = e->d_name;
+    if (name != "." && name != "..") names.push_back(std::move(name));
+  }
+  std::sort(names.begin(), names.end());
+  for (const std::string& name : names) {
+    if (absl::Status s = Scan(root, Join(rel, name), true, depth + 1, where, out); !s.ok()) {
+      return s;
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Writes one entry at its final path. A file goes to a temporary name in the same
+// directory and is renamed once complete and verified; the destructor removes the
+// temporary file of an entry never committed. Thread-safe: chunks may be written
+// concurrently at their offsets, and Discard may come from any thread (a cancellation).
+class FileWriter {
+ public:
+  static absl::StatusOr<std::unique_ptr<FileWriter>> Begin(const v1::FileEntry& entry,
+                                                           const std::string& dest,
+                                                           const std::string& where,
+                                                           bool finish_directory) {
+    std::unique_ptr<FileWriter> w(new FileWriter(entry, dest, where));
+    const char* path = dest.c_str();
+    switch (entry.kind()) {
+      case v1::FileEntry::DIRECTORY: {
+        if (!finish_directory && ::mkdir(path, 0700) != 0) {
+          struct stat st;
+          if (errno != EEXIST || ::stat(path, &st) != 0 || !S_ISDIR(st.st_mode)) {
+            return PathError(errno == EEXIST ? ENOTDIR : errno, "create the directory", dest,
+                             where);
+          }
+        }
+        if (::chmod(path, entry.mode()) != 0) return PathError(errno, "chmod", dest, where);
+        if (finish_directory) {
+          struct timespec times[2] = {ToTimespec(entry.mtime_ns()), ToTimespec(entry.mtime_ns())};
+          if (::utimensat(AT_FDCWD, path, times, 0) != 0) {
+            return PathError(errno, "set the time of", dest, where);
+          }
+        }
+        w->MarkCommitted();
+        return w;
+      }
+      case v1::FileEntry::SYMLINK: {
+        std::string tmp = w->TempName();
+        if (::symlink(entry.symlink_target().c_str(), tmp.c_str()) != 0) {
+          return PathError(errno, "create the symlink", dest, where);
+        }
+        struct timespec times[2] = {ToTimespec(entry.mtime_ns()), ToTimespec(entry.mtime_ns())};
+        ::utimensat(AT_FDCWD, tmp.c_str(), times, AT_SYMLINK_NOFOLLOW);
+        if (::rename(tmp.c_str(), path) != 0) {
+          int err = errno;
+          ::unlink(tmp.c_str());
+          return PathError(err, "create the symlink", dest, where);
+        }
+        w->MarkCommitted();
+        return w;
+      }
+      case v1::FileEntry::FILE:
+      default: {
+        std::string tmpl = w->TempName() + "XXXXXX";
+        int fd = ::mkostemp(tmpl.data(), O_CLOEXEC);
+        if (fd < 0) return PathError(errno, "create", dest, where);
+        w->fd_.Reset(fd);
+        w->temp_ = tmpl;
+        return w;
+      }
+    }
+  }
+
+  ~FileWriter() { Discard(); }
+
+  // Removes the temporary file now, unless committed; later writes and Commit fail.
+  void Discard() {
+    absl::MutexLock lock(&mu_);
+    if (committed_ || discarded_) return;
+    discarded_ = true;
+    if (!temp_.empty()) ::unlink(temp_.c_str());
+  }
+
+  absl::Status Write(int64_t offset, const std::string& data) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (discarded_) return absl::CancelledError(absl::StrCat("transfer to ", dest_, " dropped"));
+    }
+    const char* p = data.data();
+    size_t left = data.size();
+    while (left > 0) {
+      ssize_t n = ::pwrite(fd_.get(), p, left, offset);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return PathError(errno, "write", dest_, where_);
+      p += n;
+      left -= static_cast<size_t>(n);
+      offset += n;
+    }
+    return absl::OkStatus();
+  }
+
+  // Verifies, sets mode and time, renames into place.
+  absl::Status Commit() {
+    absl::MutexLock lock(&mu_);
+    if (committed_) return absl::OkStatus();
+    if (discarded_) return absl::CancelledError(absl::StrCat("transfer to ", dest_, " dropped"));
+    absl::StatusOr<std::string> digest = Sha256Of(fd_.get(), temp_, where_);
+    if (!digest.ok()) return digest.status();
+    if (*digest != entry_.sha256()) {
+      return absl::DataLossError(absl::StrCat(dest_, " in context ", where_,
+                                              " did not verify: SHA-256 ", *digest, ", expected ",
+                                              entry_.sha256()));
+    }
+    if (::fchmod(fd_.get(), entry_.mode()) != 0) return PathError(errno, "chmod", dest_, where_);
+    struct timespec times[2] = {ToTimespec(entry_.mtime_ns()), ToTimespec(entry_.mtime_ns())};
+    if (::futimens(fd_.get(), times) != 0) return PathError(errno, "set the time of", dest_, where_);
+    if (::rename(temp_.c_str(), dest_.c_str()) != 0) return PathError(errno, "rename into", dest_, where_);
+    committed_ = true;
+    return absl::OkStatus();
+  }
+
+ private:
+  FileWriter(v1::FileEntry entry, std::string dest, std::string where)
+      : entry_(std::move(entry)), dest_(std::move(dest)), where_(std::move(where)) {}
+  void MarkCommitted() {
+    absl::MutexLock lock(&mu_);
+    committed_ = true;
+  }
+  std::string TempName() const {
+    static std::atomic<uint64_t> counter{0};
+    return absl::StrCat(DirName(dest_), "/.", BaseName(dest_), ".grove-", ::getpid(), "-",
+                        counter.fetch_add(1), ".");
+  }
+
+  const v1::FileEntry entry_;
+  const std::string dest_;
+  const std::string where_;
+  UniqueFd fd_;         // Set in Begin, then read-only.
+  std::string temp_;    // Set in Begin, then read-only.
+  absl::Mutex mu_;
+  bool committed_ ABSL_GUARDED_BY(mu_) = false;
+  bool discarded_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+uint64_t NextTransferId() {
+  static std::atomic<uint64_t> next{1};
+  return next.fetch_add(1);
+}
+
+// Sends one entry to a set of targets below this context, once per link: targets are
+// grouped by the child of this context they are reached through, and each group gets one
+// grove.file_receive (and one copy of each chunk) at that child, which relays the rest.
+// Thread-safe: Write may be called from several threads.
+class Fanout {
+ public:
+  Fanout(Router& router, const std::vector<uint64_t>& targets, const TransferOptions& options,
+         CallContext* parent)
+      : router_(router), options_(options), parent_(parent) {
+    std::map<uint64_t, std::vector<uint64_t>> by_child;
+    const uint64_t self = router.id().value();
+    for (uint64_t target : targets) {
+      absl::StatusOr<uint64_t> child = ChildToward(target, self);
+      if (!child.ok()) {
+        early_.push_back(Result(target, child.status()));
+        continue;
+      }
+      by_child[*child].push_back(target);
+    }
+    for (auto& [child, group_targets] : by_child) {
+      auto group = std::make_unique<Group>();
+      group->root = child;
+      group->targets = std::move(group_targets);
+      group->transfer = NextTransferId();
+      groups_.push_back(std::move(group));
+    }
+  }
+
+  ~Fanout() {
+    // Finish() was not reached (an error on our side): stop the receivers.
+    for (auto& group : groups_) group->cancel.Cancel();
+    WaitForChunks();
+    for (auto& group : groups_) {
+      if (group->receive.valid()) group->receive.wait();
+    }
+  }
+
+  bool empty() const { return groups_.empty(); }
+
+  // Starts the receive at each group's root.
+  void Open(const v1::FileEntry& entry, const std::string& dest, bool finish_directory) {
+    for (auto& group : groups_) {
+      v1::ReceiveRequest request;
+      request.set_transfer(group->transfer);
+      request.set_dest(dest);
+      *request.mutable_entry() = entry;
+      for (uint64_t t : group->targets) request.add_targets(t);
+      request.set_finish_directory(finish_directory);
+      CallOptions call = CallOptionsFor(group.get());
+      group->receive = Context(&router_, ContextId(group->root), "")
+                           .CallAsync<v1::ReceiveReply>("grove.file_receive", request, call);
+    }
+  }
+
+  // Sends a chunk to every group still receiving; waits while a group has `window` chunks
+  // in flight. Returns the bytes sent (0 once every group has failed).
+  int64_t Write(int64_t offset, const std::string& data) {
+    int64_t sent = 0;
+    for (auto& group : groups_) {
+      {
+        absl::MutexLock lock(&mu_);
+        Group* g = group.get();
+        auto room = [this, g]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+          return g->in_flight < options_.window || !g->failed.ok();
+        };
+        mu_.Await(absl::Condition(&room));
+        if (!g->failed.ok()) continue;
+        ++g->in_flight;
+      }
+      sent += static_cast<int64_t>(data.size());
+      v1::ChunkRequest chunk;
+      chunk.set_transfer(group->transfer);
+      chunk.set_offset(offset);
+      chunk.set_data(data);
+      Group* g = group.get();
+      Context(&router_, ContextId(g->root), "")
+          .CallRaw("grove.file_chunk", v1::ChunkRequest::descriptor()->full_name(),
+                   chunk.SerializeAsString(), CallOptionsFor(g),
+                   [this, g](absl::StatusOr<std::string> result) {
+                     bool cancel = false;
+                     {
+                       absl::MutexLock lock(&mu_);
+                       --g->in_flight;
+                       if (!result.ok() && g->failed.ok()) {
+                         g->failed = result.status();
+                         cancel = true;
+                       }
+                     }
+                     // The receive would wait for bytes that will not come.
+                     if (cancel) g->cancel.Cancel();
+                   });
+    }
+    return sent;
+  }
+
+  // Waits for every group; one result per target.
+  std::vector<TargetResult> Finish() {
+    WaitForChunks();
+    std::vector<TargetResult> results = std::move(early_);
+    for (auto& group : groups_) {
+      absl::StatusOr<v1::ReceiveReply> reply = group->receive.get();
+      absl::Status failed;
+      {
+        absl::MutexLock lock(&mu_);
+        failed = group->failed;
+      }
+      if (!failed.ok() && (reply.ok() || reply.status().code() == absl::StatusCode::kCancelled)) {
+        reply = failed;
+      }
+      if (!reply.ok()) {
+        for (uint64_t t : group->targets) results.push_back(Result(t, reply.status()));
+        continue;
+      }
+      for (const v1::TargetResult& r : reply->results()) {
+        results.push_back(Result(r.id(), absl::Status(static_cast<absl::StatusCode>(r.code()),
+                                                      r.message())));
+      }
+    }
+    return results;
+  }
+
+ private:
+  struct Group {
+    uint64_t root = 0;
+    std::vector<uint64_t> targets;
+    uint64_t transfer = 0;
+    CancelSource cancel;
+    std::future<absl::StatusOr<v1::ReceiveReply>> receive;
+    int in_flight ABSL_GUARDED_BY(Fanout::mu_) = 0;
+    absl::Status failed ABSL_GUARDED_BY(Fanout::mu_);
+  };
+
+  static TargetResult Result(uint64_t id, absl::Status status) {
+    return TargetResult{ContextId(id), std::move(status)};
+  }
+
+  CallOptions CallOptionsFor(Group* group) const {
+    CallOptions call;
+    call.parent = parent_;
+    call.timeout = options_.call.timeout;
+    call.deadline = options_.call.deadline;
+    call.cancel = &group->cancel;
+    return call;
+  }
+
+  // The child of `self` on the way to `target`, from the registry of this subtree.
+  absl::StatusOr<uint64_t> ChildToward(uint64_t target, uint64_t self) const {
+    uint64_t at = target;
+    for (int hops = 0; hops < kMaxDepth; ++hops) {
+      std::optional<ContextRecord> record = router_.registry().Find(ContextId(at));
+      if (!record.has_value() || at == self) break;
+      if (record->state == ContextState::kGone) {
+        return absl::UnavailableError(absl::StrCat("context ", record->name, " (id ", at,
+                                                   ") is gone: ", record->reason));
+      }
+      if (record->parent.value() == self) return at;
+      at = record->parent.value();
+    }
+    return absl::NotFoundError(absl::StrCat("context ", target, " is not below context ",
+                                            router_.name()));
+  }
+
+  void WaitForChunks() {
+    absl::MutexLock lock(&mu_);
+    auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      for (const auto& group : groups_) {
+        if (group->in_flight > 0) return false;
+      }
+      return true;
+    };
+    mu_.Await(absl::Condition(&idle));
+  }
+
+  Router& router_;
+  const TransferOptions options_;
+  CallContext* const parent_;
+  std::vector<std::unique_ptr<Group>> groups_;  // Fixed after construction.
+  std::vector<TargetResult> early_;
+  mutable absl::Mutex mu_;
+};
+
+// Bytes of chunks a context received and relayed (grove.file_stats).
+struct FileCounters {
+  std::atomic<int64_t> received{0};
+  std::atomic<int64_t> relayed{0};
+};
+
+// One entry being received: written here when this context is a target, relayed to the
+// others. Thread-safe.
+class Session {
+ public:
+  Session(int64_t size, std::shared_ptr<FileWriter> writer, absl::Status local,
+          std::unique_ptr<Fanout> fanout, bool wanted_here, FileCounters* counters)
+      : counters_(counters),
+        size_(size),
+        writer_(std::move(writer)),
+        local_(std::move(local)),
+        fanout_(std::move(fanout)),
+        wanted_here_(wanted_here) {}
+
+  // Writes and relays one chunk. An error only when no target can use it any more.
+  absl::Status Chunk(int64_t offset, const std::string& data) {
+    absl::Status local_error;
+    std::shared_ptr<FileWriter> writer;
+    {
+      absl::MutexLock lock(&mu_);
+      if (local_.ok()) writer = writer_;
+      local_error = local_;
+    }
+    if (writer != nullptr) {
+      absl::Status written = writer->Write(offset, data);
+      if (!written.ok()) {
+        writer->Discard();  // Nothing partial stays behind (a full disk, say).
+        absl::MutexLock lock(&mu_);
+        if (local_.ok()) local_ = written;
+        local_error = local_;
+      }
+    }
+    int64_t relayed = fanout_->Write(offset, data);
+    counters_->received += static_cast<int64_t>(data.size());
+    counters_->relayed += relayed;
+    absl::MutexLock lock(&mu_);
+    received_ += static_cast<int64_t>(data.size());
+    if (relayed == 0 && (!wanted_here_ || !local_error.ok())) {
+      return local_error.ok() ? absl::AbortedError("no target is receiving") : local_error;
+    }
+    return absl::OkStatus();
+  }
+
+  // Waits until every byte arrived, or `cancel` fires (the sender is gone or this context
+  // shuts down: the temporary file goes at once, before the process may exit); true if
+  // complete.
+  bool WaitComplete(CancelSource& cancel) {
+    uint64_t id = cancel.AddCallback([this] {
+      std::shared_ptr<FileWriter> writer;
+      {
+        absl::MutexLock lock(&mu_);
+        cancelled_ = true;
+        writer = writer_;
+      }
+      if (writer != nullptr) writer->Discard();
+    });
+    bool complete;
+    {
+      absl::MutexLock lock(&mu_);
+      auto done = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return received_ >= size_ || cancelled_;
+      };
+      mu_.Await(absl::Condition(&done));
+      complete = received_ >= size_ && !cancelled_;
+    }
+    if (id) cancel.RemoveCallback(id);
+    return complete;
+  }
+
+  // Commits (or drops) the local copy and collects every target's result.
+  std::vector<TargetResult> Finish(uint64_t self) {
+    std::shared_ptr<FileWriter> writer;
+    absl::Status local;
+    {
+      absl::MutexLock lock(&mu_);
+      writer = std::move(writer_);
+      local = local_;
+    }
+    if (local.ok() && writer != nullptr) local = writer->Commit();
+    if (writer != nullptr) writer->Discard();  // Unless committed: the temporary file goes.
+    std::vector<TargetResult> results = fanout_->Finish();
+    if (wanted_here_) results.push_back(TargetResult{ContextId(self), local});
+    return results;
+  }
+
+ private:
+  FileCounters* const counters_;
+  const int64_t size_;
+  absl::Mutex mu_;
+  std::shared_ptr<FileWriter> writer_ ABSL_GUARDED_BY(mu_);
+  absl::Status local_ ABSL_GUARDED_BY(mu_);
+  int64_t received_ ABSL_GUARDED_BY(mu_) = 0;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  const std::unique_ptr<Fanout> fanout_;
+  const bool wanted_here_;
+};
+
+// The receiving side of transfers in one context: sessions by (caller, transfer).
+// Thread-safe.
+class FileService {
+ public:
+  explicit FileService(Router* router) : router_(router) {}
+
+  absl::StatusOr<v1::ReceiveReply> Receive(const v1::ReceiveRequest& request, CallContext& call) {
+    const uint64_t self = router_->id().value();
+    const std::string where = router_->name();
+    bool here = false;
+    std::vector<uint64_t> others;
+    for (uint64_t t : request.targets()) {
+      if (t == self) {
+        here = true;
+      } else {
+        others.push_back(t);
+      }
+    }
+    if (request.dest().empty() || request.dest()[0] != '/') {
+      return absl::InvalidArgumentError(
+          absl::StrCat("'", request.dest(), "' is not an absolute path (in context ", where, ")"));
+    }
+    std::shared_ptr<FileWriter> writer;
+    absl::Status local;
+    if (here) {
+      absl::StatusOr<std::unique_ptr<FileWriter>> begun =
+          FileWriter::Begin(request.entry(), request.dest(), where, request.finish_directory());
+      if (begun.ok()) {
+        writer = *std::move(begun);
+      } else {
+        local = begun.status();
+      }
+    }
+    TransferOptions relay;
+    auto fanout = std::make_unique<Fanout>(*router_, others, relay, &call);
+    fanout->Open(request.entry(), request.dest(), request.finish_directory());
+    const bool has_bytes =
+        request.entry().kind() == v1::FileEntry::FILE && request.entry().size() > 0;
+    auto session = std::make_shared<Session>(has_bytes ? request.entry().size() : 0,
+                                             std::move(writer), local, std::move(fanout), here,
+                                             &counters_);
+    const auto key = std::make_pair(call.caller().value(), request.transfer());
+    if (has_bytes) {
+      {
+        absl::MutexLock lock(&mu_);
+        sessions_[key] = session;
+      }
+      bool complete = session->WaitComplete(call.cancel_source());
+      {
+        absl::MutexLock lock(&mu_);
+        sessions_.erase(key);
+      }
+      if (!complete) {
+        // The sender is gone or gave up: drop the partial file (Finish removes it).
+        session->Finish(self);
+        return absl::CancelledError(absl::StrCat("transfer to ", request.dest(), " in context ",
+                                                 where, " cancelled before it completed"));
+      }
+    }
+    v1::ReceiveReply reply;
+    for (const TargetResult& r : session->Finish(self)) {
+      v1::TargetResult* out = reply.add_results();
+      out->set_id(r.id.value());
+      out->set_code(static_cast<int>(r.status.code()));
+      out->set_message(std::string(r.status.message()));
+    }
+    return reply;
+  }
+
+  absl::StatusOr<v1::Empty> Chunk(const v1::ChunkRequest& request, CallContext& call) {
+    const auto key = std::make_pair(call.caller().value(), request.transfer());
+    std::shared_ptr<Session> session;
+    {
+      // The receive that opens the session may still be on its way to a worker thread.
+      absl::MutexLock lock(&mu_);
+      auto opened = [this, &key]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return sessions_.contains(key);
+      };
+      absl::Time deadline = std::min(call.deadline(), absl::Now() + absl::Seconds(30));
+      if (!mu_.AwaitWithDeadline(absl::Condition(&opened), deadline)) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "no transfer ", request.transfer(), " from this caller in context ", router_->name()));
+      }
+      session = sessions_[key];
+    }
+    absl::Status status = session->Chunk(request.offset(), request.data());
+    if (!status.ok()) return status;
+    return v1::Empty();
+  }
+
+  v1::FileStatsReply Stats() const {
+    v1::FileStatsReply reply;
+    reply.set_received_bytes(counters_.received.load());
+    reply.set_relayed_bytes(counters_.relayed.load());
+    return reply;
+  }
+
+ private:
+  Router* const router_;
+  FileCounters counters_;
+  absl::Mutex mu_;
+  absl::flat_hash_map<std::pair<uint64_t, uint64_t>, std::shared_ptr<Session>> sessions_
+      ABSL_GUARDED_BY(mu_);
+};
+
+absl::StatusOr<v1::StatReply> StatPath(const std::string& path) {
+  v1::StatReply reply;
+  struct stat st;
+  if (::stat(path.c_str(), &st) == 0) {
+    reply.set_exists(true);
+    reply.set_is_directory(S_ISDIR(st.st_mode));
+  }
+  return reply;
+}
+
+void Report(const TransferOptions& options, int64_t done, int64_t total) {
+  if (options.progress) options.progress(done, total);
+}
+
+int64_t TotalBytes(const std::vector<v1::FileEntry>& entries) {
+  int64_t total = 0;
+  for (const v1::FileEntry& e : entries) total += e.kind() == v1::FileEntry::FILE ? e.size() : 0;
+  return total;
+}
+
+}  // namespace
+
+bool TransferSummary::ok() const {
+  for (const TargetResult& r : results) {
+    if (!r.status.ok()) return false;
+  }
+  return true;
+}
+
+void RegisterFileFunctions(Router* router, Functions* functions) {
+  auto service = std::make_shared<FileService>(router);
+  functions->Add(Functions::MakeFunction<v1::ReceiveRequest, v1::ReceiveReply>(
+      "grove.file_receive",
+      [service](const v1::ReceiveRequest& request, CallContext& call) {
+        return service->Receive(request, call);
+      },
+      {}));
+  functions->Add(Functions::MakeFunction<v1::ChunkRequest, v1::Empty>(
+      "grove.file_chunk",
+      [service](const v1::ChunkRequest& request, CallContext& call) {
+        return service->Chunk(request, call);
+      },
+      {}));
+  functions->Add(Functions::MakeFunction<v1::Empty, v1::FileStatsReply>(
+      "grove.file_stats",
+      [service](const v1::Empty&, CallContext&) -> absl::StatusOr<v1::FileStatsReply> {
+        return service->Stats();
+      },
+      {CallableBy::kAncestors, true}));
+  functions->Add(Functions::MakeFunction<v1::StatRequest, v1::StatReply>(
+      "grove.file_stat",
+      [](const v1::StatRequest& request, CallContext&) { return StatPath(request.path()); },
+      {CallableBy::kAncestors, true}));
+  functions->Add(Functions::MakeFunction<v1::ListRequest, v1::ListReply>(
+      "grove.file_list",
+      [router](const v1::ListRequest& request, CallContext&) -> absl::StatusOr<v1::ListReply> {
+        std::vector<v1::FileEntry> entries;
+        absl::Status s = Scan(request.path(), "", request.recursive(), 0, router->name(), &entries);
+        if (!s.ok()) return s;
+        v1::ListReply reply;
+        for (v1::FileEntry& e : entries) *reply.add_entries() = std::move(e);
+        return reply;
+      },
+      {}));
+  functions->Add(Functions::MakeFunction<v1::ReadRequest, v1::ReadReply>(
+      "grove.file_read",
+      [router](const v1::ReadRequest& request, CallContext&) -> absl::StatusOr<v1::ReadReply> {
+        const std::string& path = request.path();
+        UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+        if (!fd.valid()) return PathError(errno, "read", path, router->name());
+        v1::ReadReply reply;
+        std::string* data = reply.mutable_data();
+        data->resize(static_cast<size_t>(std::clamp<int64_t>(request.length(), 0, kMaxChunk)));
+        size_t done = 0;
+        while (done < data->size()) {
+          ssize_t n = ::pread(fd.get(), data->data() + done, data->size() - done,
+                              request.offset() + static_cast<int64_t>(done));
+          if (n < 0 && errno == EINTR) continue;
+          if (n < 0) return PathError(errno, "read", path, router->name());
+          if (n == 0) break;
+          done += static_cast<size_t>(n);
+        }
+        data->resize(done);
+        return reply;
+      },
+      {}));
+}
+
+absl::StatusOr<TransferSummary> PushFiles(Router& router, const std::vector<ContextId>& targets,
+                                          const std::string& src, const std::string& dest,
+                                          const TransferOptions& options) {
+  if (dest.empty() || dest[0] != '/') {
+    return absl::InvalidArgumentError(absl::StrCat("push: '", dest, "' is not an absolute path"));
+  }
+  std::vector<v1::FileEntry> entries;
+  if (absl::Status s = Scan(src, "", options.recursive, 0, router.name(), &entries); !s.ok()) {
+    return s;
+  }
+  TransferSummary summary;
+  summary.entries = static_cast<int64_t>(entries.size());
+  // Where the copy goes in each target: inside `dest` when that is a directory there.
+  std::map<std::string, std::vector<uint64_t>> by_root;
+  {
+    std::vector<std::future<absl::StatusOr<v1::StatReply>>> stats;
+    v1::StatRequest stat;
+    stat.set_path(dest);
+    for (ContextId t : targets) {
+      stats.push_back(Context(&router, t, "").CallAsync<v1::StatReply>("grove.file_stat", stat,
+                                                                      options.call));
+    }
+    for (size_t i = 0; i < targets.size(); ++i) {
+      absl::StatusOr<v1::StatReply> st = stats[i].get();
+      if (!st.ok()) {
+        summary.results.push_back({targets[i], st.status()});
+        continue;
+      }
+      std::string root = st->is_directory() ? Join(dest, BaseName(src)) : dest;
+      by_root[root].push_back(targets[i].value());
+    }
+  }
+  const int64_t total = TotalBytes(entries) * static_cast<int64_t>(by_root.size());
+  int64_t done = 0;
+  Report(options, 0, total);
+  for (auto& [root, group] : by_root) {
+    std::vector<uint64_t> live = group;
+    auto drop_failed = [&summary, &live](std::vector<TargetResult> results) {
+      for (TargetResult& r : results) {
+        if (r.status.ok()) continue;
+        live.erase(std::remove(live.begin(), live.end(), r.id.value()), live.end());
+        summary.results.push_back(std::move(r));
+      }
+    };
+    for (const v1::FileEntry& entry : entries) {
+      if (live.empty()) break;
+      Fanout fanout(router, live, options, options.call.parent);
+      const std::string path = Join(root, entry.path());
+      fanout.Open(entry, path, false);
+      if (entry.kind() == v1::FileEntry::FILE && entry.size() > 0) {
+        const std::string local = Join(src, entry.path());
+        UniqueFd fd(::open(local.c_str(), O_RDONLY | O_CLOEXEC));
+        if (!fd.valid()) return PathError(errno, "read", local, router.name());
+        std::string buffer;
+        for (int64_t offset = 0; offset < entry.size();) {
+          buffer.resize(static_cast<size_t>(std::min(options.chunk_bytes, entry.size() - offset)));
+          ssize_t n = ::pread(fd.get(), buffer.data(), buffer.size(), offset);
+          if (n < 0 && errno == EINTR) continue;
+          if (n <= 0) {
+            return n == 0 ? absl::DataLossError(absl::StrCat(local, " shrank while it was sent"))
+                          : PathError(errno, "read", local, router.name());
+          }
+          buffer.resize(static_cast<size_t>(n));
+          if (fanout.Write(offset, buffer) == 0) break;
+          offset += n;
+          summary.bytes += n;
+          done += n;
+          Report(options, done, total);
+        }
+      }
+      drop_failed(fanout.Finish());
+    }
+    // Directories get their times once their contents are in place, deepest first.
+    for (auto it = entries.rbegin(); it != entries.rend() && !live.empty(); ++it) {
+      if (it->kind() != v1::FileEntry::DIRECTORY) continue;
+      Fanout fanout(router, live, options, options.call.parent);
+      fanout.Open(*it, Join(root, it->path()), true);
+      drop_failed(fanout.Finish());
+    }
+    for (uint64_t t : live) summary.results.push_back({ContextId(t), absl::OkStatus()});
+  }
+  return summary;
+}
+
+absl::StatusOr<TransferSummary> PullFiles(Router& router, ContextId from, const std::string& src,
+                                          const std::string& dest, const TransferOptions& options) {
+  Context remote(&router, from, "");
+  v1::ListRequest list;
+  list.set_path(src);
+  list.set_recursive(options.recursive);
+  absl::StatusOr<v1::ListReply> listed =
+      remote.Call<v1::ListReply>("grove.file_list", list, options.call);
+  if (!listed.ok()) return listed.status();
+  struct stat st;
+  const std::string root =
+      ::stat(dest.c_str(), &st) == 0 && S_ISDIR(st.st_mode) ? Join(dest, BaseName(src)) : dest;
+  const std::string where = router.name();
+  std::vector<v1::FileEntry> entries(listed->entries().begin(), listed->entries().end());
+  TransferSummary summary;
+  summary.entries = static_cast<int64_t>(entries.size());
+  const int64_t total = TotalBytes(entries);
+  Report(options, 0, total);
+  auto fail = [&summary, from](absl::Status status) {
+    summary.results.push_back({from, std::move(status)});
+    return summary;
+  };
+  for (const v1::FileEntry& entry : entries) {
+    const std::string path = Join(root, entry.path());
+    absl::StatusOr<std::unique_ptr<FileWriter>> writer =
+        FileWriter::Begin(entry, path, where, false);
+    if (!writer.ok()) return fail(writer.status());
+    if (entry.kind() != v1::FileEntry::FILE) continue;
+    // Reads with `window` chunks in flight; each reply is written at its offset.
+    std::vector<std::pair<int64_t, std::future<absl::StatusOr<v1::ReadReply>>>> in_flight;
+    absl::Status failed;
+    int64_t next = 0;
+    auto collect_one = [&]() {
+      auto [offset, future] = std::move(in_flight.front());
+      in_flight.erase(in_flight.begin());
+      absl::StatusOr<v1::ReadReply> reply = future.get();
+      if (!reply.ok()) {
+        if (failed.ok()) failed = reply.status();
+        return;
+      }
+      if (failed.ok()) failed = (*writer)->Write(offset, reply->data());
+      summary.bytes += static_cast<int64_t>(reply->data().size());
+      Report(options, summary.bytes, total);
+    };
+    while (next < entry.size() && failed.ok()) {
+      while (static_cast<int>(in_flight.size()) >= options.window) collect_one();
+      v1::ReadRequest read;
+      read.set_path(Join(src, entry.path()));
+      read.set_offset(next);
+      read.set_length(std::min(options.chunk_bytes, entry.size() - next));
+      in_flight.emplace_back(next, remote.CallAsync<v1::ReadReply>("grove.file_read", read,
+                                                                  options.call));
+      next += read.length();
+    }
+    while (!in_flight.empty()) collect_one();
+    if (failed.ok()) failed = (*writer)->Commit();
+    if (!failed.ok()) return fail(failed);  // The writer removes its temporary file.
+  }
+  for (auto it = entries.rbegin(); it != entries.rend(); ++it) {
+    if (it->kind() != v1::FileEntry::DIRECTORY) continue;
+    absl::StatusOr<std::unique_ptr<FileWriter>> done =
+        FileWriter::Begin(*it, Join(root, it->path()), where, true);
+    if (!done.ok()) return fail(done.status());
+  }
+  summary.results.push_back({from, absl::OkStatus()});
+  return summary;
+}
+
+}  // namespace grove

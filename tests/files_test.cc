@@ -1,0 +1,370 @@
+// File transfer, with real processes and real filesystems: trees with modes, times and
+// symlinks; fan-out through a relay, counted per link; missing source, no permission, a
+// full disk (a small tmpfs), contexts lost mid-transfer; the CLI's push, pull and call.
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/fd.h"
+#include "common/process.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "master/master.h"
+#include "proto/files.pb.h"
+#include "router/files.h"
+#include "tests/leak_check.h"
+#include "tests/test_functions.h"
+
+namespace grove::testing {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+
+void WriteFile(const std::string& path, const std::string& data, mode_t mode) {
+  std::ofstream(path, std::ios::binary) << data;
+  ::chmod(path.c_str(), mode);
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+std::string RandomBytes(size_t n, uint32_t seed) {
+  std::mt19937 gen(seed);
+  std::string s(n, '\0');
+  for (char& c : s) c = static_cast<char>(gen());
+  return s;
+}
+
+struct stat Lstat(const std::string& path) {
+  struct stat st = {};
+  ::lstat(path.c_str(), &st);
+  return st;
+}
+
+// Files left in `dir` whose names look like our temporary files.
+std::vector<std::string> Temporaries(const std::string& dir) {
+  std::vector<std::string> found;
+  std::error_code ec;
+  for (const auto& e : fs::recursive_directory_iterator(dir, ec)) {
+    if (absl::StrContains(e.path().filename().string(), ".grove-")) found.push_back(e.path());
+  }
+  return found;
+}
+
+class FilesTest : public GroveTest {
+ protected:
+  void SetUp() override {
+    GroveTest::SetUp();
+    char tmpl[] = "/tmp/grove-files.XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+  }
+  void TearDown() override {
+    if (!mount_.empty()) ::umount2(mount_.c_str(), MNT_DETACH);
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+    GroveTest::TearDown();
+  }
+  // A source tree: a file with mode 0640 and an old time, an empty file, a 3 MB file two
+  // levels down, a symlink, a directory with mode 0750.
+  std::string MakeTree() {
+    const std::string src = dir_ + "/src";
+    fs::create_directories(src + "/sub/deeper");
+    WriteFile(src + "/a.txt", "hello\n", 0640);
+    struct timespec times[2] = {{1000000000, 123456789}, {1000000000, 123456789}};
+    ::utimensat(AT_FDCWD, (src + "/a.txt").c_str(), times, 0);
+    WriteFile(src + "/empty", "", 0600);
+    WriteFile(src + "/sub/deeper/big.bin", RandomBytes(3 << 20, 7), 0644);
+    EXPECT_EQ(::symlink("a.txt", (src + "/link").c_str()), 0);
+    ::chmod((src + "/sub").c_str(), 0750);
+    return src;
+  }
+  void ExpectSameTree(const std::string& a, const std::string& b) {
+    for (const char* rel : {"", "/a.txt", "/empty", "/sub", "/sub/deeper", "/sub/deeper/big.bin",
+                            "/link"}) {
+      struct stat sa = Lstat(a + rel), sb = Lstat(b + rel);
+      EXPECT_EQ(sa.st_mode, sb.st_mode) << rel;
+      if (S_ISREG(sa.st_mode)) {
+        EXPECT_EQ(ReadFile(a + rel), ReadFile(b + rel)) << rel;
+        EXPECT_EQ(sa.st_mtim.tv_sec, sb.st_mtim.tv_sec) << rel;
+        EXPECT_EQ(sa.st_mtim.tv_nsec, sb.st_mtim.tv_nsec) << rel;
+      }
+      if (S_ISDIR(sa.st_mode)) {
+        EXPECT_EQ(sa.st_mtim.tv_sec, sb.st_mtim.tv_sec) << rel;
+      }
+    }
+    EXPECT_EQ(fs::read_symlink(b + "/link"), "a.txt");
+    EXPECT_THAT(Temporaries(b), ::testing::IsEmpty());
+  }
+  // A tmpfs of `kib` KiB, unmounted at teardown; "" when mounting is not possible here.
+  std::string SmallDisk(int kib) {
+    const std::string path = dir_ + "/small";
+    fs::create_directories(path);
+    if (::mount("tmpfs", path.c_str(), "tmpfs", 0, absl::StrCat("size=", kib, "k").c_str()) != 0) {
+      return "";
+    }
+    mount_ = path;
+    return path;
+  }
+
+  std::string dir_, mount_;
+};
+
+TEST_F(FilesTest, PushAndPullATreeKeepingModesTimesAndSymlinks) {
+  const std::string src = MakeTree();
+  Master master(TestFunctions());
+  absl::StatusOr<Context> deep = master.SpawnPath("local/local");
+  ASSERT_TRUE(deep.ok()) << deep.status();
+  fs::create_directories(dir_ + "/into");
+  TransferOptions options;
+  options.recursive = true;
+  int64_t last_done = -1, last_total = -1;
+  options.progress = [&](int64_t done, int64_t total) {
+    EXPECT_GE(done, last_done);
+    last_done = done;
+    last_total = total;
+  };
+  // Into an existing directory: the copy goes inside it, under the source's name.
+  absl::StatusOr<TransferSummary> pushed =
+      PushFiles(master.router(), {deep->id()}, src, dir_ + "/into", options);
+  ASSERT_TRUE(pushed.ok()) << pushed.status();
+  ASSERT_TRUE(pushed->ok()) << pushed->results[0].status;
+  EXPECT_EQ(pushed->entries, 7);
+  EXPECT_EQ(pushed->bytes, (3 << 20) + 6);
+  EXPECT_EQ(last_done, last_total);
+  ExpectSameTree(src, dir_ + "/into/src");
+
+  // Back again, to a path that does not exist yet: that path becomes the copy.
+  last_done = -1;
+  absl::StatusOr<TransferSummary> pulled =
+      PullFiles(master.router(), deep->id(), dir_ + "/into/src", dir_ + "/back", options);
+  ASSERT_TRUE(pulled.ok()) << pulled.status();
+  ASSERT_TRUE(pulled->ok()) << pulled->results[0].status;
+  ExpectSameTree(src, dir_ + "/back");
+
+  // One file onto a new name; a directory without recursive is refused.
+  absl::StatusOr<TransferSummary> one =
+      PushFiles(master.router(), {deep->id()}, src + "/a.txt", dir_ + "/one.txt");
+  ASSERT_TRUE(one.ok() && one->ok());
+  EXPECT_EQ(ReadFile(dir_ + "/one.txt"), "hello\n");
+  absl::StatusOr<TransferSummary> no_r = PushFiles(master.router(), {deep->id()}, src, dir_ + "/x");
+  EXPECT_EQ(no_r.status().code(), absl::StatusCode::kInvalidArgument) << no_r.status();
+}
+
+TEST_F(FilesTest, FanOutSendsEachByteOncePerLink) {
+  Master master(TestFunctions());
+  absl::StatusOr<Context> relay = master.Spawn("local,name=relay");
+  ASSERT_TRUE(relay.ok());
+  std::vector<ContextId> targets;
+  for (const char* name : {"local,name=t1", "local,name=t2", "local,name=t3"}) {
+    absl::StatusOr<Context> t = relay->Spawn(name);
+    ASSERT_TRUE(t.ok()) << t.status();
+    targets.push_back(t->id());
+  }
+  absl::StatusOr<Context> direct = master.Spawn("local,name=direct");
+  ASSERT_TRUE(direct.ok());
+  targets.push_back(direct->id());
+  const std::string data = RandomBytes(4 << 20, 11);
+  WriteFile(dir_ + "/payload", data, 0644);
+  // Each target writes to a directory of its own (they share this host's filesystem).
+  absl::StatusOr<TransferSummary> pushed =
+      PushFiles(master.router(), targets, dir_ + "/payload", dir_ + "/copy");
+  ASSERT_TRUE(pushed.ok()) << pushed.status();
+  ASSERT_EQ(pushed->results.size(), 4u);
+  for (const TargetResult& r : pushed->results) EXPECT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(ReadFile(dir_ + "/copy"), data);
+
+  auto stats = [&](const Context& c) {
+    absl::StatusOr<v1::FileStatsReply> s = c.Call<v1::FileStatsReply>("grove.file_stats", v1::Empty());
+    EXPECT_TRUE(s.ok()) << s.status();
+    return s.ok() ? *s : v1::FileStatsReply();
+  };
+  // The relay received the bytes once and sent them once to each of its three children.
+  v1::FileStatsReply at_relay = stats(*relay);
+  EXPECT_EQ(at_relay.received_bytes(), static_cast<int64_t>(data.size()));
+  EXPECT_EQ(at_relay.relayed_bytes(), 3 * static_cast<int64_t>(data.size()));
+  for (ContextId t : targets) {
+    absl::StatusOr<Context> c = master.Find(t);
+    ASSERT_TRUE(c.ok());
+    EXPECT_EQ(stats(*c).received_bytes(), static_cast<int64_t>(data.size()));
+  }
+  EXPECT_EQ(pushed->bytes, static_cast<int64_t>(data.size()));
+}
+
+TEST_F(FilesTest, ErrorsNameThePathAndTheContext) {
+  Master master(TestFunctions());
+  absl::StatusOr<Context> child = master.Spawn("local,name=files-child");
+  ASSERT_TRUE(child.ok());
+  absl::StatusOr<TransferSummary> missing =
+      PushFiles(master.router(), {child->id()}, dir_ + "/no-such-file", dir_ + "/x");
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound) << missing.status();
+  EXPECT_THAT(missing.status().message(), HasSubstr(dir_ + "/no-such-file"));
+  EXPECT_THAT(missing.status().message(), HasSubstr("context master"));
+
+  absl::StatusOr<TransferSummary> pull_missing =
+      PullFiles(master.router(), child->id(), dir_ + "/no-such-file", dir_ + "/x");
+  EXPECT_EQ(pull_missing.status().code(), absl::StatusCode::kNotFound) << pull_missing.status();
+  EXPECT_THAT(pull_missing.status().message(), HasSubstr("context files-child"));
+
+  WriteFile(dir_ + "/f", "data", 0644);
+  absl::StatusOr<TransferSummary> relative =
+      PushFiles(master.router(), {child->id()}, dir_ + "/f", "relative/path");
+  EXPECT_EQ(relative.status().code(), absl::StatusCode::kInvalidArgument);
+
+  if (::geteuid() == 0) {
+    // A context running as nobody cannot write into a directory of root's.
+    absl::StatusOr<Context> nobody = master.Spawn(
+        "command:setpriv --reuid=nobody --regid=nogroup --clear-groups sh,name=as-nobody");
+    ASSERT_TRUE(nobody.ok()) << nobody.status();
+    ::chmod(dir_.c_str(), 0755);
+    absl::StatusOr<TransferSummary> denied =
+        PushFiles(master.router(), {nobody->id()}, dir_ + "/f", dir_ + "/by-nobody");
+    ASSERT_TRUE(denied.ok()) << denied.status();
+    ASSERT_EQ(denied->results.size(), 1u);
+    EXPECT_EQ(denied->results[0].status.code(), absl::StatusCode::kPermissionDenied)
+        << denied->results[0].status;
+    EXPECT_THAT(denied->results[0].status.message(), HasSubstr(dir_ + "/by-nobody"));
+    EXPECT_THAT(denied->results[0].status.message(), HasSubstr("context as-nobody"));
+    EXPECT_FALSE(fs::exists(dir_ + "/by-nobody"));
+  }
+}
+
+TEST_F(FilesTest, AFullDiskLeavesNothingUnderTheFinalName) {
+  if (::geteuid() != 0) GTEST_SKIP() << "mounting a tmpfs needs root";
+  const std::string small = SmallDisk(1024);
+  if (small.empty()) GTEST_SKIP() << "cannot mount a tmpfs here";
+  Master master(TestFunctions());
+  absl::StatusOr<Context> child = master.Spawn("local,name=disk-child");
+  ASSERT_TRUE(child.ok());
+  WriteFile(dir_ + "/big", RandomBytes(3 << 20, 5), 0644);
+  absl::StatusOr<TransferSummary> pushed =
+      PushFiles(master.router(), {child->id()}, dir_ + "/big", small + "/big");
+  ASSERT_TRUE(pushed.ok()) << pushed.status();
+  ASSERT_EQ(pushed->results.size(), 1u);
+  EXPECT_EQ(pushed->results[0].status.code(), absl::StatusCode::kResourceExhausted)
+      << pushed->results[0].status;
+  EXPECT_THAT(pushed->results[0].status.message(), HasSubstr(small + "/big"));
+  EXPECT_THAT(pushed->results[0].status.message(), HasSubstr("disk-child"));
+  EXPECT_FALSE(fs::exists(small + "/big"));
+  EXPECT_THAT(Temporaries(small), ::testing::IsEmpty());
+  // The link is fine afterwards.
+  EXPECT_TRUE(child->Ping().ok());
+}
+
+TEST_F(FilesTest, AContextLostMidTransferLeavesNoTemporaryFile) {
+  Master master(TestFunctions());
+  absl::StatusOr<Context> middle = master.Spawn("local,name=middle");
+  ASSERT_TRUE(middle.ok());
+  absl::StatusOr<Context> leaf = middle->Spawn("local,name=leaf");
+  ASSERT_TRUE(leaf.ok());
+  absl::StatusOr<v1::InfoReply> middle_info = middle->Info();
+  absl::StatusOr<v1::InfoReply> leaf_info = leaf->Info();
+  ASSERT_TRUE(middle_info.ok() && leaf_info.ok());
+  WriteFile(dir_ + "/big", RandomBytes(32 << 20, 3), 0644);
+  fs::create_directories(dir_ + "/out");
+  // Push to the leaf through the middle; the middle is killed once bytes flow.
+  TransferOptions options;
+  options.progress = [&](int64_t done, int64_t) {
+    if (done >= (4 << 20) && done < (4 << 20) + options.chunk_bytes) {
+      ::kill(static_cast<pid_t>(middle_info->pid()), SIGKILL);
+    }
+  };
+  absl::StatusOr<TransferSummary> pushed =
+      PushFiles(master.router(), {leaf->id()}, dir_ + "/big", dir_ + "/out/big", options);
+  ASSERT_TRUE(pushed.ok()) << pushed.status();
+  ASSERT_EQ(pushed->results.size(), 1u);
+  EXPECT_EQ(pushed->results[0].status.code(), absl::StatusCode::kUnavailable)
+      << pushed->results[0].status;
+  EXPECT_THAT(pushed->results[0].status.message(), HasSubstr("middle"));
+  // The leaf loses its parent and exits; its partial file goes with its transfer.
+  UniqueFd leaf_pidfd(static_cast<int>(::syscall(SYS_pidfd_open, leaf_info->pid(), 0)));
+  if (leaf_pidfd.valid()) {
+    struct pollfd p = {leaf_pidfd.get(), POLLIN, 0};
+    ASSERT_EQ(::poll(&p, 1, 10000), 1) << "the leaf did not exit";
+  }
+  EXPECT_FALSE(fs::exists(dir_ + "/out/big"));
+  EXPECT_THAT(Temporaries(dir_ + "/out"), ::testing::IsEmpty());
+
+  // A pull from a context killed mid-transfer: UNAVAILABLE, nothing left here.
+  absl::StatusOr<Context> source = master.Spawn("local,name=source");
+  ASSERT_TRUE(source.ok());
+  absl::StatusOr<v1::InfoReply> source_info = source->Info();
+  ASSERT_TRUE(source_info.ok());
+  TransferOptions pull_options;
+  pull_options.progress = [&](int64_t done, int64_t) {
+    if (done >= (4 << 20) && done < (4 << 20) + pull_options.chunk_bytes) {
+      ::kill(static_cast<pid_t>(source_info->pid()), SIGKILL);
+    }
+  };
+  absl::StatusOr<TransferSummary> pulled =
+      PullFiles(master.router(), source->id(), dir_ + "/big", dir_ + "/out/pulled", pull_options);
+  ASSERT_TRUE(pulled.ok()) << pulled.status();
+  ASSERT_EQ(pulled->results.size(), 1u);
+  EXPECT_EQ(pulled->results[0].status.code(), absl::StatusCode::kUnavailable)
+      << pulled->results[0].status;
+  EXPECT_THAT(pulled->results[0].status.message(), HasSubstr("source"));
+  EXPECT_FALSE(fs::exists(dir_ + "/out/pulled"));
+  EXPECT_THAT(Temporaries(dir_ + "/out"), ::testing::IsEmpty());
+}
+
+TEST_F(FilesTest, CliPushPullAndCall) {
+  const char* srcdir = ::getenv("TEST_SRCDIR");
+  const std::string grove =
+      srcdir ? std::string(srcdir) + "/grove/tools/grove" : "bazel-bin/tools/grove";
+  const std::string src = MakeTree();
+  auto run = [&](std::vector<std::string> argv, std::string* out) {
+    auto pipe = Pipe();
+    EXPECT_TRUE(pipe.ok());
+    SpawnOptions spawn;
+    spawn.argv = std::move(argv);
+    spawn.argv.insert(spawn.argv.begin(), grove);
+    spawn.fds = {{1, pipe->second.get()}};
+    absl::StatusOr<Process> cli = Process::Spawn(spawn);
+    EXPECT_TRUE(cli.ok()) << cli.status();
+    pipe->second.Reset();
+    char buffer[4096];
+    for (ssize_t n; (n = ::read(pipe->first.get(), buffer, sizeof(buffer))) > 0;) {
+      out->append(buffer, n);
+    }
+    absl::StatusOr<int> status = cli->Wait(absl::Now() + absl::Seconds(60));
+    return status.ok() ? ExitCodeOf(*status) : -1;
+  };
+  std::string out;
+  EXPECT_EQ(run({"push", "-r", "--json", "local,name=p1", "local/local,name=p2", "--", src,
+                 dir_ + "/pushed"},
+                &out),
+            0);
+  EXPECT_THAT(out, HasSubstr("\"context\":\"p1\",\"ok\":true"));
+  EXPECT_THAT(out, HasSubstr("\"context\":\"p2\",\"ok\":true"));
+  ExpectSameTree(src, dir_ + "/pushed");
+  out.clear();
+  EXPECT_EQ(run({"pull", "-r", "local", "--", src, dir_ + "/pulled"}, &out), 0);
+  ExpectSameTree(src, dir_ + "/pulled");
+  out.clear();
+  EXPECT_EQ(run({"push", "local", "--", dir_ + "/nothing-here", dir_ + "/x"}, &out), 1);
+  out.clear();
+  EXPECT_EQ(run({"call", "local,name=called", "grove.info", "{}"}, &out), 0);
+  EXPECT_THAT(out, HasSubstr("\"name\":\"called\""));
+  out.clear();
+  EXPECT_EQ(run({"call", "local", "grove.run", "{\"argv\":[\"echo\",\"hi\"]}"}, &out), 0);
+  EXPECT_THAT(out, HasSubstr("\"stdout\":\"aGkK\""));  // "hi\n", base64 in JSON.
+  out.clear();
+  EXPECT_EQ(run({"call", "local", "grove.run", "{not json"}, &out), 2);
+  EXPECT_EQ(run({"call", "local", "no.such.function", "{}"}, &out), 2);
+}
+
+}  // namespace
+}  // namespace grove::testing

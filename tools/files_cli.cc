@@ -1,0 +1,255 @@
+// grove push / grove pull / grove call.
+#include <unistd.h>
+
+#include <cstdio>
+#include <mutex>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "google/protobuf/descriptor.h"
+#include "google/protobuf/dynamic_message.h"
+#include "google/protobuf/util/json_util.h"
+#include "grove.h"
+#include "router/files.h"
+#include "tools/cli.h"
+#include "tools/cli_paths.h"
+
+namespace grove::cli {
+namespace {
+
+std::string Json(const std::string& s) {
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (static_cast<unsigned char>(c) < 0x20) {
+      out += absl::StrFormat("\\u%04x", c);
+    } else {
+      out += c;
+    }
+  }
+  return out + "\"";
+}
+
+std::string Human(double bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (bytes >= 1024 && u < 4) {
+    bytes /= 1024;
+    ++u;
+  }
+  return absl::StrFormat(u == 0 ? "%.0f %s" : "%.1f %s", bytes, units[u]);
+}
+
+// A one-line progress bar on stderr (bytes, rate, ETA), redrawn at most 10 times a second;
+// nothing when stderr is not a terminal. Thread-safe.
+class Progress {
+ public:
+  Progress() : enabled_(::isatty(2) != 0), start_(absl::Now()) {}
+  void Update(int64_t done, int64_t total) {
+    if (!enabled_) return;
+    std::lock_guard<std::mutex> lock(mu_);
+    absl::Time now = absl::Now();
+    if (done < total && now - last_ < absl::Milliseconds(100)) return;
+    last_ = now;
+    double seconds = std::max(1e-3, absl::ToDoubleSeconds(now - start_));
+    double rate = static_cast<double>(done) / seconds;
+    double eta = rate > 0 ? static_cast<double>(total - done) / rate : 0;
+    int width = 30;
+    int filled = total > 0 ? static_cast<int>(width * static_cast<double>(done) / total) : width;
+    fprintf(stderr, "\r[%s%s] %s / %s  %s/s  ETA %.0fs ", std::string(filled, '#').c_str(),
+            std::string(width - filled, ' ').c_str(), Human(done).c_str(),
+            Human(total).c_str(), Human(rate).c_str(), eta);
+    drawn_ = true;
+  }
+  void End() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (drawn_) fputs("\n", stderr);
+  }
+
+ private:
+  const bool enabled_;
+  const absl::Time start_;
+  std::mutex mu_;
+  absl::Time last_ = absl::InfinitePast();
+  bool drawn_ = false;
+};
+
+struct FileArgs {
+  bool recursive = false;
+  bool json = false;
+  std::vector<std::string> paths;
+  std::string src, dest;
+};
+
+// [-r] [--json] PATH... -- SRC DEST
+bool ParseFileArgs(const char* verb, const std::vector<std::string>& args, FileArgs* out) {
+  std::vector<std::string> after;
+  bool dashes = false;
+  for (const std::string& a : args) {
+    if (!dashes && a == "--") {
+      dashes = true;
+    } else if (dashes) {
+      after.push_back(a);
+    } else if (a == "-r" || a == "--recursive") {
+      out->recursive = true;
+    } else if (a == "--json") {
+      out->json = true;
+    } else {
+      out->paths.push_back(a);
+    }
+  }
+  if (out->paths.empty() || after.size() != 2) {
+    fprintf(stderr, "grove %s: need [-r] [--json] PATH... -- SRC DEST\n", verb);
+    return false;
+  }
+  out->src = after[0];
+  out->dest = after[1];
+  return true;
+}
+
+int Report(const char* verb, Master& master, const FileArgs& args,
+           const TransferSummary& summary, absl::Duration took) {
+  int failed = 0;
+  for (const TargetResult& r : summary.results) failed += r.status.ok() ? 0 : 1;
+  if (args.json) {
+    std::string out = absl::StrFormat(
+        "{\"verb\":\"%s\",\"bytes\":%d,\"entries\":%d,\"seconds\":%.3f,\"results\":[", verb,
+        summary.bytes, summary.entries, absl::ToDoubleSeconds(took));
+    for (size_t i = 0; i < summary.results.size(); ++i) {
+      const TargetResult& r = summary.results[i];
+      std::optional<ContextRecord> rec = master.registry().Find(r.id);
+      absl::StrAppend(&out, i ? "," : "", "{\"context\":", Json(rec ? rec->name : ""),
+                      ",\"ok\":", r.status.ok() ? "true" : "false");
+      if (!r.status.ok()) {
+        absl::StrAppend(&out, ",\"code\":", Json(absl::StatusCodeToString(r.status.code())),
+                        ",\"error\":", Json(std::string(r.status.message())));
+      }
+      out += "}";
+    }
+    out += "]}\n";
+    fputs(out.c_str(), stdout);
+  } else {
+    for (const TargetResult& r : summary.results) {
+      if (r.status.ok()) continue;
+      std::optional<ContextRecord> rec = master.registry().Find(r.id);
+      fprintf(stderr, "grove %s: %s: %s\n", verb, rec ? rec->name.c_str() : "?",
+              std::string(r.status.message()).c_str());
+    }
+  }
+  return failed == 0 ? 0 : 1;
+}
+
+}  // namespace
+
+int Push(Master& master, const std::vector<std::string>& args) {
+  FileArgs parsed;
+  if (!ParseFileArgs("push", args, &parsed)) return 2;
+  absl::StatusOr<std::vector<Context>> contexts =
+      StartPaths(master, parsed.paths, absl::Seconds(30));
+  if (!contexts.ok()) {
+    fprintf(stderr, "grove push: %s\n", std::string(contexts.status().message()).c_str());
+    return 255;
+  }
+  std::vector<ContextId> targets;
+  for (const Context& c : *contexts) targets.push_back(c.id());
+  Progress progress;
+  TransferOptions options;
+  options.recursive = parsed.recursive;
+  options.progress = [&progress](int64_t done, int64_t total) { progress.Update(done, total); };
+  absl::Time start = absl::Now();
+  absl::StatusOr<TransferSummary> summary =
+      PushFiles(master.router(), targets, parsed.src, parsed.dest, options);
+  progress.End();
+  if (!summary.ok()) {
+    fprintf(stderr, "grove push: %s\n", std::string(summary.status().message()).c_str());
+    return 1;
+  }
+  return Report("push", master, parsed, *summary, absl::Now() - start);
+}
+
+int Pull(Master& master, const std::vector<std::string>& args) {
+  FileArgs parsed;
+  if (!ParseFileArgs("pull", args, &parsed)) return 2;
+  if (parsed.paths.size() != 1) {
+    fprintf(stderr, "grove pull: takes one PATH\n");
+    return 2;
+  }
+  absl::StatusOr<std::vector<Context>> contexts =
+      StartPaths(master, parsed.paths, absl::Seconds(30));
+  if (!contexts.ok()) {
+    fprintf(stderr, "grove pull: %s\n", std::string(contexts.status().message()).c_str());
+    return 255;
+  }
+  Progress progress;
+  TransferOptions options;
+  options.recursive = parsed.recursive;
+  options.progress = [&progress](int64_t done, int64_t total) { progress.Update(done, total); };
+  absl::Time start = absl::Now();
+  absl::StatusOr<TransferSummary> summary =
+      PullFiles(master.router(), contexts->front().id(), parsed.src, parsed.dest, options);
+  progress.End();
+  if (!summary.ok()) {
+    fprintf(stderr, "grove pull: %s\n", std::string(summary.status().message()).c_str());
+    return 1;
+  }
+  return Report("pull", master, parsed, *summary, absl::Now() - start);
+}
+
+int Call(Master& master, const std::vector<std::string>& args) {
+  if (args.size() != 3) {
+    fprintf(stderr, "grove call: need PATH FUNCTION 'JSON'\n");
+    return 2;
+  }
+  const std::string& function = args[1];
+  // The function's types: registered in this program (the CLI) or a built-in.
+  const Function* f = CliFunctions().Find(function);
+  if (f == nullptr) f = master.router().FindFunction(function);
+  if (f == nullptr) {
+    fprintf(stderr, "grove call: no function '%s' in this program\n", function.c_str());
+    return 2;
+  }
+  const google::protobuf::DescriptorPool* pool = google::protobuf::DescriptorPool::generated_pool();
+  const google::protobuf::Descriptor* in_type = pool->FindMessageTypeByName(f->argument_type);
+  const google::protobuf::Descriptor* out_type = pool->FindMessageTypeByName(f->result_type);
+  if (in_type == nullptr || out_type == nullptr) {
+    fprintf(stderr, "grove call: unknown types of '%s'\n", function.c_str());
+    return 2;
+  }
+  google::protobuf::MessageFactory* factory = google::protobuf::MessageFactory::generated_factory();
+  std::unique_ptr<google::protobuf::Message> in(factory->GetPrototype(in_type)->New());
+  auto parsed = google::protobuf::util::JsonStringToMessage(args[2], in.get());
+  if (!parsed.ok()) {
+    fprintf(stderr, "grove call: the argument is not a %s in JSON: %s\n",
+            in_type->full_name().c_str(), parsed.ToString().c_str());
+    return 2;
+  }
+  absl::StatusOr<std::vector<Context>> contexts = StartPaths(master, {args[0]}, absl::Seconds(30));
+  if (!contexts.ok()) {
+    fprintf(stderr, "grove call: %s\n", std::string(contexts.status().message()).c_str());
+    return 255;
+  }
+  std::promise<absl::StatusOr<std::string>> promise;
+  contexts->front().CallRaw(function, f->argument_type, in->SerializeAsString(), {},
+                            [&promise](absl::StatusOr<std::string> r) {
+                              promise.set_value(std::move(r));
+                            });
+  absl::StatusOr<std::string> result = promise.get_future().get();
+  if (!result.ok()) {
+    fprintf(stderr, "grove call: %s\n", result.status().ToString().c_str());
+    return 1;
+  }
+  std::unique_ptr<google::protobuf::Message> out(factory->GetPrototype(out_type)->New());
+  out->ParseFromString(*result);
+  std::string json;
+  google::protobuf::util::JsonPrintOptions print;
+  print.always_print_primitive_fields = true;
+  print.preserve_proto_field_names = true;
+  (void)google::protobuf::util::MessageToJsonString(*out, &json, print);
+  printf("%s\n", json.c_str());
+  return 0;
+}
+
+}  // namespace grove::cli
