@@ -13,6 +13,7 @@
 #include "router/files.h"          // PushFiles, PullFiles
 #include "router/functions.h"      // Functions, CallContext, CallableBy
 #include "router/hop.h"            // ParsePath, ParseHop
+#include "router/mesh.h"           // ChannelTo (gRPC services through the tree)
 #include "router/registry.h"       // Registry, ContextRecord
 #include "router/router.h"         // Router, CallOptions
 

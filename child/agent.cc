@@ -25,8 +25,9 @@
 #include "grpcpp/server_posix.h"
 #include "launch/local_launcher.h"
 #include "launch/payload.h"
-#include "launch/payload.h"
 #include "launch/remote_launcher.h"
+#include "proto/builtins.pb.h"
+#include "router/mesh.h"
 #include "router/router.h"
 #include "transport/grpc_link.h"
 #include "transport/relay.h"
@@ -277,6 +278,20 @@ bool IsAgentInvocation(int argc, char** argv) {
   return argc >= 2 && std::strcmp(argv[1], "--grove-agent") == 0;
 }
 
+absl::StatusOr<std::shared_ptr<Zygote>> StartZygote(const Functions& functions) {
+  // Work every context does at startup anyway, done before the zygote starts so that fork
+  // children inherit it: the descriptors of grove's messages (the router's built-ins).
+  v1::Envelope::descriptor();
+  v1::InfoReply::descriptor();
+  return Zygote::Start([&functions](const std::vector<std::string>& args) {
+    functions.RunForkHooks();
+    std::vector<char*> argv;
+    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    RunAgent(static_cast<int>(args.size()), argv.data(), functions);
+  });
+}
+
 void RunAgent(int argc, char** argv, const Functions& functions) {
   AgentFlags flags;
   std::string error;
@@ -286,6 +301,12 @@ void RunAgent(int argc, char** argv, const Functions& functions) {
   }
   ::signal(SIGPIPE, SIG_IGN);
   CloseInheritedFds(flags.fd);
+  // Commands this context runs must not inherit its link: a copy in a process that outlives
+  // it would hide its death from its parent.
+  if (flags.fd >= 0) SetCloseOnExec(flags.fd, true).IgnoreError();
+  // Before any thread starts (the stdio relay's, the router's, gRPC's): the zygote must be
+  // forked from a single-threaded process. Without it this context offers no `fork`.
+  absl::StatusOr<std::shared_ptr<Zygote>> zygote = StartZygote(functions);
   if (flags.stdio) {
     // The link arrives on pipes: relay them to a socketpair and serve on its other end. The
     // boot marker goes out first, so the parent knows that what follows is gRPC.
@@ -322,6 +343,11 @@ void RunAgent(int argc, char** argv, const Functions& functions) {
   router->AddLauncher("command", new CommandLauncher());
   router->AddLauncher("ssh", new SshLauncher());
   router->AddLauncher("sudo", new SudoLauncher());
+  router->AddLauncher(
+      "fork", new ForkLauncher(zygote.ok() ? *zygote : nullptr,
+                               zygote.ok() ? "" : absl::StrCat("context ", info.name(),
+                                                               " has no zygote: ",
+                                                               zygote.status().message())));
   router->AddLauncher("su", new SuLauncher());
 
   absl::Notification* end = new absl::Notification();
@@ -340,7 +366,9 @@ void RunAgent(int argc, char** argv, const Functions& functions) {
     fprintf(stderr, "grove agent: cannot capture stdio: %s\n", s.ToString().c_str());
     _exit(2);
   }
-  google::InitGoogleLogging(argv[0]);
+  // A fork child of a program that initialised glog before its zygote started has it
+  // initialised already.
+  if (!google::IsGoogleLoggingInitialized()) google::InitGoogleLogging(argv[0]);
   FLAGS_logtostderr = false;
   FLAGS_alsologtostderr = false;
   FLAGS_stderrthreshold = google::FATAL;
@@ -361,6 +389,7 @@ void RunAgent(int argc, char** argv, const Functions& functions) {
       });
   grpc::ServerBuilder builder;
   builder.RegisterService(service);
+  builder.SetOption(WithoutServerPlugins());  // No reflection (and its threads) here.
   builder.SetMaxReceiveMessageSize(LinkReceiveLimit(flags.max_message_bytes));
   builder.SetMaxSendMessageSize(-1);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
@@ -385,6 +414,8 @@ void RunAgent(int argc, char** argv, const Functions& functions) {
   google::RemoveLogSink(io);
   io->Stop();
   router->Shutdown(reason);
+  // Its fork children are gone with the rest: the zygote ends on the end of file; reap it.
+  if (zygote.ok()) (*zygote)->Stop();
   ::fflush(nullptr);
   _exit(0);
 }

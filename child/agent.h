@@ -5,6 +5,10 @@
 #ifndef GROVE_CHILD_AGENT_H_
 #define GROVE_CHILD_AGENT_H_
 
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "launch/fork_launcher.h"
 #include "router/functions.h"
 
 namespace grove {
@@ -15,6 +19,13 @@ bool IsAgentInvocation(int argc, char** argv);
 // Runs the agent until the context ends; never returns (the process exits). `functions` are
 // the program's, registered in main() exactly as in the master.
 [[noreturn]] void RunAgent(int argc, char** argv, const Functions& functions);
+
+// Starts this process's zygote, which the `fork` method forks children from: each runs
+// `functions`' fork hooks (Functions::OnFork), then the agent, in-process. `functions` must
+// outlive the process. Call it while the process has one thread (a programmer error
+// otherwise: CHECK), as early as possible: a fork child starts as a copy of this process as
+// it is now. grove::Main and RunAgent call it themselves.
+absl::StatusOr<std::shared_ptr<Zygote>> StartZygote(const Functions& functions);
 
 }  // namespace grove
 

@@ -94,12 +94,21 @@ absl::StatusOr<Process> Process::Spawn(const SpawnOptions& options) {
                                          options.cwd.empty() ? "" : " in " + options.cwd)
                                 .c_str());
   }
+  return Adopt(pid);
+}
+
+absl::StatusOr<Process> Process::Adopt(pid_t pid) {
   Process process;
   process.pid_ = pid;
   int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
   if (pidfd < 0) {
     absl::Status status = ErrnoStatus(errno, "pidfd_open");
-    process.Terminate(absl::ZeroDuration());
+    // Without a pidfd: kill and reap by pid (it is our child, so the pid cannot be reused
+    // before it is reaped).
+    ::kill(pid, SIGKILL);
+    while (::waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
+    }
+    process.pid_ = -1;
     return status;
   }
   process.pidfd_.Reset(pidfd);

@@ -42,6 +42,9 @@ struct SpawnOptions {
 class Process {
  public:
   static absl::StatusOr<Process> Spawn(const SpawnOptions& options);
+  // Takes charge of `pid`, a child this process forked itself: opens its pidfd. On failure
+  // the child is killed and reaped.
+  static absl::StatusOr<Process> Adopt(pid_t pid);
 
   Process() = default;
   Process(Process&& other) noexcept;

@@ -21,14 +21,18 @@ namespace {
 // How much of a child's early output an error quotes.
 constexpr size_t kTailBytes = 4096;
 
-// A local child process. Thread-safe: Stop and PollExit may run concurrently.
-class LocalChild : public ChildHandle {
+// A child process of this process. Thread-safe: Stop and PollExit may run concurrently.
+class LocalChild : public ChildProcess {
  public:
   explicit LocalChild(Process process) : process_(std::move(process)) {}
   ~LocalChild() override {
     absl::MutexLock lock(&mu_);
     process_.Terminate(absl::ZeroDuration());
   }
+
+  pid_t pid() const override { return process_.pid(); }
+  int pidfd() const override { return process_.pidfd(); }
+  std::string TryExit() override { return TryReap(); }
 
   std::string PollExit() override {
     // The link usually breaks a moment before the exit is visible: wait for it, briefly.
@@ -72,7 +76,7 @@ class LocalChild : public ChildHandle {
   }
 
   absl::Mutex mu_;
-  Process process_;  // pidfd() is read without the lock; it never changes.
+  Process process_;  // pid() and pidfd() are read without the lock; they never change.
 };
 
 void AppendTail(std::string* tail, const char* data, size_t size) {
@@ -155,10 +159,16 @@ absl::StatusOr<LaunchedChild> LocalLauncher::Launch(const Hop& hop, const Launch
                 absl::StrCat("local child ", request.info.id()), "", request);
 }
 
-absl::StatusOr<LaunchedChild> LinkUp(UniqueFd socket, Process process_value, UniqueFd output,
+absl::StatusOr<LaunchedChild> LinkUp(UniqueFd socket, Process process, UniqueFd output,
                                      const std::string& what, std::string tail,
                                      const LaunchRequest& request) {
-  Process* process = &process_value;
+  return LinkUp(std::move(socket), std::make_unique<LocalChild>(std::move(process)),
+                std::move(output), what, std::move(tail), request);
+}
+
+absl::StatusOr<LaunchedChild> LinkUp(UniqueFd socket, std::unique_ptr<ChildProcess> process,
+                                     UniqueFd output, const std::string& what,
+                                     std::string tail, const LaunchRequest& request) {
   const pid_t pid = process->pid();
   SetNonBlocking(output.get(), true).IgnoreError();
   std::shared_ptr<GrpcClientLink> link = GrpcClientLink::Connect(
@@ -197,14 +207,14 @@ absl::StatusOr<LaunchedChild> LinkUp(UniqueFd socket, Process process_value, Uni
         LaunchedChild child;
         child.info = first->hello().info();
         child.link = std::move(link);
-        child.handle = std::make_unique<LocalChild>(std::move(*process));
+        child.handle = std::move(process);
         return child;
       }
       // The link failed first: the process is about to exit; report how.
       if (!first.ok()) {
         struct pollfd p = {process->pidfd(), POLLIN, 0};
         ::poll(&p, 1, 1000);
-        if (!process->TryWait()) {
+        if (process->TryExit().empty()) {
           failure = absl::UnavailableError(absl::StrCat(what, " (pid ", pid,
                                                         ") broke the link: ", first.status().message(),
                                                         QuoteTail(tail)));
@@ -216,21 +226,20 @@ absl::StatusOr<LaunchedChild> LinkUp(UniqueFd socket, Process process_value, Uni
         break;
       }
     }
-    if (fds[1].revents || process->TryWait()) {
-      if (process->TryWait()) {
+    if (fds[1].revents || !process->TryExit().empty()) {
+      if (std::string how = process->TryExit(); !how.empty()) {
         while (output_open && Drain(output.get(), &tail)) {
           struct pollfd p = {output.get(), POLLIN, 0};
           if (::poll(&p, 1, 100) <= 0) break;
         }
-        failure = absl::UnavailableError(absl::StrCat(what, " (pid ", pid, ") ",
-                                                      DescribeWaitStatus(*process->status()),
+        failure = absl::UnavailableError(absl::StrCat(what, " (pid ", pid, ") ", how,
                                                       " before linking up", QuoteTail(tail)));
         break;
       }
     }
   }
   link->Close(failure);
-  process->Terminate(absl::ZeroDuration());
+  process->Stop(absl::ZeroDuration());
   return failure;
 }
 

@@ -25,7 +25,11 @@ void LogToStderr(const ContextRecord& from, const v1::LogRecord& record) {
   (void)!::write(2, line.data(), line.size());
 }
 
-Master::Master(const Functions& functions, MasterOptions options) : options_(std::move(options)) {
+Master::Master(const Functions& functions, MasterOptions options)
+    : options_(std::move(options)),
+      fork_launcher_(options_.zygote,
+                     "the master has no zygote: start one with grove::StartZygote at the top "
+                     "of main() and pass it in MasterOptions::zygote, or use grove::Main") {
   ::signal(SIGPIPE, SIG_IGN);
   Router::Options router_options;
   router_options.self.set_id(0);
@@ -45,6 +49,7 @@ Master::Master(const Functions& functions, MasterOptions options) : options_(std
   router_->AddLauncher("command", &command_launcher_);
   router_->AddLauncher("ssh", &ssh_launcher_);
   router_->AddLauncher("sudo", &sudo_launcher_);
+  router_->AddLauncher("fork", &fork_launcher_);
   router_->AddLauncher("su", &su_launcher_);
   router_->SetLogSink(options_.log_sink ? options_.log_sink : LogSink(LogToStderr));
 }
@@ -86,6 +91,16 @@ absl::StatusOr<Context> Master::Find(const std::string& name) {
 int Main(int argc, char** argv, const Functions& functions,
          const std::function<int(Master&)>& body, MasterOptions options) {
   if (IsAgentInvocation(argc, argv)) RunAgent(argc, argv, functions);
+  if (options.zygote == nullptr) {
+    // First, while this process has one thread. Without it the master offers no `fork`.
+    absl::StatusOr<std::shared_ptr<Zygote>> zygote = StartZygote(functions);
+    if (zygote.ok()) {
+      options.zygote = *std::move(zygote);
+    } else {
+      fprintf(stderr, "grove: cannot start the zygote (no fork method): %s\n",
+              zygote.status().ToString().c_str());
+    }
+  }
   if (!google::IsGoogleLoggingInitialized()) {
     google::InitGoogleLogging(argv[0]);
     FLAGS_logtostderr = true;

@@ -20,6 +20,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "launch/fork_launcher.h"
 #include "launch/local_launcher.h"
 #include "launch/remote_launcher.h"
 #include "router/context.h"
@@ -38,6 +39,10 @@ struct MasterOptions {
   // Receives every context's stdout/stderr lines and glog records. The default writes
   // "[name] line" to stderr and re-emits glog records through this process's glog.
   LogSink log_sink;
+  // The zygote that the `fork` method forks the master's fork children from (StartZygote,
+  // called while the process has one thread). grove::Main starts one when this is null;
+  // a master without one refuses `fork` hops (FAILED_PRECONDITION).
+  std::shared_ptr<Zygote> zygote;
 };
 
 // Thread-safe. The destructor shuts the whole tree down and reaps it.
@@ -73,6 +78,7 @@ class Master {
   CommandLauncher command_launcher_;
   SshLauncher ssh_launcher_;
   SudoLauncher sudo_launcher_;
+  ForkLauncher fork_launcher_;
   SuLauncher su_launcher_;
   std::unique_ptr<Router> router_;
 };
@@ -81,7 +87,8 @@ class Master {
 void LogToStderr(const ContextRecord& from, const v1::LogRecord& record);
 
 // Hands a program to grove: in a context started by grove this runs the agent and never
-// returns; otherwise it initialises glog, builds a Master and runs `body` with it.
+// returns; otherwise it starts the zygote (for the `fork` method; the process must not have
+// started a thread yet), initialises glog, builds a Master and runs `body` with it.
 int Main(int argc, char** argv, const Functions& functions,
          const std::function<int(Master&)>& body, MasterOptions options = {});
 

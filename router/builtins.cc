@@ -1,5 +1,6 @@
 // The functions every context offers: ping, info, run, spawn, stop, sleep, the file
-// transfer built-ins (router/files.cc), and (in the master) id blocks.
+// transfer built-ins (router/files.cc), the mesh built-ins (router/mesh.cc), and (in the
+// master) id blocks.
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
@@ -13,6 +14,7 @@
 #include "common/status_util.h"
 #include "proto/builtins.pb.h"
 #include "router/files.h"
+#include "router/mesh.h"
 #include "router/router.h"
 
 extern char** environ;
@@ -225,6 +227,7 @@ void Router::RegisterBuiltins() {
         return reply;
       }));
   RegisterFileFunctions(this, &builtins_);
+  RegisterMeshFunctions(this, options_.functions, &builtins_);
 }
 
 }  // namespace grove

@@ -30,6 +30,10 @@
 #include "glog/logging.h"
 #include "google/protobuf/message.h"
 
+namespace grpc {
+class Service;
+}  // namespace grpc
+
 namespace grove {
 
 class Router;
@@ -165,8 +169,28 @@ class Functions {
   const Function* Find(const std::string& name) const;
   std::vector<std::string> Names() const;
 
+  // Hosts `service` (a generated service's sync or callback implementation; async services
+  // are not supported) in every context of the tree, reachable with ordinary stubs on
+  // grove::ChannelTo(context) (router/mesh.h) from that context's ancestors. Not owned; must
+  // outlive every context of this process. Not thread-safe, like Register.
+  void AddService(grpc::Service* service) { services_.push_back(service); }
+  const std::vector<grpc::Service*>& services() const { return services_; }
+
+  // Registers `hook` to run first thing in every fork child (the `fork` method), before
+  // grove starts anything there. A fork child begins as a copy of its context as it was
+  // when that context started its zygote (at startup), so state created before then is the
+  // same in every fork child: re-seed random generators here so that siblings differ.
+  // Hooks run in registration order, on the child's only thread. Not thread-safe, like
+  // Register.
+  void OnFork(std::function<void()> hook) { fork_hooks_.push_back(std::move(hook)); }
+  void RunForkHooks() const {
+    for (const auto& hook : fork_hooks_) hook();
+  }
+
  private:
   absl::flat_hash_map<std::string, std::unique_ptr<Function>> functions_;
+  std::vector<std::function<void()>> fork_hooks_;
+  std::vector<grpc::Service*> services_;
 };
 
 }  // namespace grove

@@ -22,6 +22,45 @@ bool StartsHop(absl::string_view segment) {
   return false;
 }
 
+// `text` split where ParsePath splits it: at each '/' that a known method follows.
+std::vector<std::string> PathSegments(absl::string_view text) {
+  std::vector<std::string> segments;
+  for (absl::string_view segment : absl::StrSplit(text, '/')) {
+    if (segments.empty() || StartsHop(segment)) {
+      segments.emplace_back(segment);
+    } else {
+      absl::StrAppend(&segments.back(), "/", segment);
+    }
+  }
+  return segments;
+}
+
+// Whether `option` ("key=value") has a secret value.
+bool HasSecret(absl::string_view option) {
+  size_t eq = option.find('=');
+  return eq != absl::string_view::npos && IsSecretOption(option.substr(0, eq));
+}
+
+// `option` with a secret value replaced by "***", for messages.
+std::string RedactOption(absl::string_view option) {
+  if (!HasSecret(option)) return std::string(option);
+  return absl::StrCat(option.substr(0, option.find('=')), "=***");
+}
+
+// The text of one hop with every secret value replaced by "***", for messages.
+std::string RedactHop(absl::string_view text) {
+  std::vector<std::string> parts = absl::StrSplit(text, ',');
+  for (size_t i = 1; i < parts.size(); ++i) parts[i] = RedactOption(parts[i]);
+  return absl::StrJoin(parts, ",");
+}
+
+// The same for a path.
+std::string RedactPath(absl::string_view text) {
+  std::vector<std::string> segments = PathSegments(text);
+  for (std::string& segment : segments) segment = RedactHop(segment);
+  return absl::StrJoin(segments, "/");
+}
+
 bool ValidKey(absl::string_view key) {
   if (key.empty()) return false;
   for (char c : key) {
@@ -31,6 +70,10 @@ bool ValidKey(absl::string_view key) {
 }
 
 }  // namespace
+
+bool IsSecretOption(absl::string_view key) {
+  return key != "password_env" && absl::StrContains(absl::AsciiStrToLower(key), "password");
+}
 
 bool IsKnownMethod(absl::string_view method) {
   for (absl::string_view m : kMethods) {
@@ -64,7 +107,7 @@ std::string Hop::DebugString() const {
   std::string out = method;
   if (!target.empty()) absl::StrAppend(&out, ":", target);
   for (const auto& [k, v] : options) {
-    absl::StrAppend(&out, ",", k, "=", k == "password" ? "***" : v);
+    absl::StrAppend(&out, ",", k, "=", IsSecretOption(k) ? "***" : v);
   }
   return out;
 }
@@ -80,47 +123,44 @@ absl::StatusOr<Hop> ParseHop(absl::string_view text) {
     hop.target = std::string(head.substr(colon + 1));
     if (hop.target.empty()) {
       return absl::InvalidArgumentError(
-          absl::StrCat("hop '", text, "': empty target after '", hop.method, ":'"));
+          absl::StrCat("hop '", RedactHop(text), "': empty target after '", hop.method, ":'"));
     }
   }
   if (!IsKnownMethod(hop.method)) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "hop '", text, "': unknown method '", hop.method,
+        "hop '", RedactHop(text), "': unknown method '", hop.method,
         "' (known: local, fork, ssh, sudo, su, command)"));
   }
   for (size_t i = 1; i < parts.size(); ++i) {
     size_t eq = parts[i].find('=');
     absl::string_view key = parts[i].substr(0, eq);
     if (eq == absl::string_view::npos || !ValidKey(key)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("hop '", text, "': option '", parts[i], "' is not key=value"));
+      // Right after a secret, this may be the rest of a password that holds a ','.
+      bool after_secret = i > 1 && HasSecret(parts[i - 1]);
+      return absl::InvalidArgumentError(absl::StrCat(
+          "hop '", RedactHop(text), "': ",
+          after_secret ? "the option after a password is not key=value (a password cannot "
+                         "contain ','; give it with password_env)"
+                       : absl::StrCat("option '", RedactOption(parts[i]), "' is not key=value")));
     }
     hop.options.emplace_back(std::string(key), std::string(parts[i].substr(eq + 1)));
   }
   std::string name = hop.Get("name");
   if (hop.Has("name") && (name.empty() || absl::StrContains(name, '/'))) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("hop '", text, "': a name must be non-empty and contain no '/'"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "hop '", RedactHop(text), "': a name must be non-empty and contain no '/'"));
   }
   return hop;
 }
 
 absl::StatusOr<std::vector<Hop>> ParsePath(absl::string_view text) {
   if (text.empty()) return absl::InvalidArgumentError("empty path");
-  std::vector<std::string> segments;
-  for (absl::string_view segment : absl::StrSplit(text, '/')) {
-    if (segments.empty() || StartsHop(segment)) {
-      segments.emplace_back(segment);
-    } else {
-      absl::StrAppend(&segments.back(), "/", segment);
-    }
-  }
   std::vector<Hop> hops;
-  for (const std::string& segment : segments) {
+  for (const std::string& segment : PathSegments(text)) {
     absl::StatusOr<Hop> hop = ParseHop(segment);
     if (!hop.ok()) {
       return absl::InvalidArgumentError(
-          absl::StrCat("path '", text, "': ", hop.status().message()));
+          absl::StrCat("path '", RedactPath(text), "': ", hop.status().message()));
     }
     hops.push_back(*std::move(hop));
   }

@@ -26,14 +26,21 @@ struct Hop {
   bool Has(absl::string_view key) const;
   // The hop as it would be written.
   std::string ToString() const;
-  // The same with secrets (password=...) replaced by "***": for messages and logs.
+  // The same with secret values (see IsSecretOption) replaced by "***": for messages and
+  // logs.
   std::string DebugString() const;
 };
 
 // Methods a hop may name.
 bool IsKnownMethod(absl::string_view method);
 
-// INVALID_ARGUMENT naming the hop and what is wrong with it.
+// Whether the value of option `key` is a secret, never shown: "password" (and any key that
+// contains "password" in any case, so that a misspelt one is hidden too), but not
+// "password_env", which names a variable.
+bool IsSecretOption(absl::string_view key);
+
+// INVALID_ARGUMENT naming the hop and what is wrong with it; the text is quoted with secret
+// values replaced by "***".
 absl::StatusOr<Hop> ParseHop(absl::string_view text);
 absl::StatusOr<std::vector<Hop>> ParsePath(absl::string_view text);
 

@@ -1,6 +1,7 @@
 #include "router/router.h"
 
 #include <algorithm>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_util.h"
@@ -8,6 +9,50 @@
 #include "proto/builtins.pb.h"
 
 namespace grove {
+namespace {
+
+// How many log records, and bytes of their text, the whole subtree behind one child link may
+// send per second; a burst of one second's worth passes. Records over it are dropped where
+// they arrive (so that a flooding context cannot fill its parent's link to the master and
+// stall every reply behind it), and counted; the count goes up as one record of this
+// context's own when a record passes again, at most once a second.
+constexpr double kLogRecordsPerSecond = 20000;
+constexpr double kLogBytesPerSecond = 8 << 20;
+
+// A token bucket for kLogRecordsPerSecond and kLogBytesPerSecond. Thread-compatible.
+class LogQuota {
+ public:
+  // Whether a record of `bytes` may pass at `now`; counts it as dropped otherwise.
+  bool Take(absl::Time now, size_t bytes) {
+    const double seconds = std::max(0.0, absl::ToDoubleSeconds(now - last_));
+    last_ = now;
+    records_ = std::min(kLogRecordsPerSecond, records_ + seconds * kLogRecordsPerSecond);
+    bytes_ = std::min(kLogBytesPerSecond, bytes_ + seconds * kLogBytesPerSecond);
+    if (records_ < 1 || bytes_ < static_cast<double>(bytes)) {
+      ++dropped_;
+      return false;
+    }
+    records_ -= 1;
+    bytes_ -= static_cast<double>(bytes);
+    return true;
+  }
+  // Records dropped since the last report, when there are some and the last report is a
+  // second old; 0 otherwise.
+  int64_t TakeDropped(absl::Time now) {
+    if (dropped_ == 0 || now - last_report_ < absl::Seconds(1)) return 0;
+    last_report_ = now;
+    return std::exchange(dropped_, 0);
+  }
+
+ private:
+  absl::Time last_ = absl::Now();
+  absl::Time last_report_ = absl::InfinitePast();
+  double records_ = kLogRecordsPerSecond;
+  double bytes_ = kLogBytesPerSecond;
+  int64_t dropped_ = 0;
+};
+
+}  // namespace
 
 // One child of this context and the subtree behind its link.
 struct Router::Child {
@@ -18,6 +63,8 @@ struct Router::Child {
   absl::flat_hash_set<uint64_t> routed;
   // Ids outside this subtree that contexts in it have called. Guarded by Router::mu_.
   absl::flat_hash_set<uint64_t> egress;
+  // Log records from this subtree. Guarded by Router::mu_.
+  LogQuota log_quota;
   // Notified once OnLinkDown for this child has been handled.
   absl::Notification gone;
 };
@@ -26,6 +73,10 @@ struct Router::Child {
 // Router::mu_.
 struct Router::Pending {
   uint64_t dst = 0;
+  // The link the call went out on (null: this context). Its reply and output are taken from
+  // there only: a child cannot answer, in another context's name, a call that did not go
+  // to its subtree.
+  std::shared_ptr<Link> via;
   Done done;
   std::function<void(int, const std::string&)> on_output;
   uint64_t timer = 0;
@@ -195,6 +246,7 @@ void Router::StartCall(ContextId dst, const std::string& function,
         refused = absl::NotFoundError(absl::StrCat("no context with id ", dst.value(),
                                                    " (looked up in ", self_.name(), ")"));
       } else {
+        pending->via = route.link;
         pending_.emplace(id, pending);
       }
     }
@@ -278,7 +330,18 @@ void Router::Complete(uint64_t call_id, absl::StatusOr<std::string> result) {
   p->done(std::move(result));
 }
 
-void Router::HandleReply(const v1::Reply& reply) {
+void Router::HandleReply(Link* from, const v1::Reply& reply) {
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = pending_.find(reply.id());
+    if (it == pending_.end()) return;  // Already completed (reply after a deadline, say).
+    if (it->second->via.get() != from) {
+      LOG(WARNING) << "context " << self_.name() << ": dropped a reply to call " << reply.id()
+                   << " that came from " << (from ? from->DebugName() : "this context")
+                   << ", not from where the call went";
+      return;
+    }
+  }
   if (reply.code() == 0) {
     Complete(reply.id(), reply.result());
   } else {
@@ -287,12 +350,12 @@ void Router::HandleReply(const v1::Reply& reply) {
   }
 }
 
-void Router::HandleOutput(v1::Output* output) {
+void Router::HandleOutput(Link* from, v1::Output* output) {
   std::shared_ptr<Pending> p;
   {
     absl::MutexLock lock(&mu_);
     auto it = pending_.find(output->id());
-    if (it == pending_.end()) return;
+    if (it == pending_.end() || it->second->via.get() != from) return;
     p = it->second;
   }
   if (p->on_output) p->on_output(output->stream(), output->data());
@@ -341,6 +404,8 @@ void Router::OnEnvelope(Link* link, v1::Envelope envelope) {
   bool from_parent = false;
   bool spoofed = false;
   Route route;
+  int64_t logs_dropped = 0;
+  std::string logs_from;
   {
     absl::MutexLock lock(&mu_);
     std::shared_ptr<Child> from_child;
@@ -352,6 +417,12 @@ void Router::OnEnvelope(Link* link, v1::Envelope envelope) {
       spoofed = src != from_child->info.id() && !from_child->routed.contains(src);
     } else {
       return;  // A link that is already down.
+    }
+    if (!spoofed && body == v1::Envelope::kLog && from_child != nullptr) {
+      const absl::Time now = absl::Now();
+      if (!from_child->log_quota.Take(now, envelope.log().text().size())) return;
+      logs_dropped = from_child->log_quota.TakeDropped(now);
+      if (logs_dropped > 0) logs_from = from_child->info.name();
     }
     if (!spoofed && body != v1::Envelope::kAdded && body != v1::Envelope::kRemoved) {
       route = RouteTo(dst);
@@ -366,6 +437,16 @@ void Router::OnEnvelope(Link* link, v1::Envelope envelope) {
                  << link->DebugName() << " whose source id " << src
                  << " is not reachable through that link";
     return;
+  }
+  if (logs_dropped > 0) {
+    v1::LogRecord notice;
+    notice.set_kind(v1::LogRecord::GLOG);
+    notice.set_severity(1);  // WARNING
+    notice.set_text(absl::StrCat("context ", self_.name(), " dropped ", logs_dropped,
+                                 " log records from the subtree of ", logs_from, ": over ",
+                                 kLogRecordsPerSecond, " records or ",
+                                 kLogBytesPerSecond / (1 << 20), " MiB a second"));
+    SendLog(std::move(notice));
   }
   switch (body) {
     case v1::Envelope::kAdded:
@@ -423,13 +504,13 @@ void Router::HandleLocal(Link* from, v1::Envelope envelope) {
       HandleCall(std::move(envelope));
       break;
     case v1::Envelope::kReply:
-      HandleReply(envelope.reply());
+      HandleReply(from, envelope.reply());
       break;
     case v1::Envelope::kCancel:
       HandleCancel(envelope.src(), envelope.cancel().id());
       break;
     case v1::Envelope::kOutput:
-      HandleOutput(envelope.mutable_output());
+      HandleOutput(from, envelope.mutable_output());
       break;
     case v1::Envelope::kLog: {
       LogSink sink;
@@ -680,7 +761,7 @@ void Router::RemoveContexts(const std::shared_ptr<Child>& child, std::vector<uin
     } else {
       // A notice from the parent: never about our own subtree.
       ids.erase(std::remove_if(ids.begin(), ids.end(),
-                               [&](uint64_t id) {
+                               [&](uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
                                  return id == self_.id() || routes_.contains(id);
                                }),
                 ids.end());

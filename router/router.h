@@ -16,8 +16,11 @@
 // Rules enforced here (see ARCHITECTURE.md, "Routing" and "Calls"):
 //  - Names go up: a parent sends ContextAdded up before any envelope of its new child.
 //  - An envelope whose source is not reachable through the link it arrived on is dropped.
+//  - A reply (or output) is taken only from the link its call went out on.
 //  - An envelope from the parent with no route down is answered "no route", never sent up.
 //  - By default only an ancestor may call a function; see CallableBy.
+//  - Log records from behind one child link are limited to a rate (LogQuota in router.cc);
+//    the excess is dropped where it arrives and reported as a count.
 //
 // Thread-safety: thread-safe. One mutex guards the routing state; it is never held while
 // calling out (a link, a launcher, a user callback, a function).
@@ -170,8 +173,10 @@ class Router : public LinkDelegate {
                std::shared_ptr<CallContext> context);
   void SendReply(uint64_t dst, uint64_t call_id, const absl::StatusOr<std::string>& result,
                  const std::string& origin);
-  void HandleReply(const v1::Reply& reply);
-  void HandleOutput(v1::Output* output);
+  // A reply or output for a call this context made, which arrived on `from` (null: from
+  // this context). Dropped unless it came on the link the call went out on.
+  void HandleReply(Link* from, const v1::Reply& reply);
+  void HandleOutput(Link* from, v1::Output* output);
   void HandleCancel(uint64_t src, uint64_t call_id);
   void HandleAdded(Link* from, v1::Envelope envelope);
   void HandleRemoved(Link* from, v1::Envelope envelope);

@@ -1327,6 +1327,36 @@ TEST_F(RouterTest, EnvelopeWithASpoofedSourceFromAChildIsDropped) {
               ElementsAre(c1_->id().value(), g_->id().value(), c1_->id().value()));
 }
 
+TEST_F(RouterTest, ReplyFromAChildToACallThatWentElsewhereIsDropped) {
+  ASSERT_NO_FATAL_FAILURE(SpawnTree());
+  // The master calls c2; the call's id is what c2 receives.
+  auto call_id = std::make_shared<std::atomic<uint64_t>>(0);
+  launcher_->child_end(c2_->id())->SetObserver([call_id](const v1::Envelope& e) {
+    if (e.has_call() && e.call().function() == "test.block") call_id->store(e.call().id());
+  });
+  CallOptions options;
+  options.timeout = absl::Seconds(2);
+  std::future<absl::StatusOr<v1::Empty>> to_c2 =
+      c2_->CallAsync<v1::Empty>("test.block", Ms(30000), options);
+  ASSERT_TRUE(probe_.WaitStarted(1));
+  ASSERT_NE(call_id->load(), 0u);
+
+  // c1 answers it (as itself and as its child g), and sends output for it.
+  for (uint64_t src : {c1_->id().value(), g_->id().value()}) {
+    v1::Envelope forged;
+    forged.set_src(src);
+    forged.set_dst(0);
+    forged.mutable_reply()->set_id(call_id->load());
+    launcher_->child_end(c1_->id())->Send(forged);
+  }
+  // Handled in arrival order on c1's link, so done once this call is answered.
+  ASSERT_THAT(MasterFrom(*c1_).Call<v1::Empty>("test.record", v1::Empty()), IsOk());
+  EXPECT_FALSE(ReadyNow(to_c2));
+  // Only c2's own side could have ended it: its deadline does.
+  ASSERT_TRUE(ReadyWithin(to_c2));
+  EXPECT_THAT(to_c2.get(), StatusIs(absl::StatusCode::kDeadlineExceeded, _));
+}
+
 TEST_F(RouterTest, EnvelopeWithASpoofedSourceFromTheParentIsDropped) {
   ASSERT_NO_FATAL_FAILURE(SpawnTree());
   // From above, c1 accepts any source outside its subtree, but not its own child's id nor

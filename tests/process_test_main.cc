@@ -46,6 +46,15 @@ int main(int argc, char** argv) {
     google::InitGoogleLogging(argv[0]);
     return TreeMaster();
   }
+  // The zygote for the masters' `fork` method, while this process has one thread (before
+  // gRPC's). The functions (and the random state they hold) exist before it does.
+  absl::StatusOr<std::shared_ptr<grove::Zygote>> zygote =
+      grove::StartZygote(grove::testing::TestFunctions());
+  if (!zygote.ok()) {
+    fprintf(stderr, "cannot start the zygote: %s\n", zygote.status().ToString().c_str());
+    return 1;
+  }
+  grove::testing::SetTestZygote(*std::move(zygote));
   // gRPC's process-wide state (its poller fds) lives from here to the end, so that the leak
   // check's baseline includes it.
   grpc_init();
@@ -53,5 +62,7 @@ int main(int argc, char** argv) {
   google::InitGoogleLogging(argv[0]);
   FLAGS_logtostderr = true;
   testing::InitGoogleTest(&argc, argv);
-  return RUN_ALL_TESTS();
+  int result = RUN_ALL_TESTS();
+  grove::testing::SetTestZygote(nullptr);  // The zygote exits; reaped here.
+  return result;
 }

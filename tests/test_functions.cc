@@ -4,6 +4,10 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <random>
+
+#include "absl/random/random.h"
+#include "absl/synchronization/mutex.h"
 
 #include "common/status_util.h"
 #include "glog/logging.h"
@@ -19,8 +23,46 @@ absl::StatusOr<test::Echo> EchoFn(const test::Echo& in, CallContext& call) {
   return out;
 }
 
+// Random state created with the functions, before the zygote started: fork children
+// inherit copies of it.
+struct RandomState {
+  absl::Mutex mu;
+  absl::BitGen reseeded ABSL_GUARDED_BY(mu);
+  absl::BitGen unseeded ABSL_GUARDED_BY(mu);
+};
+
+test::Count Draw(absl::BitGen& gen) {
+  test::Count out;
+  out.set_value(absl::Uniform<int64_t>(gen, 0, std::numeric_limits<int64_t>::max()));
+  return out;
+}
+
 Functions* Build() {
   auto* f = new Functions();
+  auto* random = new RandomState();
+  f->OnFork([random] {
+    std::random_device device;
+    std::seed_seq seed = {device(), device(), device(), device()};
+    absl::MutexLock lock(&random->mu);
+    random->reseeded = absl::BitGen(seed);
+  });
+  f->Register<test::Echo, test::Count>(
+      "random", [random](const test::Echo&, CallContext&) -> absl::StatusOr<test::Count> {
+        absl::MutexLock lock(&random->mu);
+        return Draw(random->reseeded);
+      });
+  f->Register<test::Echo, test::Count>(
+      "random_unseeded",
+      [random](const test::Echo&, CallContext&) -> absl::StatusOr<test::Count> {
+        absl::MutexLock lock(&random->mu);
+        return Draw(random->unseeded);
+      });
+  f->Register<test::Echo, test::Count>(
+      "random_libc", [](const test::Echo&, CallContext&) -> absl::StatusOr<test::Count> {
+        test::Count out;
+        out.set_value(::rand());
+        return out;
+      });
   f->Register<test::Echo, test::Echo>("echo", EchoFn);
   f->Register<test::Echo, test::Echo>("for_descendants", EchoFn,
                                       {CallableBy::kDescendants, false});
@@ -69,6 +111,23 @@ Functions* Build() {
 const Functions& TestFunctions() {
   static const Functions* functions = Build();
   return *functions;
+}
+
+namespace {
+absl::Mutex zygote_mu;
+std::shared_ptr<Zygote>* test_zygote ABSL_GUARDED_BY(zygote_mu) = nullptr;
+}  // namespace
+
+std::shared_ptr<Zygote> TestZygote() {
+  absl::MutexLock lock(&zygote_mu);
+  return test_zygote == nullptr ? nullptr : *test_zygote;
+}
+
+void SetTestZygote(std::shared_ptr<Zygote> zygote) {
+  std::shared_ptr<Zygote> old;  // Released outside the lock (its destructor reaps).
+  absl::MutexLock lock(&zygote_mu);
+  if (test_zygote == nullptr) test_zygote = new std::shared_ptr<Zygote>();
+  old = std::exchange(*test_zygote, std::move(zygote));
 }
 
 }  // namespace grove::testing

@@ -20,6 +20,8 @@ int Demo(Master& master, const std::vector<std::string>& args);
 int Push(Master& master, const std::vector<std::string>& args);
 int Pull(Master& master, const std::vector<std::string>& args);
 int Call(Master& master, const std::vector<std::string>& args);
+// grove grpc PATH list | grove grpc PATH SERVICE/METHOD 'JSON' (tools/grpc_cli.cc).
+int Grpc(Master& master, const std::vector<std::string>& args);
 
 // Prints the registry of `master` as a tree (or, with `json`, a JSON array).
 void PrintTree(Master& master, bool json, bool include_gone);

@@ -1,43 +1,77 @@
 #include "tools/cli_paths.h"
 
+#include <stdlib.h>
+
+#include <fstream>
 #include <map>
 #include <thread>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
 #include "common/status_util.h"
 
 namespace grove::cli {
 
-absl::StatusOr<std::vector<Context>> StartPaths(Master& master,
-                                                const std::vector<std::string>& paths,
-                                                absl::Duration connect_timeout) {
+namespace {
+
+// At most `limit` holders at once (0: no limit). Thread-safe.
+class Slots {
+ public:
+  explicit Slots(int limit) : limit_(limit) {}
+  void Acquire() {
+    absl::MutexLock lock(&mu_);
+    auto free = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return limit_ <= 0 || used_ < limit_; };
+    mu_.Await(absl::Condition(&free));
+    ++used_;
+  }
+  void Release() {
+    absl::MutexLock lock(&mu_);
+    --used_;
+  }
+
+ private:
+  const int limit_;
+  absl::Mutex mu_;
+  int used_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace
+
+std::vector<absl::StatusOr<Context>> StartEach(Master& master,
+                                               const std::vector<std::string>& paths,
+                                               absl::Duration connect_timeout, int jobs) {
+  std::vector<absl::StatusOr<Context>> out(paths.size(), absl::UnknownError("not started"));
   // Each path as its list of prefixes ("local", "local/local,name=x", ...), and the same
   // with secrets hidden, for messages.
-  std::vector<std::vector<std::string>> prefixes;
+  std::vector<std::vector<std::string>> prefixes(paths.size());
   std::map<std::string, std::string> shown;
   size_t depth = 0;
-  for (const std::string& path : paths) {
-    absl::StatusOr<std::vector<Hop>> hops = ParsePath(path);
-    if (!hops.ok()) return hops.status();
-    std::vector<std::string> p;
+  for (size_t i = 0; i < paths.size(); ++i) {
+    absl::StatusOr<std::vector<Hop>> hops = ParsePath(paths[i]);
+    if (!hops.ok()) {
+      out[i] = hops.status();
+      continue;
+    }
     std::string prefix, debug;
     for (const Hop& hop : *hops) {
       prefix = prefix.empty() ? hop.ToString() : absl::StrCat(prefix, "/", hop.ToString());
       debug = debug.empty() ? hop.DebugString() : absl::StrCat(debug, "/", hop.DebugString());
-      p.push_back(prefix);
+      prefixes[i].push_back(prefix);
       shown[prefix] = debug;
     }
-    depth = std::max(depth, p.size());
-    prefixes.push_back(std::move(p));
+    depth = std::max(depth, prefixes[i].size());
   }
-  std::map<std::string, Context> started;
+  std::map<std::string, absl::StatusOr<Context>> started;
+  Slots slots(jobs);
   for (size_t level = 0; level < depth; ++level) {
-    // The distinct hops of this level, each started from its (already started) parent.
+    // The distinct hops of this level whose parent started, each from that parent.
     std::map<std::string, std::pair<Context, std::string>> todo;
     for (const auto& p : prefixes) {
       if (level >= p.size() || started.count(p[level]) || todo.count(p[level])) continue;
-      Context parent = level == 0 ? master.self() : started.at(p[level - 1]);
+      if (level > 0 && !started.at(p[level - 1]).ok()) continue;
+      Context parent = level == 0 ? master.self() : *started.at(p[level - 1]);
       std::string hop = p[level].substr(level == 0 ? 0 : p[level - 1].size() + 1);
       todo.emplace(p[level], std::make_pair(parent, hop));
     }
@@ -47,24 +81,97 @@ absl::StatusOr<std::vector<Context>> StartPaths(Master& master,
     size_t i = 0;
     for (const auto& [prefix, job] : todo) {
       results[i].first = prefix;
-      threads.emplace_back([&results, i, job = job, connect_timeout] {
+      threads.emplace_back([&results, &slots, i, job = job, connect_timeout] {
         CallOptions options;
         options.timeout = connect_timeout;
+        slots.Acquire();
         results[i].second = job.first.Spawn(job.second, options);
+        slots.Release();
       });
       ++i;
     }
     for (std::thread& t : threads) t.join();
     for (auto& [prefix, context] : results) {
       if (!context.ok()) {
-        return Annotate(context.status(), absl::StrCat("path '", shown[prefix], "'"));
+        context = Annotate(context.status(), absl::StrCat("path '", shown[prefix], "'"));
       }
-      started.emplace(prefix, *context);
+      started.emplace(prefix, std::move(context));
     }
   }
+  for (size_t i = 0; i < paths.size(); ++i) {
+    if (prefixes[i].empty()) continue;
+    // The first hop of the path that failed, or its last hop.
+    for (const std::string& prefix : prefixes[i]) {
+      out[i] = started.at(prefix);
+      if (!out[i].ok()) break;
+    }
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<Context>> StartPaths(Master& master,
+                                                const std::vector<std::string>& paths,
+                                                absl::Duration connect_timeout) {
   std::vector<Context> leaves;
-  for (const auto& p : prefixes) leaves.push_back(started.at(p.back()));
+  for (absl::StatusOr<Context>& c : StartEach(master, paths, connect_timeout, 0)) {
+    if (!c.ok()) return c.status();
+    leaves.push_back(*c);
+  }
   return leaves;
+}
+
+absl::StatusOr<std::vector<std::string>> ExpandGroups(const std::vector<std::string>& args,
+                                                      std::string inventory) {
+  bool any = false;
+  for (const std::string& a : args) any |= !a.empty() && a[0] == '@';
+  if (!any) return args;
+  if (inventory.empty()) {
+    const char* env = ::getenv("GROVE_INVENTORY");
+    const char* home = ::getenv("HOME");
+    inventory = env != nullptr ? env : absl::StrCat(home ? home : "", "/.config/grove/inventory");
+  }
+  std::ifstream in(inventory);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read the inventory ", inventory));
+  std::map<std::string, std::vector<std::string>> groups;
+  std::vector<std::string> all;
+  std::string group, line;
+  for (int n = 1; std::getline(in, line); ++n) {
+    std::string t(absl::StripAsciiWhitespace(line));
+    if (t.empty() || t[0] == '#') continue;
+    if (t.front() == '[') {
+      if (t.back() != ']' || t.size() < 3) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(inventory, ":", n, ": a group line is [NAME]"));
+      }
+      group = t.substr(1, t.size() - 2);
+      groups[group];
+      continue;
+    }
+    if (group.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(inventory, ":", n, ": a path before any [group] line"));
+    }
+    groups[group].push_back(t);
+    all.push_back(t);
+  }
+  std::vector<std::string> out;
+  for (const std::string& a : args) {
+    if (a.empty() || a[0] != '@') {
+      out.push_back(a);
+      continue;
+    }
+    const std::string name = a.substr(1);
+    if (name == "all") {
+      out.insert(out.end(), all.begin(), all.end());
+      continue;
+    }
+    auto it = groups.find(name);
+    if (it == groups.end()) {
+      return absl::NotFoundError(absl::StrCat("no group '", name, "' in ", inventory));
+    }
+    out.insert(out.end(), it->second.begin(), it->second.end());
+  }
+  return out;
 }
 
 }  // namespace grove::cli

@@ -17,6 +17,19 @@ absl::StatusOr<std::vector<Context>> StartPaths(Master& master,
                                                 const std::vector<std::string>& paths,
                                                 absl::Duration connect_timeout);
 
+// Like StartPaths, but each path gets its own outcome (a path fails with the first of its
+// hops that failed), and at most `jobs` hops start at once (0: no limit).
+std::vector<absl::StatusOr<Context>> StartEach(Master& master,
+                                               const std::vector<std::string>& paths,
+                                               absl::Duration connect_timeout, int jobs);
+
+// Replaces each "@GROUP" in `args` by the paths of that group in the inventory file
+// `inventory` (empty: $GROVE_INVENTORY, else ~/.config/grove/inventory). The file is plain
+// text: "[group]" lines open a group, every other non-empty line not starting with '#' is a
+// path of the current group; "@all" is every path in the file.
+absl::StatusOr<std::vector<std::string>> ExpandGroups(const std::vector<std::string>& args,
+                                                      std::string inventory);
+
 }  // namespace grove::cli
 
 #endif  // GROVE_TOOLS_CLI_PATHS_H_

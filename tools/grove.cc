@@ -5,16 +5,19 @@
 //   grove tree [--json] PATH...       start the contexts and print the registry
 //   grove push [-r] PATH... -- SRC DEST, grove pull [-r] PATH -- SRC DEST
 //   grove call PATH FUNCTION 'JSON'   call a function with a JSON argument
+//   grove grpc PATH list | SERVICE/METHOD 'JSON'   the context's gRPC services
 //   grove bench [--json] [--only M]   benchmarks
 //   grove demo                        the tour that tools/demo runs
 #include <unistd.h>
 
+#include <condition_variable>
 #include <cstdio>
 #include <cstring>
 #include <map>
 #include <mutex>
 #include <thread>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
@@ -26,47 +29,149 @@
 namespace grove::cli {
 namespace {
 
-constexpr char kUsage[] = R"(usage: grove VERB ...
+constexpr char kPaths[] = R"(
+PATHS
+  A PATH is a chain of hops separated by '/', each started from the context before it; a hop
+  is METHOD[:TARGET][,key=value...]. Several paths may be given; shared prefixes are one
+  context. @GROUP stands for the paths of that group in the inventory (--inventory FILE,
+  $GROVE_INVENTORY, or ~/.config/grove/inventory: "[group]" lines, then one path per line).
 
-  grove run PATH... -- ARGV...      start the contexts and run ARGV in the last hop of each
-                                    path (in parallel); output is prefixed with the context
-                                    name when there are several; exits with the worst status
+  local                       a child process on this host (this program, re-executed)
+  fork                        a child forked from the context's zygote (where available)
+  ssh:[USER@]HOST[:PORT]      through the system ssh client; identity=FILE,
+                              ssh_option=KEY=VALUE (repeatable), check_host_keys=yes|no|accept,
+                              compression=yes|no, password=... or password_env=VAR,
+                              connect_timeout=SECONDS
+  sudo[:USER]                 through sudo; password=... or password_env=VAR
+  su[:USER]                   through su, on a PTY; password=... or password_env=VAR
+  command:ARGV                any argv that ends in a shell (docker exec -i C sh, ...)
+  Every hop takes name=NAME; remote hops take cache_dir=DIR.
+)";
+
+constexpr char kUsage[] = R"(usage: grove VERB ...   (grove VERB --help for more)
+
+  grove run [-j N] [--timeout S] [--json] PATH... -- ARGV...
+                                    run ARGV in the last hop of each path, in parallel
   grove tree [--json] PATH...       start the contexts and print the master's registry
+  grove call PATH FUNCTION 'JSON'   call a function with a JSON argument, print the result
+  grove grpc PATH list              the gRPC services the context hosts (server reflection)
+  grove grpc PATH SERVICE/METHOD 'JSON'
+                                    call one of them with a JSON request, print the response
   grove push [-r] [--json] PATH... -- SRC DEST
-                                    copy a local file (a directory tree with -r) to DEST in
-                                    the last hop of each path; bytes cross each link once
+                                    copy a local file (a tree with -r) to each context
   grove pull [-r] [--json] PATH -- SRC DEST
-                                    copy SRC from the last hop of PATH to DEST here
-  grove call PATH FUNCTION 'JSON'   call a function (a built-in such as grove.info, or one
-                                    this program registers) with a JSON argument (protobuf
-                                    JSON mapping); prints the JSON result
-  grove bench [--json] [--only METRIC,...]
-                                    measure grove on local contexts
+                                    copy SRC from a context to DEST here
+  grove bench [--json] [--only METRIC,...] [--ssh HOP]
+                                    measure grove on local (and ssh) contexts
   grove demo                        a tour: a tree, calls, a killed subtree, a clean shutdown
-
-A PATH is a chain of hops separated by '/'; a hop is METHOD[:TARGET][,key=value...].
-Methods: local (a child process on this host). Options: name=NAME.
-Several paths may be given; shared prefixes are one context.
 
 Examples:
   grove run local -- uname -a
-  grove run local,name=a local,name=b -- sh -c 'echo $$'
+  grove run -j 20 @web -- uptime
   grove tree local/local,name=deep local/local
-  grove push -r local,name=a local,name=b -- ./site /srv/
-  grove pull ssh:web1 -- /var/log/syslog /tmp/web1.syslog
   grove call local grove.info '{}'
+  grove push -r @web -- ./site /srv/
 )";
+
+constexpr char kRunHelp[] = R"(usage: grove run [OPTIONS] PATH... -- ARGV...
+
+Starts the contexts on each PATH and runs ARGV in the last hop of each, in parallel. Output
+is streamed, each line prefixed with its context's name when there are several (names are
+padded to one width and coloured on a terminal). At the end a summary says which contexts
+succeeded, failed (non-zero exit, timeout) or were unreachable. The exit status is 0 only
+when every context succeeded; otherwise the worst exit status (255: unreachable).
+
+Options:
+  -j N              at most N contexts starting or running at once (default: no limit)
+  --timeout S       give each command S seconds (then it is killed: "timed out")
+  --connect-timeout S
+                    give each hop S seconds to start (default 30)
+  --json            no streaming: print one JSON object per context with its outcome,
+                    exit status, stdout and stderr (base64-free: as JSON strings)
+  --inventory FILE  where @GROUP paths come from
+
+Examples:
+  grove run local -- uname -a
+  grove run ssh:root@web1,identity=~/.ssh/id_ed25519/sudo:nobody -- id -un
+  grove run -j 10 --timeout 30 @web -- systemctl is-active nginx
+)";
+
+constexpr char kTreeHelp[] = R"(usage: grove tree [--json] PATH...
+
+Starts the contexts on each PATH and prints the master's registry as a tree (or, with
+--json, a JSON array of contexts: id, name, parent, method, host, pid, user).
+
+Examples:
+  grove tree local/local,name=deep local/local
+  grove tree --json ssh:web1/sudo:root
+)";
+
+constexpr char kCallHelp[] = R"(usage: grove call PATH FUNCTION 'JSON'
+
+Calls FUNCTION in the last hop of PATH with a JSON argument (the protobuf JSON mapping of
+its argument type) and prints the result as JSON. FUNCTION is a built-in (grove.ping,
+grove.info, grove.run, ...) or a function this program registers.
+
+Examples:
+  grove call local grove.info '{}'
+  grove call ssh:web1 grove.run '{"argv": ["uname", "-r"]}'
+)";
+
+constexpr char kPushHelp[] = R"(usage: grove push [-r] [--json] PATH... -- SRC DEST
+       grove pull [-r] [--json] PATH -- SRC DEST
+
+push copies SRC (a local file, or with -r a directory tree) to DEST in the last hop of each
+PATH; pull copies SRC from the last hop of PATH to DEST here. As with cp, a DEST that is an
+existing directory receives the copy under SRC's name. Files are streamed in chunks,
+verified by SHA-256, written under a temporary name and renamed; modes, times and symlinks
+are kept. Pushing to several contexts sends the bytes once per link. A progress bar is
+drawn on a terminal; --json prints a summary (bytes, entries, seconds, per-context result).
+
+Examples:
+  grove push -r @web -- ./site /srv/
+  grove pull ssh:web1 -- /var/log/syslog /tmp/web1.syslog
+)";
+
+constexpr char kBenchHelp[] = R"(usage: grove bench [--json] [--only METRIC,...] [--ssh HOP]
+
+Measures grove on local contexts (and, with --ssh, over one ssh hop) and prints each metric
+with the peers' figures. --only picks metrics by name.
+)";
+
+}  // namespace
 
 int Usage(int status) {
   fputs(kUsage, status == 0 ? stdout : stderr);
+  if (status == 0) fputs(kPaths, stdout);
   return status;
 }
 
-// Writes streamed output, prefixed with the context name when `prefix` is set, whole lines
-// at a time so that contexts do not interleave within a line. Thread-safe.
+int VerbHelp(const std::string& verb) {
+  const char* text = verb == "run"                       ? kRunHelp
+                     : verb == "tree"                    ? kTreeHelp
+                     : verb == "call"                    ? kCallHelp
+                     : verb == "push" || verb == "pull"  ? kPushHelp
+                     : verb == "bench"                   ? kBenchHelp
+                                                         : nullptr;
+  if (text == nullptr) return Usage(0);
+  fputs(text, stdout);
+  if (verb != "bench") fputs(kPaths, stdout);
+  return 0;
+}
+
+namespace {
+
+// Writes streamed output, prefixed with the context name when `prefix` is set (names padded
+// to one width, each in its own colour on a terminal), whole lines at a time so that
+// contexts do not interleave within a line. Thread-safe.
 class OutputMux {
  public:
-  explicit OutputMux(bool prefix) : prefix_(prefix) {}
+  OutputMux(bool prefix, const std::vector<std::string>& names) : prefix_(prefix) {
+    for (const std::string& n : names) width_ = std::max(width_, n.size());
+    colour_[0] = ::isatty(1) != 0;
+    colour_[1] = ::isatty(2) != 0;
+    for (size_t i = 0; i < names.size(); ++i) colours_[names[i]] = kPalette[i % 6];
+  }
   void Write(const std::string& context, int stream, const std::string& data) {
     std::lock_guard<std::mutex> lock(mu_);
     FILE* f = stream == 2 ? stderr : stdout;
@@ -79,8 +184,7 @@ class OutputMux {
     partial += data;
     size_t start = 0;
     for (size_t nl; (nl = partial.find('\n', start)) != std::string::npos; start = nl + 1) {
-      fprintf(f, "[%s] %.*s\n", context.c_str(), static_cast<int>(nl - start),
-              partial.data() + start);
+      PrintLine(f, stream, context, absl::string_view(partial).substr(start, nl - start));
     }
     partial.erase(0, start);
     fflush(f);
@@ -89,15 +193,26 @@ class OutputMux {
     std::lock_guard<std::mutex> lock(mu_);
     for (auto& [key, partial] : partial_) {
       if (!partial.empty()) {
-        fprintf(key.second == 2 ? stderr : stdout, "[%s] %s\n", key.first.c_str(),
-                partial.c_str());
+        PrintLine(key.second == 2 ? stderr : stdout, key.second, key.first, partial);
       }
     }
     partial_.clear();
   }
 
  private:
+  static constexpr const char* kPalette[6] = {"\033[36m", "\033[33m", "\033[35m",
+                                              "\033[32m", "\033[34m", "\033[31m"};
+  void PrintLine(FILE* f, int stream, const std::string& context, absl::string_view line) {
+    const bool colour = colour_[stream == 2 ? 1 : 0];
+    const std::string pad(width_ > context.size() ? width_ - context.size() : 0, ' ');
+    fprintf(f, "%s[%s]%s%s %.*s\n", colour ? colours_[context] : "", context.c_str(),
+            colour ? "\033[0m" : "", pad.c_str(), static_cast<int>(line.size()), line.data());
+  }
+
   const bool prefix_;
+  size_t width_ = 0;
+  bool colour_[2];
+  std::map<std::string, const char*> colours_;
   std::mutex mu_;
   std::map<std::pair<std::string, int>, std::string> partial_;
 };
@@ -205,56 +320,151 @@ void PrintTree(Master& master, bool json, bool include_gone) {
   walk(0, "");
 }
 
-int Run(Master& master, const std::vector<std::string>& args) {
+int Run(Master& master, const std::vector<std::string>& raw_args) {
   std::vector<std::string> paths, argv;
-  bool dashes = false;
-  for (const std::string& a : args) {
-    if (!dashes && a == "--") {
-      dashes = true;
-    } else if (dashes) {
+  bool dashes = false, json = false;
+  int jobs = 0;
+  double timeout_s = 0, connect_s = 30;
+  std::string inventory;
+  for (size_t i = 0; i < raw_args.size(); ++i) {
+    const std::string& a = raw_args[i];
+    auto number = [&](double* out) {
+      if (i + 1 >= raw_args.size() || !absl::SimpleAtod(raw_args[i + 1], out) || *out < 0) {
+        fprintf(stderr, "grove run: %s needs a number\n", a.c_str());
+        return false;
+      }
+      ++i;
+      return true;
+    };
+    if (dashes) {
       argv.push_back(a);
-    } else if (a == "--help" || a == "-h") {
-      return Usage(0);
+    } else if (a == "--") {
+      dashes = true;
+    } else if (a == "--json") {
+      json = true;
+    } else if (a == "-j") {
+      double j;
+      if (!number(&j)) return 2;
+      jobs = static_cast<int>(j);
+    } else if (a == "--timeout") {
+      if (!number(&timeout_s)) return 2;
+    } else if (a == "--connect-timeout") {
+      if (!number(&connect_s)) return 2;
+    } else if (a == "--inventory" && i + 1 < raw_args.size()) {
+      inventory = raw_args[++i];
+    } else if (a.size() > 1 && a[0] == '-' && a != "-") {
+      fprintf(stderr, "grove run: unknown option %s (see grove run --help)\n", a.c_str());
+      return 2;
     } else {
       paths.push_back(a);
     }
   }
-  if (paths.empty() || argv.empty()) {
-    fprintf(stderr, "grove run: need PATH... -- ARGV...\n");
+  absl::StatusOr<std::vector<std::string>> expanded = ExpandGroups(paths, inventory);
+  if (!expanded.ok()) {
+    fprintf(stderr, "grove run: %s\n", std::string(expanded.status().message()).c_str());
     return 2;
   }
-  absl::StatusOr<std::vector<Context>> contexts =
-      StartPaths(master, paths, absl::Seconds(30));
-  if (!contexts.ok()) {
-    fprintf(stderr, "grove run: %s\n", std::string(contexts.status().message()).c_str());
-    return 255;
+  paths = *std::move(expanded);
+  if (paths.empty() || argv.empty()) {
+    fprintf(stderr, "grove run: need PATH... -- ARGV... (see grove run --help)\n");
+    return 2;
   }
-  OutputMux mux(contexts->size() > 1);
+  std::vector<absl::StatusOr<Context>> contexts =
+      StartEach(master, paths, absl::Seconds(connect_s), jobs);
+  std::vector<std::string> names(paths.size());
+  for (size_t i = 0; i < paths.size(); ++i) {
+    names[i] = contexts[i].ok() ? contexts[i]->name() : paths[i];
+  }
+  std::vector<std::string> live_names;
+  for (size_t i = 0; i < paths.size(); ++i) {
+    if (contexts[i].ok()) live_names.push_back(names[i]);
+  }
+  OutputMux mux(paths.size() > 1, live_names);
   v1::RunRequest request;
   for (const std::string& a : argv) request.add_argv(a);
-  request.set_output(v1::RunRequest::STREAM);
-  std::vector<int> status(contexts->size(), 0);
+  request.set_output(json ? v1::RunRequest::CAPTURE : v1::RunRequest::STREAM);
+  struct Outcome {
+    int status = 0;
+    std::string state;  // ok, failed, unreachable
+    std::string error;
+    absl::StatusOr<v1::RunReply> reply = absl::UnknownError("not run");
+  };
+  std::vector<Outcome> outcomes(paths.size());
   std::vector<std::thread> threads;
-  for (size_t i = 0; i < contexts->size(); ++i) {
+  std::mutex job_mu;
+  std::condition_variable job_cv;
+  int running = 0;
+  for (size_t i = 0; i < paths.size(); ++i) {
+    if (!contexts[i].ok()) {
+      outcomes[i] = {255, "unreachable", std::string(contexts[i].status().message())};
+      continue;
+    }
     threads.emplace_back([&, i] {
-      const Context& c = (*contexts)[i];
-      CallOptions options;
-      options.on_output = [&mux, name = c.name()](int stream, const std::string& data) {
-        mux.Write(name, stream, data);
-      };
-      absl::StatusOr<v1::RunReply> reply = c.Run(request, options);
-      if (!reply.ok()) {
-        fprintf(stderr, "grove run: %s: %s\n", c.name().c_str(),
-                std::string(reply.status().message()).c_str());
-        status[i] = 255;
-      } else {
-        status[i] = reply->exit_status();
+      {
+        std::unique_lock<std::mutex> lock(job_mu);
+        job_cv.wait(lock, [&] { return jobs <= 0 || running < jobs; });
+        ++running;
       }
+      const Context& c = *contexts[i];
+      CallOptions options;
+      if (timeout_s > 0) options.timeout = absl::Seconds(timeout_s);
+      if (!json) {
+        options.on_output = [&mux, name = c.name()](int stream, const std::string& data) {
+          mux.Write(name, stream, data);
+        };
+      }
+      Outcome& o = outcomes[i];
+      o.reply = c.Run(request, options);
+      if (!o.reply.ok()) {
+        bool lost = o.reply.status().code() == absl::StatusCode::kUnavailable;
+        o.state = lost ? "unreachable" : "failed";
+        o.status = 255;
+        o.error = o.reply.status().code() == absl::StatusCode::kDeadlineExceeded
+                      ? "timed out"
+                      : std::string(o.reply.status().message());
+      } else {
+        o.status = o.reply->exit_status();
+        o.state = o.status == 0 ? "ok" : "failed";
+        if (o.status != 0) o.error = absl::StrCat("exit status ", o.status);
+      }
+      {
+        std::lock_guard<std::mutex> lock(job_mu);
+        --running;
+      }
+      job_cv.notify_all();
     });
   }
   for (std::thread& t : threads) t.join();
   mux.Flush();
-  return *std::max_element(status.begin(), status.end());
+  int ok = 0, failed = 0, unreachable = 0, worst = 0;
+  std::string json_out = "[";
+  for (size_t i = 0; i < paths.size(); ++i) {
+    const Outcome& o = outcomes[i];
+    ok += o.state == "ok";
+    failed += o.state == "failed";
+    unreachable += o.state == "unreachable";
+    worst = std::max(worst, o.status);
+    if (json) {
+      absl::StrAppend(&json_out, i ? "," : "", "\n{\"context\":", JsonString(names[i]),
+                      ",\"path\":", JsonString(paths[i]), ",\"state\":", JsonString(o.state),
+                      ",\"exit_status\":", o.reply.ok() ? o.reply->exit_status() : -1);
+      if (o.reply.ok()) {
+        absl::StrAppend(&json_out, ",\"stdout\":", JsonString(o.reply->stdout()),
+                        ",\"stderr\":", JsonString(o.reply->stderr()));
+      }
+      if (!o.error.empty()) absl::StrAppend(&json_out, ",\"error\":", JsonString(o.error));
+      json_out += "}";
+    } else if (!o.error.empty()) {
+      fprintf(stderr, "grove run: %s: %s: %s\n", names[i].c_str(), o.state.c_str(),
+              o.error.c_str());
+    }
+  }
+  if (json) {
+    printf("%s\n]\n", json_out.c_str());
+  } else if (paths.size() > 1 || failed + unreachable > 0) {
+    fprintf(stderr, "grove run: %d ok, %d failed, %d unreachable\n", ok, failed, unreachable);
+  }
+  return worst;
 }
 
 int Tree(Master& master, const std::vector<std::string>& args) {
@@ -291,7 +501,8 @@ int main(int argc, char** argv) {
   if (verb == "--help" || verb == "-h" || verb == "help") return cli::Usage(0);
   std::vector<std::string> args(argv + 2, argv + argc);
   for (const std::string& a : args) {
-    if (a == "--help" || a == "-h") return cli::Usage(0);
+    if (a == "--") break;
+    if (a == "--help" || a == "-h") return cli::VerbHelp(verb);
   }
   MasterOptions options;
   options.name = "master";
@@ -303,6 +514,7 @@ int main(int argc, char** argv) {
     if (verb == "push") return cli::Push(master, args);
     if (verb == "pull") return cli::Pull(master, args);
     if (verb == "call") return cli::Call(master, args);
+    if (verb == "grpc") return cli::Grpc(master, args);
     fprintf(stderr, "grove: unknown verb '%s'\n", verb.c_str());
     return cli::Usage(2);
   }, options);

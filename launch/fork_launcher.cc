@@ -1,0 +1,628 @@
+#include "launch/fork_launcher.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/random.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <ctime>
+#include <deque>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "glog/logging.h"
+#include "launch/local_launcher.h"
+
+namespace grove {
+namespace {
+
+// Largest request (the agent's argv); SEQPACKET carries it as one datagram.
+constexpr size_t kMaxMessage = 60000;
+// Where a fork child finds its link, as the agent's --grove-fd says.
+constexpr int kChildLinkFd = 3;
+// How long the zygote may take to answer a request when the launch has no deadline.
+constexpr absl::Duration kForkTimeout = absl::Seconds(30);
+// How long a fork child whose link went down may take to finish exiting.
+constexpr absl::Duration kExitTimeout = absl::Milliseconds(100);
+// How long an exited fork child's status may take to come from the zygote.
+constexpr absl::Duration kStatusTimeout = absl::Seconds(2);
+// Threads a process may have that are not the program's: ThreadSanitizer starts a
+// background thread of its own in every child that fork() makes (its fork interceptor
+// takes its own locks around the fork, so that thread is harmless).
+#if defined(__SANITIZE_THREAD__)
+constexpr int kRuntimeThreads = 1;
+#else
+constexpr int kRuntimeThreads = 0;
+#endif
+
+// Message kinds. Context -> zygote: kFork. Zygote -> context: the others.
+constexpr char kFork = 'F';     // seq, argv joined by '\0'; fds: link, output
+constexpr char kForked = 'P';   // seq, pid; fd: pidfd
+constexpr char kFailed = 'E';   // seq, errno, text
+constexpr char kExited = 'X';   // pid, wait status
+
+// Fixed-size fields of a message, after its kind byte.
+void PutInt(std::string* out, int32_t v) { out->append(reinterpret_cast<const char*>(&v), 4); }
+bool GetInt(const char* data, size_t size, size_t* at, int32_t* v) {
+  if (*at + 4 > size) return false;
+  std::memcpy(v, data + *at, 4);
+  *at += 4;
+  return true;
+}
+
+// Sends one datagram with `fds` attached. Returns 0 or an errno.
+int SendMessage(int socket, const std::string& data, const std::vector<int>& fds, int flags) {
+  struct iovec iov = {const_cast<char*>(data.data()), data.size()};
+  struct msghdr msg = {};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int) * 4)];
+  if (!fds.empty()) {
+    msg.msg_control = control;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
+    struct cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+    std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
+  }
+  for (;;) {
+    if (::sendmsg(socket, &msg, flags | MSG_NOSIGNAL) >= 0) return 0;
+    if (errno != EINTR) return errno;
+  }
+}
+
+// Receives one datagram into `data` (resized to what arrived) and the fds attached to it
+// (close-on-exec). Returns the byte count, 0 at the end of file, or -errno. A datagram that
+// did not fit, or whose fds did not, comes back with `*truncated` set.
+ssize_t ReceiveMessage(int socket, std::string* data, std::vector<UniqueFd>* fds,
+                       bool* truncated, int flags) {
+  data->resize(kMaxMessage + 1);
+  struct iovec iov = {data->data(), data->size()};
+  struct msghdr msg = {};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int) * 4)];
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  ssize_t n;
+  do {
+    n = ::recvmsg(socket, &msg, flags | MSG_CMSG_CLOEXEC);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) return -errno;
+  for (struct cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < count; ++i) {
+      int fd;
+      std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+      fds->emplace_back(fd);
+    }
+  }
+  *truncated = (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0 ||
+               static_cast<size_t>(n) > kMaxMessage;
+  data->resize(static_cast<size_t>(n) > kMaxMessage ? kMaxMessage : n);
+  return n;
+}
+
+int CountThreads() {
+  DIR* dir = ::opendir("/proc/self/task");
+  if (dir == nullptr) return -1;  // No /proc: cannot tell.
+  int n = 0;
+  while (struct dirent* e = ::readdir(dir)) {
+    if (e->d_name[0] != '.') ++n;
+  }
+  ::closedir(dir);
+  return n;
+}
+
+// Closes every fd but 0, 1, 2 and `keep` (single-threaded callers only).
+void CloseAllFdsExcept(std::initializer_list<int> keep) {
+  std::vector<int> fds;
+  if (DIR* dir = ::opendir("/proc/self/fd")) {
+    while (struct dirent* e = ::readdir(dir)) {
+      int fd;
+      if (!absl::SimpleAtoi(e->d_name, &fd) || fd <= 2 || fd == ::dirfd(dir)) continue;
+      if (std::find(keep.begin(), keep.end(), fd) == keep.end()) fds.push_back(fd);
+    }
+    ::closedir(dir);
+  }
+  for (int fd : fds) ::close(fd);
+}
+
+// ---- In the fork child, on its only thread, right after fork() ----
+
+[[noreturn]] void RunForkChild(int zygote_socket, int signal_fd, UniqueFd link, UniqueFd output,
+                               const std::vector<std::string>& argv,
+                               const Zygote::Entry& entry) {
+  ::close(zygote_socket);
+  ::close(signal_fd);
+  // The signal state of a new process: default dispositions, nothing blocked.
+  for (int sig = 1; sig < NSIG; ++sig) {
+    if (sig != SIGKILL && sig != SIGSTOP) ::signal(sig, SIG_DFL);
+  }
+  sigset_t none;
+  sigemptyset(&none);
+  ::sigprocmask(SIG_SETMASK, &none, nullptr);
+  // Stdio and the link in place (above 3 first, so that no dup2 overwrites a source; dup2
+  // clears close-on-exec on its target). Stdin is already /dev/null, as in the zygote.
+  int link_fd = ::fcntl(link.get(), F_DUPFD_CLOEXEC, 10);
+  int output_fd = ::fcntl(output.get(), F_DUPFD_CLOEXEC, 10);
+  link.Reset();
+  output.Reset();
+  if (link_fd < 0 || output_fd < 0 || ::dup2(output_fd, 1) < 0 || ::dup2(output_fd, 2) < 0 ||
+      ::dup2(link_fd, kChildLinkFd) < 0) {
+    _exit(127);
+  }
+  // Only the link and stdio survive.
+  CloseAllFdsExcept({kChildLinkFd});
+  // libc's generator was copied from the zygote like everything else: re-seed it, so that
+  // siblings differ. (Generators of the program re-seed in Functions::OnFork hooks.)
+  unsigned int seed = 0;
+  if (::getrandom(&seed, sizeof(seed), 0) != sizeof(seed)) {
+    seed = static_cast<unsigned int>(::getpid()) ^ static_cast<unsigned int>(::time(nullptr));
+  }
+  ::srandom(seed);
+  ::srand48(seed);
+  entry(argv);
+  _exit(1);
+}
+
+// ---- In the zygote ----
+
+// A message waiting to be sent, with the fd that goes with it (closed once sent).
+struct Outgoing {
+  std::string data;
+  UniqueFd fd;
+};
+
+std::string Failed(int32_t seq, int err, const std::string& text) {
+  std::string out(1, kFailed);
+  PutInt(&out, seq);
+  PutInt(&out, err);
+  out += text;
+  return out;
+}
+
+[[noreturn]] void RunZygote(int socket, pid_t context, const Zygote::Entry& entry) {
+  // A safety net: the end of file on the socket is the main signal that the context is gone.
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (::getppid() != context) _exit(0);
+  // Terminal signals go to the whole process group; the context decides when this ends.
+  for (int sig : {SIGINT, SIGQUIT, SIGHUP, SIGPIPE}) ::signal(sig, SIG_IGN);
+  sigset_t chld;
+  sigemptyset(&chld);
+  sigaddset(&chld, SIGCHLD);
+  ::sigprocmask(SIG_BLOCK, &chld, nullptr);
+  int signal_fd = ::signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+  int null = ::open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (signal_fd < 0 || null < 0) _exit(2);
+  // The zygote holds nothing of its context's but its socket: a copy of the context's link
+  // would hide the context's death from its parent.
+  for (int fd = 0; fd <= 2; ++fd) ::dup2(null, fd);
+  CloseAllFdsExcept({socket, signal_fd});
+  SetNonBlocking(socket, true).IgnoreError();
+
+  std::deque<Outgoing> outbox;
+  // Children whose context never learnt of them: their exits are not reported.
+  absl::flat_hash_set<pid_t> unreported;
+  std::string data;
+  for (;;) {
+    struct pollfd fds[2] = {{socket, static_cast<short>(POLLIN | (outbox.empty() ? 0 : POLLOUT)), 0},
+                            {signal_fd, POLLIN, 0}};
+    if (::poll(fds, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      _exit(2);
+    }
+    if (fds[1].revents) {
+      struct signalfd_siginfo info;
+      while (::read(signal_fd, &info, sizeof(info)) > 0) {
+      }
+      int status;
+      pid_t pid;
+      while ((pid = ::waitpid(-1, &status, WNOHANG)) > 0) {
+        if (unreported.erase(pid) > 0) continue;
+        Outgoing exited;
+        exited.data.assign(1, kExited);
+        PutInt(&exited.data, pid);
+        PutInt(&exited.data, status);
+        outbox.push_back(std::move(exited));
+      }
+    }
+    if (fds[0].revents & (POLLIN | POLLHUP | POLLERR)) {
+      for (;;) {
+        std::vector<UniqueFd> received;
+        bool truncated = false;
+        ssize_t n = ReceiveMessage(socket, &data, &received, &truncated, MSG_DONTWAIT);
+        if (n == -EAGAIN) break;
+        if (n <= 0) _exit(0);  // The context closed its end (or it broke): done.
+        size_t at = 1;
+        int32_t seq = 0;
+        if (data[0] != kFork || !GetInt(data.data(), data.size(), &at, &seq)) continue;
+        if (truncated || received.size() != 2) {
+          outbox.push_back({Failed(seq, EINVAL, "malformed fork request"), UniqueFd()});
+          continue;
+        }
+        std::vector<std::string> argv;
+        for (size_t start = at; start < data.size();) {
+          size_t end = data.find('\0', start);
+          if (end == std::string::npos) end = data.size();
+          argv.emplace_back(data, start, end - start);
+          start = end + 1;
+        }
+        pid_t pid = ::fork();
+        if (pid == 0) {
+          RunForkChild(socket, signal_fd, std::move(received[0]), std::move(received[1]), argv,
+                       entry);
+        }
+        int err = errno;
+        received.clear();  // The child's copies are the only ones.
+        if (pid < 0) {
+          outbox.push_back({Failed(seq, err, "fork"), UniqueFd()});
+          continue;
+        }
+        // Opened before this process reaps the child, so it can never name a reused pid.
+        UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+        if (!pidfd.valid()) {
+          err = errno;
+          ::kill(pid, SIGKILL);  // Reaped like any other.
+          unreported.insert(pid);
+          outbox.push_back({Failed(seq, err, "pidfd_open"), UniqueFd()});
+          continue;
+        }
+        Outgoing forked;
+        forked.data.assign(1, kForked);
+        PutInt(&forked.data, seq);
+        PutInt(&forked.data, pid);
+        forked.fd = std::move(pidfd);
+        outbox.push_back(std::move(forked));
+      }
+    }
+    while (!outbox.empty()) {
+      Outgoing& next = outbox.front();
+      std::vector<int> fds_out;
+      if (next.fd.valid()) fds_out.push_back(next.fd.get());
+      int err = SendMessage(socket, next.data, fds_out, MSG_DONTWAIT);
+      if (err == EAGAIN) break;  // Full: wait for POLLOUT.
+      if (err != 0) _exit(0);    // The context is gone.
+      outbox.pop_front();
+    }
+  }
+}
+
+// A fork child, seen from its context: watched and signalled through its pidfd; its exit
+// status comes from the zygote. Thread-safe: Stop and PollExit may run concurrently.
+class ForkChild : public ChildProcess {
+ public:
+  ForkChild(std::shared_ptr<Zygote> zygote, pid_t pid, UniqueFd pidfd)
+      : zygote_(std::move(zygote)), pid_(pid), pidfd_(std::move(pidfd)) {}
+  ~ForkChild() override {
+    if (!WaitFor(absl::ZeroDuration())) {
+      Signal(SIGKILL);
+      WaitFor(absl::InfiniteDuration());
+    }
+    zygote_->Forget(pid_);
+  }
+
+  pid_t pid() const override { return pid_; }
+  int pidfd() const override { return pidfd_.get(); }
+
+  std::string TryExit() override {
+    return WaitFor(absl::ZeroDuration()) ? HowItEnded() : "";
+  }
+
+  std::string PollExit() override {
+    // The link usually breaks a moment before the exit is visible (a process with many
+    // threads or a large address space, as under a sanitizer, takes milliseconds to finish
+    // exiting): wait for it, briefly. A process that lives on costs this wait once.
+    return WaitFor(kExitTimeout) ? HowItEnded() : "";
+  }
+
+  std::string Stop(absl::Duration grace) override {
+    if (WaitFor(grace)) return HowItEnded();
+    Signal(SIGTERM);
+    if (WaitFor(grace)) return HowItEnded();
+    Signal(SIGKILL);
+    WaitFor(absl::InfiniteDuration());
+    return HowItEnded();
+  }
+
+ private:
+  // True once the process has exited (within `timeout`).
+  bool WaitFor(absl::Duration timeout) const {
+    absl::Time deadline = timeout == absl::InfiniteDuration() ? absl::InfiniteFuture()
+                                                              : absl::Now() + timeout;
+    for (;;) {
+      absl::Duration left = deadline - absl::Now();
+      int ms = deadline == absl::InfiniteFuture()
+                   ? -1
+                   : static_cast<int>(std::max<int64_t>(0, absl::ToInt64Milliseconds(left)));
+      struct pollfd p = {pidfd_.get(), POLLIN, 0};
+      int n = ::poll(&p, 1, ms);
+      if (n > 0) return true;
+      if (n == 0 && ms >= 0 && absl::Now() >= deadline) return false;
+      if (n < 0 && errno != EINTR) return false;
+    }
+  }
+  // Through the pidfd: never a reused pid. Once the zygote has reaped the child this fails
+  // (ESRCH), which is what it should do.
+  void Signal(int sig) const { ::syscall(SYS_pidfd_send_signal, pidfd_.get(), sig, nullptr, 0); }
+  // Once the process has exited: how, as the zygote reports it.
+  std::string HowItEnded() {
+    {
+      absl::MutexLock lock(&mu_);
+      if (!how_.empty()) return how_;
+    }
+    absl::StatusOr<int> status = zygote_->WaitStatus(pid_, absl::Now() + kStatusTimeout);
+    std::string how = status.ok() ? DescribeWaitStatus(*status)
+                                  : absl::StrCat("exited (", status.status().message(), ")");
+    absl::MutexLock lock(&mu_);
+    if (how_.empty()) how_ = how;
+    return how_;
+  }
+
+  const std::shared_ptr<Zygote> zygote_;
+  const pid_t pid_;
+  const UniqueFd pidfd_;
+  absl::Mutex mu_;
+  std::string how_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------
+// Zygote, in its context.
+
+absl::StatusOr<std::shared_ptr<Zygote>> Zygote::Start(Entry entry) {
+  int threads = CountThreads();
+  CHECK(threads <= 1 + kRuntimeThreads)
+      << "the zygote must start before any thread does (this process has " << threads
+      << "): start it at the top of main()";
+  ::fflush(nullptr);
+  int sv[2];
+  if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
+    return ErrnoStatus(errno, "socketpair for the zygote");
+  }
+  const pid_t context = ::getpid();
+  pid_t pid = ::fork();
+  if (pid < 0) {
+    int err = errno;
+    ::close(sv[0]);
+    ::close(sv[1]);
+    return ErrnoStatus(err, "fork of the zygote");
+  }
+  if (pid == 0) {
+    ::close(sv[0]);
+    RunZygote(sv[1], context, entry);
+  }
+  ::close(sv[1]);
+  UniqueFd socket(sv[0]);
+  absl::StatusOr<Process> process = Process::Adopt(pid);
+  if (!process.ok()) return process.status();
+  return std::shared_ptr<Zygote>(new Zygote(std::move(socket), *std::move(process)));
+}
+
+Zygote::Zygote(UniqueFd socket, Process process)
+    : pid_(process.pid()), socket_(std::move(socket)), process_(std::move(process)) {}
+
+Zygote::~Zygote() { Stop(); }
+
+void Zygote::Stop() {
+  absl::MutexLock lock(&mu_);
+  if (process_.reaped()) return;
+  ::shutdown(socket_.get(), SHUT_RDWR);
+  if (!process_.Wait(absl::Now() + absl::Seconds(1)).ok()) process_.Terminate(absl::ZeroDuration());
+  if (!gone_) gone_ = absl::StrCat("the zygote (pid ", pid_, ") was stopped");
+}
+
+absl::Status Zygote::GoneError() const {
+  return absl::FailedPreconditionError(*gone_);
+}
+
+void Zygote::MarkGone(const std::string& why) {
+  if (gone_) return;
+  // It is exiting (the end of file came from its exit): reap it to say how.
+  if (!process_.reaped() && !process_.Wait(absl::Now() + absl::Seconds(1)).ok()) {
+    process_.Terminate(absl::ZeroDuration());
+  }
+  std::string how = process_.status() ? DescribeWaitStatus(*process_.status()) : "";
+  gone_ = absl::StrCat("the zygote (pid ", pid_, ") is gone", why.empty() ? "" : ": ", why,
+                       how.empty() ? "" : why.empty() ? ": " : "; it ", how);
+}
+
+void Zygote::ReadAvailable() {
+  std::string data;
+  for (;;) {
+    if (gone_) return;
+    std::vector<UniqueFd> fds;
+    bool truncated = false;
+    ssize_t n = ReceiveMessage(socket_.get(), &data, &fds, &truncated, MSG_DONTWAIT);
+    if (n == -EAGAIN) return;
+    if (n == 0) return MarkGone("");
+    if (n < 0) return MarkGone(absl::StrCat("its socket failed: ", strerror(-n)));
+    size_t at = 1;
+    int32_t a = 0, b = 0;
+    bool ok = !truncated && GetInt(data.data(), data.size(), &at, &a);
+    if (ok && data[0] == kExited && GetInt(data.data(), data.size(), &at, &b)) {
+      if (forgotten_.erase(a) == 0) exits_[a] = b;
+    } else if (ok && data[0] == kForked && GetInt(data.data(), data.size(), &at, &b) &&
+               fds.size() == 1) {
+      if (a != 0 && a == awaiting_ && !reply_) {
+        reply_.emplace();
+        reply_->pid = b;
+        reply_->pidfd = std::move(fds[0]);
+      } else {
+        // The answer to a request that gave up waiting: nobody owns that child.
+        ::syscall(SYS_pidfd_send_signal, fds[0].get(), SIGKILL, nullptr, 0);
+        forgotten_.insert(b);
+      }
+    } else if (ok && data[0] == kFailed && GetInt(data.data(), data.size(), &at, &b)) {
+      if (a != 0 && a == awaiting_ && !reply_) {
+        reply_.emplace();
+        reply_->status = ErrnoStatus(b, absl::StrCat("the zygote (pid ", pid_, "): ",
+                                                     data.substr(at)).c_str());
+      }
+    } else {
+      LOG(ERROR) << "ignoring a malformed message from the zygote (pid " << pid_ << ")";
+    }
+  }
+}
+
+bool Zygote::WaitUntil(const std::function<bool()>& ready, absl::Time deadline) {
+  mu_.Lock();
+  for (;;) {
+    if (ready()) break;
+    if (gone_ || absl::Now() >= deadline) break;
+    if (!reading_) {
+      // Read on behalf of every waiter, without the lock.
+      reading_ = true;
+      mu_.Unlock();
+      int ms = deadline == absl::InfiniteFuture()
+                   ? -1
+                   : static_cast<int>(absl::ToInt64Milliseconds(deadline - absl::Now()) + 1);
+      struct pollfd p = {socket_.get(), POLLIN, 0};
+      ::poll(&p, 1, ms);
+      mu_.Lock();
+      reading_ = false;
+      ReadAvailable();
+    } else {
+      auto wake = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !reading_ || ready(); };
+      mu_.AwaitWithDeadline(absl::Condition(&wake), deadline);
+    }
+  }
+  bool result = ready();
+  mu_.Unlock();
+  return result;
+}
+
+absl::StatusOr<Zygote::Forked> Zygote::Fork(const std::vector<std::string>& argv, int link_fd,
+                                            int output_fd, absl::Time deadline) {
+  absl::MutexLock fork_lock(&fork_mu_);
+  int32_t seq;
+  {
+    absl::MutexLock lock(&mu_);
+    ReadAvailable();
+    if (gone_) return GoneError();
+    seq = ++next_seq_;
+    awaiting_ = seq;
+    reply_.reset();
+  }
+  auto done_waiting = [this] {
+    absl::MutexLock lock(&mu_);
+    awaiting_ = 0;
+    reply_.reset();
+  };
+  std::string request(1, kFork);
+  PutInt(&request, seq);
+  request += absl::StrJoin(argv, std::string(1, '\0'));
+  if (request.size() > kMaxMessage) {
+    done_waiting();
+    return absl::InvalidArgumentError("the fork request is too large");
+  }
+  absl::Time wait_until = std::min(deadline, absl::Now() + kForkTimeout);
+  for (;;) {
+    int err = SendMessage(socket_.get(), request, {link_fd, output_fd}, MSG_DONTWAIT);
+    if (err == 0) break;
+    if (err == EAGAIN && absl::Now() < wait_until) {
+      struct pollfd p = {socket_.get(), POLLOUT, 0};
+      ::poll(&p, 1, 10);
+      continue;
+    }
+    done_waiting();
+    absl::MutexLock lock(&mu_);
+    ReadAvailable();
+    if (err == EPIPE || err == ECONNRESET) MarkGone("its socket broke");
+    if (gone_) return GoneError();
+    if (err == EAGAIN) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("the zygote (pid ", pid_, ") took no request before the deadline"));
+    }
+    return ErrnoStatus(err, "sending a request to the zygote");
+  }
+  auto answered = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return reply_.has_value() || gone_.has_value();
+  };
+  WaitUntil(answered, wait_until);
+  absl::MutexLock lock(&mu_);
+  std::optional<Reply> reply = std::move(reply_);
+  reply_.reset();
+  awaiting_ = 0;  // A late answer is killed when it comes.
+  if (!reply) {
+    if (gone_) return GoneError();
+    return absl::DeadlineExceededError(
+        absl::StrCat("the zygote (pid ", pid_, ") did not answer before the deadline"));
+  }
+  if (!reply->status.ok()) return reply->status;
+  Forked forked;
+  forked.pid = reply->pid;
+  forked.pidfd = std::move(reply->pidfd);
+  return forked;
+}
+
+absl::StatusOr<int> Zygote::WaitStatus(pid_t pid, absl::Time deadline) {
+  auto reported = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return exits_.contains(pid) || gone_.has_value();
+  };
+  WaitUntil(reported, deadline);
+  absl::MutexLock lock(&mu_);
+  if (auto it = exits_.find(pid); it != exits_.end()) return it->second;
+  if (gone_) return absl::UnavailableError(absl::StrCat("status unknown: ", *gone_));
+  return absl::DeadlineExceededError(
+      absl::StrCat("no status from the zygote (pid ", pid_, ")"));
+}
+
+void Zygote::Forget(pid_t pid) {
+  absl::MutexLock lock(&mu_);
+  if (exits_.erase(pid) == 0 && !gone_) forgotten_.insert(pid);
+}
+
+// ---------------------------------------------------------------------------------------
+// ForkLauncher.
+
+ForkLauncher::ForkLauncher(std::shared_ptr<Zygote> zygote, std::string why_none)
+    : zygote_(std::move(zygote)), why_none_(std::move(why_none)) {}
+
+absl::StatusOr<LaunchedChild> ForkLauncher::Launch(const Hop& hop, const LaunchRequest& request) {
+  for (const auto& [key, value] : hop.options) {
+    if (key != "name") {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "hop '", hop.DebugString(), "': unknown option '", key, "' (fork takes name)"));
+    }
+  }
+  if (!hop.target.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("hop '", hop.DebugString(), "': fork takes no target"));
+  }
+  if (zygote_ == nullptr) return absl::FailedPreconditionError(why_none_);
+  auto link_fds = SocketPair();
+  if (!link_fds.ok()) return link_fds.status();
+  auto output = Pipe();
+  if (!output.ok()) return output.status();
+  std::vector<std::string> argv = {program_invocation_name};
+  for (std::string& arg : AgentArguments(request, kChildLinkFd)) argv.push_back(std::move(arg));
+  absl::StatusOr<Zygote::Forked> forked =
+      zygote_->Fork(argv, link_fds->second.get(), output->second.get(), request.deadline);
+  if (!forked.ok()) return forked.status();
+  // The child's copies must be the only ones: a leaked copy would hide its death.
+  link_fds->second.Reset();
+  output->second.Reset();
+  auto process = std::make_unique<ForkChild>(zygote_, forked->pid, std::move(forked->pidfd));
+  return LinkUp(std::move(link_fds->first), std::move(process), std::move(output->first),
+                absl::StrCat("fork child ", request.info.id()), "", request);
+}
+
+}  // namespace grove

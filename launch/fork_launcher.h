@@ -1,0 +1,147 @@
+// The `fork` method: a child forked, without exec, from its context's zygote.
+//
+// fork() without exec is unusable once gRPC has started a thread (../research/grpc.md, Q6),
+// so a context that offers `fork` starts a zygote at startup, while it still has only one
+// thread: a helper process forked then, which stays single-threaded and forks every fork
+// child on request. A fork child therefore starts as a copy of its context as it was when
+// the zygote started (the program's code and state, no threads, no gRPC), gets a fresh id
+// and link like any other child, and runs the agent in-process (see StartZygote in
+// child/agent.h, which supplies that entry point).
+//
+//      context ── SOCK_SEQPACKET socketpair ──> zygote (single-threaded, reaps)
+//         │  request: agent argv + {link end, output pipe} (SCM_RIGHTS)    │ fork()
+//         │  reply: pid + pidfd (SCM_RIGHTS); later: "pid exited: status"  ▼
+//         └─────────────────── link (gRPC) ───────────────────────── fork child
+//
+// The fork child is the zygote's child, not its context's: the zygote reaps it and reports
+// its wait status over the socket; the context watches it through the pidfd (which the
+// zygote opened before the child could be reaped, so it never names a reused pid) and
+// signals it through the same pidfd. The zygote exits when its socket closes (its context
+// stopped it or died), and its context reaps it.
+#ifndef GROVE_LAUNCH_FORK_LAUNCHER_H_
+#define GROVE_LAUNCH_FORK_LAUNCHER_H_
+
+#include <sys/types.h>
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "common/fd.h"
+#include "common/process.h"
+#include "router/launcher.h"
+
+namespace grove {
+
+// The zygote of one context: the process and this context's end of its socket.
+// Thread-safe. Shared by the fork launcher and the handles of the fork children, so that it
+// outlives them.
+class Zygote {
+ public:
+  // What a fork child runs, with the argv its context asked for (argv[0] is this program);
+  // it must not return (the child exits with status 1 if it does). Runs in the child, on
+  // its only thread, with stdin /dev/null, stdout and stderr on the output pipe, the link
+  // on fd 3 and no other fd open.
+  using Entry = std::function<void(const std::vector<std::string>& argv)>;
+
+  // Forks the zygote. This process must still be single-threaded: a zygote forked after a
+  // thread started would copy whatever that thread held. That is a programmer error (CHECK,
+  // "start the zygote before any thread": at the top of main()). Pending stdio output is
+  // flushed first, so that the zygote's copies of the buffers are empty.
+  static absl::StatusOr<std::shared_ptr<Zygote>> Start(Entry entry);
+
+  // Stops the zygote (see Stop).
+  ~Zygote();
+  Zygote(const Zygote&) = delete;
+  Zygote& operator=(const Zygote&) = delete;
+
+  pid_t pid() const { return pid_; }
+
+  struct Forked {
+    pid_t pid = -1;
+    // Readable once the child has exited; valid for pidfd_send_signal until it is reaped.
+    UniqueFd pidfd;
+  };
+  // Forks a child that runs the entry with `argv`, `link_fd` as its fd 3 and `output_fd` as
+  // its stdout and stderr. The fds are copied (this process keeps its own). Requests are
+  // served one at a time. FAILED_PRECONDITION when the zygote is gone (saying how it
+  // ended), DEADLINE_EXCEEDED when it does not answer before `deadline`, the fork's errno
+  // when it fails.
+  absl::StatusOr<Forked> Fork(const std::vector<std::string>& argv, int link_fd, int output_fd,
+                              absl::Time deadline);
+
+  // The wait status of fork child `pid` once the zygote has reaped it and said so; waits
+  // until `deadline` for that. DEADLINE_EXCEEDED when no report came by then; UNAVAILABLE
+  // when the zygote is gone (its exit then goes unreported).
+  absl::StatusOr<int> WaitStatus(pid_t pid, absl::Time deadline);
+  // Nobody will ask for the status of `pid` any more: drops it (now, or when it comes).
+  void Forget(pid_t pid);
+
+  // Closes the zygote's socket (it exits on the end of file), waits for it to exit (SIGKILL
+  // after a second) and reaps it. Later Forks fail. Idempotent; blocks.
+  void Stop();
+
+ private:
+  Zygote(UniqueFd socket, Process process);
+
+  // The zygote's answer to a fork request.
+  struct Reply {
+    absl::Status status;  // OK: `pid` and `pidfd` are set.
+    pid_t pid = -1;
+    UniqueFd pidfd;
+  };
+  // Waits until `ready` holds (evaluated with mu_ held), reading from the socket meanwhile
+  // (one thread at a time does). False at `deadline`.
+  bool WaitUntil(const std::function<bool()>& ready, absl::Time deadline)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Reads every message available without blocking; records them. Marks the zygote gone
+  // at the end of file.
+  void ReadAvailable() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void MarkGone(const std::string& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status GoneError() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const pid_t pid_;
+  // Constant until destruction: shut down (not closed) by Stop, so that it may be used
+  // without the lock.
+  const UniqueFd socket_;
+
+  // Serialises fork requests: at most one reply is awaited at a time.
+  absl::Mutex fork_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+  mutable absl::Mutex mu_;
+  Process process_ ABSL_GUARDED_BY(mu_);
+  // A thread is reading the socket (without mu_); others wait on mu_.
+  bool reading_ ABSL_GUARDED_BY(mu_) = false;
+  int32_t next_seq_ ABSL_GUARDED_BY(mu_) = 0;
+  // The request whose reply Fork is waiting for (0: none), and that reply once it came.
+  int32_t awaiting_ ABSL_GUARDED_BY(mu_) = 0;
+  std::optional<Reply> reply_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<pid_t, int> exits_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<pid_t> forgotten_ ABSL_GUARDED_BY(mu_);
+  // Set once the zygote is gone: how (and then no more messages come).
+  std::optional<std::string> gone_ ABSL_GUARDED_BY(mu_);
+};
+
+// Options: name=NAME; no target. Thread-safe.
+class ForkLauncher : public Launcher {
+ public:
+  // `zygote` may be null: every launch then fails with `why_none` (FAILED_PRECONDITION).
+  ForkLauncher(std::shared_ptr<Zygote> zygote, std::string why_none);
+
+  absl::StatusOr<LaunchedChild> Launch(const Hop& hop, const LaunchRequest& request) override;
+
+ private:
+  const std::shared_ptr<Zygote> zygote_;
+  const std::string why_none_;
+};
+
+}  // namespace grove
+
+#endif  // GROVE_LAUNCH_FORK_LAUNCHER_H_

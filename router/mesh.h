@@ -1,0 +1,86 @@
+// Mesh: the program's own gRPC services, hosted in every context and reached through the
+// tree with ordinary generated stubs.
+//
+//   // main(), in every context (the program replicates itself):
+//   MyServiceImpl service;                 // a generated sync or callback service
+//   grove::Functions functions;
+//   functions.AddService(&service);
+//   ...
+//   // anywhere, for instance in the master:
+//   absl::StatusOr<grove::Context> leaf = master.SpawnPath("local/local,name=leaf");
+//   auto stub = my::MyService::NewStub(grove::ChannelTo(*leaf));
+//   grpc::ClientContext context;
+//   grpc::Status status = stub->Unary(&context, request, &reply);  // runs in leaf
+//
+// How it works. Every context hosts the registered services, the standard health service
+// (grpc.health.v1.Health) and server reflection on an in-process gRPC server with no port
+// (built on first use). ChannelTo returns the in-process channel of a second local server
+// whose generic handler forwards each call as grove calls, so routing, the who-may-call
+// policy, deadlines, cancellation and lost-context errors are the routers' own:
+//
+//   stub ─> ChannelTo's proxy ──grove.grpc_open {method, metadata, stream}──> target context
+//                             ──grove.grpc_send {stream, message | half-close}──>  (in order)
+//                             <──Output: initial metadata, each response message──
+//                             <──reply to grove.grpc_open: status, message, trailers──
+//
+// In the target, grove.grpc_open starts the call on the host's in-process channel and
+// returns when it ends; grove.grpc_send (run inline, in arrival order) queues a message
+// into it. The gRPC status, message, error details and metadata reach the client unchanged;
+// a grove-level failure (the target or a context on the way lost, no route, the caller not
+// allowed) ends the call with that status: UNAVAILABLE naming the lost context, say.
+//
+// Policy: the mesh built-ins are callable by ancestors only (the default for functions), so a
+// context reaches the services of its descendants, and calls from below or the side end in
+// PERMISSION_DENIED.
+//
+// Flow control, end to end and in each direction: a side stops reading from its end (the
+// service's responses in the target, the client's requests in the caller) once 4096 messages
+// or 8 MiB it sent are not yet delivered at the other end, which reports what it delivered
+// every 1024 messages or 2 MiB. So a slow reader holds back the writer as with plain gRPC,
+// and the contexts on the way buffer at most a window per stream.
+//
+// Limits: a message is at most the tree's max_message_bytes; a
+// ChannelTo channel names its target in the metadata entry "grove-target" of each call (an
+// interceptor adds it), which is not forwarded. Async (completion-queue) services are not
+// supported.
+#ifndef GROVE_ROUTER_MESH_H_
+#define GROVE_ROUTER_MESH_H_
+
+#include <memory>
+
+#include "grpcpp/channel.h"
+#include "grpcpp/impl/server_builder_option.h"
+#include "router/context.h"
+#include "router/functions.h"
+#include "router/router.h"
+
+namespace grove {
+
+// Output streams of grove.grpc_open (CallContext::Output), reserved for the mesh: the
+// server's initial metadata (a v1.GrpcMetadata), each response message (raw bytes), and
+// the request messages delivered so far (a v1.GrpcCredit, for flow control).
+inline constexpr int kGrpcHeadersStream = 16;
+inline constexpr int kGrpcMessageStream = 17;
+inline constexpr int kGrpcCreditStream = 18;
+
+// A channel to the services hosted in `context`, for generated stubs (or a GenericStub).
+// Any number of calls may use it at once, from any thread. The channel is shared: calling
+// ChannelTo again for the same context returns the same one. It stays usable as long as
+// the router of `context` is not destroyed; once that router is shut down, its calls fail
+// with UNAVAILABLE. Calls to this context itself go straight to its in-process server.
+std::shared_ptr<grpc::Channel> ChannelTo(const Context& context);
+
+// Installs the mesh built-ins (grove.grpc_open, grove.grpc_send) into `builtins`, hosting
+// `program`'s services (may be null: health and reflection only). Called once by the router
+// that owns `builtins`; `builtins` must not outlive `router`.
+void RegisterMeshFunctions(Router* router, const Functions* program, Functions* builtins);
+
+// A ServerBuilder option that keeps process-wide server plugins off a server: linking the mesh
+// (gRPC's reflection library) registers server reflection for every server the process
+// builds, and with it a sync thread pool. grove's own servers (the agent's) serve only what
+// they register.
+std::unique_ptr<grpc::ServerBuilderOption> WithoutServerPlugins();
+
+}  // namespace grove
+
+#endif  // GROVE_ROUTER_MESH_H_

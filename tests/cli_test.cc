@@ -1,0 +1,150 @@
+// The grove CLI, run as a real process: groups from an inventory, -j, per-context timeouts,
+// the summary, --json, exit statuses and per-verb help.
+#include <poll.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <fstream>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/fd.h"
+#include "common/process.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/leak_check.h"
+
+namespace grove::testing {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+struct Ran {
+  int status = -1;
+  std::string out, err;
+};
+
+class CliTest : public GroveTest {
+ protected:
+  void SetUp() override {
+    GroveTest::SetUp();
+    char tmpl[] = "/tmp/grove-cli.XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    inventory_ = dir_ + "/inventory";
+    std::ofstream(inventory_) << "# two local contexts and one that cannot be reached\n"
+                                 "[web]\nlocal,name=web1\nlocal,name=web2\n\n"
+                                 "[broken]\nssh:root@127.0.0.1:1,connect_timeout=5\n";
+  }
+  void TearDown() override {
+    ::unlink(inventory_.c_str());
+    ::rmdir(dir_.c_str());
+    GroveTest::TearDown();
+  }
+
+  Ran Grove(std::vector<std::string> args) {
+    const char* srcdir = ::getenv("TEST_SRCDIR");
+    args.insert(args.begin(),
+                srcdir ? std::string(srcdir) + "/grove/tools/grove" : "bazel-bin/tools/grove");
+    auto out = Pipe();
+    auto err = Pipe();
+    EXPECT_TRUE(out.ok() && err.ok());
+    SpawnOptions spawn;
+    spawn.argv = std::move(args);
+    spawn.fds = {{1, out->second.get()}, {2, err->second.get()}};
+    absl::StatusOr<Process> cli = Process::Spawn(spawn);
+    EXPECT_TRUE(cli.ok()) << cli.status();
+    out->second.Reset();
+    err->second.Reset();
+    Ran ran;
+    // Drain both pipes (stderr first would block if stdout filled up: read alternately).
+    SetNonBlocking(out->first.get(), true).IgnoreError();
+    SetNonBlocking(err->first.get(), true).IgnoreError();
+    bool out_open = true, err_open = true;
+    while (out_open || err_open) {
+      struct pollfd fds[2] = {{out_open ? out->first.get() : -1, POLLIN, 0},
+                              {err_open ? err->first.get() : -1, POLLIN, 0}};
+      if (::poll(fds, 2, 60000) <= 0) break;
+      char buffer[4096];
+      for (int i = 0; i < 2; ++i) {
+        if (!fds[i].revents) continue;
+        ssize_t n = ::read(fds[i].fd, buffer, sizeof(buffer));
+        if (n > 0) {
+          (i == 0 ? ran.out : ran.err).append(buffer, n);
+        } else {
+          (i == 0 ? out_open : err_open) = false;
+        }
+      }
+    }
+    absl::StatusOr<int> status = cli->Wait(absl::Now() + absl::Seconds(60));
+    ran.status = status.ok() ? ExitCodeOf(*status) : -1;
+    return ran;
+  }
+
+  std::string dir_, inventory_;
+};
+
+TEST_F(CliTest, RunOnAGroupPrefixesAlignsAndSummarises) {
+  Ran r = Grove({"run", "--inventory", inventory_, "-j", "1", "@web", "local,name=a-longer-name",
+                 "--", "sh", "-c", "echo out-line; echo err-line >&2"});
+  EXPECT_EQ(r.status, 0) << r.err;
+  // Names are padded to the longest one, so the output lines up.
+  EXPECT_THAT(r.out, HasSubstr("[web1]          out-line\n"));
+  EXPECT_THAT(r.out, HasSubstr("[a-longer-name] out-line\n"));
+  EXPECT_THAT(r.err, HasSubstr("[web2]          err-line\n"));
+  // Not a terminal: no colour.
+  EXPECT_THAT(r.out, Not(HasSubstr("\033[")));
+  EXPECT_THAT(r.err, HasSubstr("3 ok, 0 failed, 0 unreachable"));
+}
+
+TEST_F(CliTest, FailuresUnreachablesAndTimeoutsAreCountedAndSetTheExitStatus) {
+  Ran failed = Grove({"run", "--inventory", inventory_, "@web", "--", "sh", "-c", "exit 3"});
+  EXPECT_EQ(failed.status, 3);
+  EXPECT_THAT(failed.err, HasSubstr("web1: failed: exit status 3"));
+  EXPECT_THAT(failed.err, HasSubstr("0 ok, 2 failed, 0 unreachable"));
+
+  Ran unreachable = Grove({"run", "--inventory", inventory_, "@web", "@broken", "--", "true"});
+  EXPECT_EQ(unreachable.status, 255);
+  EXPECT_THAT(unreachable.err, HasSubstr("host unreachable"));
+  EXPECT_THAT(unreachable.err, HasSubstr("2 ok, 0 failed, 1 unreachable"));
+
+  Ran timed_out = Grove({"run", "--timeout", "0.5", "local", "--", "sleep", "30"});
+  EXPECT_EQ(timed_out.status, 255);
+  EXPECT_THAT(timed_out.err, HasSubstr("timed out"));
+
+  Ran no_group = Grove({"run", "--inventory", inventory_, "@nope", "--", "true"});
+  EXPECT_EQ(no_group.status, 2);
+  EXPECT_THAT(no_group.err, HasSubstr("no group 'nope'"));
+}
+
+TEST_F(CliTest, RunJsonGivesOneObjectPerContext) {
+  Ran r = Grove({"run", "--json", "--inventory", inventory_, "@web", "@broken", "--", "sh", "-c",
+                 "echo hi"});
+  EXPECT_EQ(r.status, 255);
+  EXPECT_THAT(r.out, HasSubstr("{\"context\":\"web1\",\"path\":\"local,name=web1\",\"state\":"
+                               "\"ok\",\"exit_status\":0,\"stdout\":\"hi\\n\",\"stderr\":\"\"}"));
+  EXPECT_THAT(r.out, HasSubstr("\"state\":\"unreachable\""));
+}
+
+TEST_F(CliTest, EveryVerbExplainsItself) {
+  for (const char* verb : {"run", "tree", "call", "push", "pull", "bench"}) {
+    Ran r = Grove({verb, "--help"});
+    EXPECT_EQ(r.status, 0) << verb;
+    EXPECT_THAT(r.out, HasSubstr("usage: grove ")) << verb;
+    EXPECT_THAT(r.out, HasSubstr(absl::StrCat("grove ", verb, " "))) << verb;
+    if (std::string(verb) != "bench") {
+      EXPECT_THAT(r.out, HasSubstr("ssh:[USER@]HOST[:PORT]")) << verb;
+      EXPECT_THAT(r.out, HasSubstr("Examples:")) << verb;
+    }
+  }
+  Ran top = Grove({"--help"});
+  EXPECT_EQ(top.status, 0);
+  for (const char* verb : {"run", "tree", "call", "push", "pull", "bench", "demo"}) {
+    EXPECT_THAT(top.out, HasSubstr(absl::StrCat("grove ", verb))) << verb;
+  }
+  EXPECT_EQ(Grove({"frobnicate"}).status, 2);
+}
+
+}  // namespace
+}  // namespace grove::testing
