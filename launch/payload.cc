@@ -187,6 +187,7 @@ std::string FirstStage(const Payload& payload, const std::string& cache_dir,
       "if ! { mkdir -p \"$d\" 2>/dev/null&&[ -w \"$d\" ];};then d=\"${TMPDIR:-/tmp}/grove-`id -u`\";"
       "mkdir -p \"$d\"||exit 1;fi;",
       // The cache must be ours and private: refused otherwise.
+      "[ -h \"$d\" ]&&{ printf '", kFailMarker, "cache %s is a symlink\\n' \"$d\";exit 1;};",
       "[ -O \"$d\" ]||{ printf '", kFailMarker, "cache %s is not owned by this user\\n' \"$d\";exit 1;};",
       "chmod 700 \"$d\";f=\"$d/$h\";",
       "if [ -x \"$f\" ]&&\"$f\" ", kVerifyFlag, "$h 2>/dev/null;then exec \"$f\" ", args, ";fi;",
