@@ -369,14 +369,19 @@ class Fanout {
                      bool cancel = false;
                      {
                        absl::MutexLock lock(&mu_);
-                       --g->in_flight;
                        if (!result.ok() && g->failed.ok()) {
                          g->failed = result.status();
                          cancel = true;
+                       } else {
+                         --g->in_flight;
                        }
                      }
-                     // The receive would wait for bytes that will not come.
-                     if (cancel) g->cancel.Cancel();
+                     if (!cancel) return;
+                     // The receive would wait for bytes that will not come. The chunk
+                     // stays counted in flight until then: `g` lives as long as one is.
+                     g->cancel.Cancel();
+                     absl::MutexLock lock(&mu_);
+                     --g->in_flight;
                    });
     }
     return sent;
@@ -499,10 +504,14 @@ class Session {
     if (writer != nullptr) {
       absl::Status written = writer->Write(offset, data);
       if (!written.ok()) {
+        {
+          // The first error is the one reported: record it before the discard makes
+          // concurrent chunks fail with "dropped".
+          absl::MutexLock lock(&mu_);
+          if (local_.ok()) local_ = written;
+          local_error = local_;
+        }
         writer->Discard();  // Nothing partial stays behind (a full disk, say).
-        absl::MutexLock lock(&mu_);
-        if (local_.ok()) local_ = written;
-        local_error = local_;
       }
     }
     int64_t relayed = fanout_->Write(offset, data);

@@ -108,8 +108,7 @@ bool Forwardable(absl::string_view key, absl::string_view value) {
     return false;
   }
   for (char c : key) {
-    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_' ||
-          c == '.')) {
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.')) {
       return false;
     }
   }
@@ -652,8 +651,7 @@ class ProxyState {
       item.status = grpc::Status(grpc::StatusCode::INTERNAL,
                                  "grove.grpc_open returned a result that does not decode");
     } else {
-      item.status =
-          grpc::Status(GrpcCode(status.code()), status.message(), status.error_details());
+      item.status = grpc::Status(GrpcCode(status.code()), status.message(), status.error_details());
       if (status.has_initial_metadata()) {
         item.initial_metadata = std::move(*status.mutable_initial_metadata());
       }
@@ -866,8 +864,8 @@ class ProxyCall final : public grpc::ServerGenericBidiReactor {
 class ProxyService final : public grpc::CallbackGenericService {
  public:
   explicit ProxyService(ProxyServer* server) : server_(server) {}
-  grpc::ServerGenericBidiReactor* CreateReactor(grpc::GenericCallbackServerContext* context)
-      override {
+  grpc::ServerGenericBidiReactor* CreateReactor(
+      grpc::GenericCallbackServerContext* context) override {
     return new ProxyCall(server_, context);
   }
 
@@ -881,8 +879,7 @@ class ProxyService final : public grpc::CallbackGenericService {
 // every later call into UNAVAILABLE. Thread-safe.
 class ProxyServer {
  public:
-  explicit ProxyServer(Router* router)
-      : router_(router), name_(router->name()), service_(this) {
+  explicit ProxyServer(Router* router) : router_(router), name_(router->name()), service_(this) {
     grpc::ServerBuilder builder;
     builder.RegisterCallbackGenericService(&service_);
     // It forwards everything: no health service or plugin of its own.
@@ -927,8 +924,7 @@ class ProxyServer {
       router = router_;
       ++active_;
     }
-    router->StartCall(dst, function, argument_type, std::move(argument), options,
-                      std::move(done));
+    router->StartCall(dst, function, argument_type, std::move(argument), options, std::move(done));
     absl::MutexLock lock(&mu_);
     --active_;
     return true;
@@ -982,20 +978,25 @@ class Mesh {
       channels_.clear();
     }
     if (proxy != nullptr) proxy->Detach();
+    // Then the host: its calls (the opens) are over, the router's workers having stopped. Its
+    // channel goes first (an in-process channel must not outlive its server).
     std::unique_ptr<grpc::Server> host;
+    std::shared_ptr<grpc::Channel> channel;
     {
       absl::MutexLock lock(&host_mu_);
       host = std::move(host_server_);
+      channel = std::move(host_channel_);
     }
+    host_stub_.reset();
+    channel.reset();
     if (host != nullptr) host->Shutdown(std::chrono::system_clock::now());
   }
-
 
   // grove.grpc_open: runs the call to its end.
   absl::StatusOr<v1::GrpcStatus> Open(const v1::GrpcOpenRequest& request, CallContext& call) {
     if (!ValidMethod(request.method())) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("'", request.method(), "' is not a gRPC method name (/package.Service/Method)"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "'", request.method(), "' is not a gRPC method name (/package.Service/Method)"));
     }
     absl::StatusOr<grpc::GenericStub*> stub = HostStub();
     if (!stub.ok()) return stub.status();
@@ -1006,9 +1007,8 @@ class Mesh {
       Sweep();
       Slot& slot = streams_[key];
       if (slot.opened) {
-        return absl::AlreadyExistsError(absl::StrCat("gRPC stream ", request.stream(),
-                                                     " is already open in context ",
-                                                     router_->name()));
+        return absl::AlreadyExistsError(absl::StrCat(
+            "gRPC stream ", request.stream(), " is already open in context ", router_->name()));
       }
       if (slot.stream == nullptr) slot.stream = std::make_shared<HostStream>();
       slot.opened = true;
@@ -1109,9 +1109,9 @@ class Mesh {
     builder.SetMaxSendMessageSize(-1);
     host_server_ = builder.BuildAndStart();
     if (host_server_ == nullptr) {
-      host_status_ = absl::FailedPreconditionError(absl::StrCat(
-          "cannot start the gRPC services of context ", router_->name(),
-          " (a service registered twice, or an async service?)"));
+      host_status_ = absl::FailedPreconditionError(
+          absl::StrCat("cannot start the gRPC services of context ", router_->name(),
+                       " (a service registered twice, or an async service?)"));
       LOG(ERROR) << host_status_;
       return host_status_;
     }
@@ -1184,11 +1184,9 @@ void ProxyCall::Open(std::optional<std::string> first_message, bool half_close) 
   options.on_output = [state](int stream, const std::string& data) {
     state->OnOutput(stream, data);
   };
-  bool started = server_->StartCall(target_, kOpen, v1::GrpcOpenRequest::descriptor()->full_name(),
-                                    open_.SerializeAsString(), options,
-                                    [state](absl::StatusOr<std::string> result) {
-                                      state->OnResult(std::move(result));
-                                    });
+  bool started = server_->StartCall(
+      target_, kOpen, v1::GrpcOpenRequest::descriptor()->full_name(), open_.SerializeAsString(),
+      options, [state](absl::StatusOr<std::string> result) { state->OnResult(std::move(result)); });
   if (!started) {
     state_->Fail(grpc::Status(grpc::StatusCode::UNAVAILABLE,
                               absl::StrCat("context ", server_->name(),
@@ -1287,4 +1285,3 @@ void RegisterMeshFunctions(Router* router, const Functions* program, Functions* 
 }
 
 }  // namespace grove
-

@@ -14,19 +14,22 @@
 //
 // How it works. Every context hosts the registered services, the standard health service
 // (grpc.health.v1.Health) and server reflection on an in-process gRPC server with no port
-// (built on first use). ChannelTo returns the in-process channel of a second local server
-// whose generic handler forwards each call as grove calls, so routing, the who-may-call
-// policy, deadlines, cancellation and lost-context errors are the routers' own:
+// (built on first use). ChannelTo returns a channel to a second in-process server in the
+// calling context whose generic handler forwards each call as grove calls, so routing, the
+// who-may-call policy, deadlines, cancellation and lost-context errors are the routers' own:
 //
-//   stub ─> ChannelTo's proxy ──grove.grpc_open {method, metadata, stream}──> target context
-//                             ──grove.grpc_send {stream, message | half-close}──>  (in order)
-//                             <──Output: initial metadata, each response message──
-//                             <──reply to grove.grpc_open: status, message, trailers──
+//   stub ─> ChannelTo's proxy ─ grove.grpc_open {method, metadata, stream} ─> target
+//                             ─ grove.grpc_send {stream, message|half-close} ─> (in order)
+//                             <─ Output: initial metadata, each response message ─
+//                             <─ reply to grove.grpc_open: status, message, trailers ─
 //
 // In the target, grove.grpc_open starts the call on the host's in-process channel and
 // returns when it ends; grove.grpc_send (run inline, in arrival order) queues a message
-// into it. The gRPC status, message, error details and metadata reach the client unchanged;
-// a grove-level failure (the target or a context on the way lost, no route, the caller not
+// into it. A method this program knows to take one request (unary, server-streaming) sends
+// it with the open; one known to return one response (unary, client-streaming) gets it,
+// with the headers, in the open's reply: a unary call is one grove call and its reply. The
+// gRPC status, message, error details and metadata reach the client unchanged; a
+// grove-level failure (the target or a context on the way lost, no route, the caller not
 // allowed) ends the call with that status: UNAVAILABLE naming the lost context, say.
 //
 // Policy: the mesh built-ins are callable by ancestors only (the default for functions), so a
@@ -36,13 +39,15 @@
 // Flow control, end to end and in each direction: a side stops reading from its end (the
 // service's responses in the target, the client's requests in the caller) once 4096 messages
 // or 8 MiB it sent are not yet delivered at the other end, which reports what it delivered
-// every 1024 messages or 2 MiB. So a slow reader holds back the writer as with plain gRPC,
-// and the contexts on the way buffer at most a window per stream.
+// every 1024 messages or 2 MiB (grove.grpc_send {consumed}, Output kGrpcCreditStream). So a
+// slow reader holds the writer back as with plain gRPC, and the contexts on the way buffer
+// at most a window per stream.
 //
-// Limits: a message is at most the tree's max_message_bytes; a
-// ChannelTo channel names its target in the metadata entry "grove-target" of each call (an
-// interceptor adds it), which is not forwarded. Async (completion-queue) services are not
-// supported.
+// Limits: a message is at most the tree's max_message_bytes. A ChannelTo channel names its
+// target in the metadata entry "grove-target" of each call (an interceptor adds it), which
+// is not forwarded, nor are gRPC's own headers. Async (completion-queue) services are not
+// supported. Linking the mesh registers gRPC's reflection plugin for every server the
+// program builds (see WithoutServerPlugins).
 #ifndef GROVE_ROUTER_MESH_H_
 #define GROVE_ROUTER_MESH_H_
 
@@ -65,9 +70,13 @@ inline constexpr int kGrpcCreditStream = 18;
 
 // A channel to the services hosted in `context`, for generated stubs (or a GenericStub).
 // Any number of calls may use it at once, from any thread. The channel is shared: calling
-// ChannelTo again for the same context returns the same one. It stays usable as long as
-// the router of `context` is not destroyed; once that router is shut down, its calls fail
-// with UNAVAILABLE. Calls to this context itself go straight to its in-process server.
+// ChannelTo again for the same context returns the same one. Once the router of `context`
+// is shut down (or destroyed) its calls fail with UNAVAILABLE; the channel may outlive the
+// router (it keeps its in-process server), but must not be released for the last time on a
+// gRPC callback thread after that (releasing it shuts that server down, which waits for
+// gRPC's callbacks). Starting calls while the router is being destroyed is a programmer
+// error, like any other use of a router being destroyed. Calls to this context itself go
+// through its router too.
 std::shared_ptr<grpc::Channel> ChannelTo(const Context& context);
 
 // Installs the mesh built-ins (grove.grpc_open, grove.grpc_send) into `builtins`, hosting

@@ -3,6 +3,8 @@
 //
 // This binary has a main() of its own (at the end): its contexts register the test service,
 // which the other test binaries' functions do not.
+#include "router/mesh.h"
+
 #include <signal.h>
 #include <unistd.h>
 
@@ -18,18 +20,17 @@
 #include "child/agent.h"
 #include "common/fd.h"
 #include "common/process.h"
+#include "gmock/gmock.h"
 #include "google/protobuf/descriptor.pb.h"
 #include "google/protobuf/text_format.h"
-#include "grpcpp/impl/rpc_method.h"
-#include "grpcpp/support/sync_stream.h"
-#include "gmock/gmock.h"
 #include "grpc/grpc.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/generic/generic_stub.h"
+#include "grpcpp/impl/rpc_method.h"
 #include "grpcpp/support/byte_buffer.h"
+#include "grpcpp/support/sync_stream.h"
 #include "gtest/gtest.h"
 #include "master/master.h"
-#include "router/mesh.h"
 #include "tests/leak_check.h"
 #include "tests/log_collector.h"
 #include "tests/mesh_test.grpc.pb.h"
@@ -39,16 +40,15 @@
 namespace grove::testing {
 namespace {
 
-using ::testing::HasSubstr;
 using test::mesh::Mesh;
 using test::mesh::Reply;
 using test::mesh::Request;
+using ::testing::HasSubstr;
 
 // The service every context hosts. Thread-safe (gRPC runs it on its sync server threads).
 class MeshService final : public Mesh::Service {
  public:
-  grpc::Status Unary(grpc::ServerContext* context, const Request* request,
-                     Reply* reply) override {
+  grpc::Status Unary(grpc::ServerContext* context, const Request* request, Reply* reply) override {
     ++calls_;
     EchoMetadata(context);
     if (request->sleep_ms() > 0 && !Sleep(context, request->sleep_ms())) {
@@ -532,9 +532,8 @@ std::unique_ptr<google::protobuf::Message> Reflect(const std::shared_ptr<grpc::C
   EXPECT_TRUE(pb::TextFormat::ParseFromString(request_text, request.get()));
   grpc::ClientContext context;
   context.set_deadline(In(absl::Seconds(10)));
-  grpc::internal::RpcMethod method(
-      "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-      grpc::internal::RpcMethod::BIDI_STREAMING);
+  grpc::internal::RpcMethod method("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                                   grpc::internal::RpcMethod::BIDI_STREAMING);
   std::unique_ptr<grpc::ClientReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>> stream(
       grpc::internal::ClientReaderWriterFactory<grpc::ByteBuffer, grpc::ByteBuffer>::Create(
           channel.get(), method, &context));
@@ -548,7 +547,8 @@ std::unique_ptr<google::protobuf::Message> Reflect(const std::shared_ptr<grpc::C
   std::vector<grpc::Slice> slices;
   std::string bytes;
   if (in.Valid() && in.Dump(&slices).ok()) {
-    for (const grpc::Slice& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+    for (const grpc::Slice& s : slices)
+      bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
   }
   EXPECT_TRUE(response->ParseFromString(bytes));
   return response;
@@ -622,9 +622,8 @@ TEST_F(MeshTest, CliListsServicesAndChecksHealth) {
   EXPECT_THAT(run({"grpc", "local/local", "grpc.health.v1.Health/Check", "{}"}, &out), exits(0));
   EXPECT_EQ(out, "{\"status\":\"SERVING\"}\n");
   out.clear();
-  EXPECT_THAT(
-      run({"grpc", "local", "grpc.health.v1.Health/Check", "{\"service\":\"nope\"}"}, &out),
-      exits(1));
+  EXPECT_THAT(run({"grpc", "local", "grpc.health.v1.Health/Check", "{\"service\":\"nope\"}"}, &out),
+              exits(1));
 }
 
 TEST_F(MeshTest, MiddleKilledMidStreamFailsWithUnavailableNamingIt) {
@@ -656,8 +655,8 @@ TEST_F(MeshTest, MiddleKilledMidStreamFailsWithUnavailableNamingIt) {
   EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
   EXPECT_THAT(status.error_message(), HasSubstr("middle"));
   EXPECT_LT(detect, absl::Seconds(5));
-  LOG(INFO) << "stream failed " << absl::FormatDuration(detect) << " after the kill: "
-            << status.error_message();
+  LOG(INFO) << "stream failed " << absl::FormatDuration(detect)
+            << " after the kill: " << status.error_message();
 }
 
 TEST_F(MeshTest, AncestorsMayCallDescendantsNotTheOtherWay) {
@@ -787,9 +786,9 @@ TEST_F(MeshTest, Figures) {
     std::sort(ping_us.begin(), ping_us.end());
     LOG(INFO) << "mesh unary, " << hops << " hops: median " << us[us.size() / 2] << " us, p99 "
               << us[us.size() * 99 / 100] << " us"
-              << (ping_us.empty() ? std::string()
-                                  : absl::StrCat("; grove.ping median ",
-                                                 ping_us[ping_us.size() / 2], " us"));
+              << (ping_us.empty()
+                      ? std::string()
+                      : absl::StrCat("; grove.ping median ", ping_us[ping_us.size() / 2], " us"));
   }
   std::unique_ptr<Mesh::Stub> stub = Mesh::NewStub(ChannelTo(*c3));
   for (int pad : {16, 1024, 65536}) {
@@ -807,8 +806,8 @@ TEST_F(MeshTest, Figures) {
     ASSERT_TRUE(reader->Finish().ok());
     double seconds = absl::ToDoubleSeconds(absl::Now() - start);
     EXPECT_EQ(n, count);
-    LOG(INFO) << "mesh server stream through 3 hops, " << pad << "-byte messages: "
-              << static_cast<int64_t>(n / seconds) << " msg/s, "
+    LOG(INFO) << "mesh server stream through 3 hops, " << pad
+              << "-byte messages: " << static_cast<int64_t>(n / seconds) << " msg/s, "
               << static_cast<int64_t>(n * static_cast<double>(pad) / seconds / 1e6) << " MB/s";
   }
 }

@@ -53,8 +53,12 @@ constexpr char kHealthProto[] = R"pb(
   message_type {
     name: "HealthCheckResponse"
     field {
-      name: "status" number: 1 label: LABEL_OPTIONAL type: TYPE_ENUM
-      type_name: ".grpc.health.v1.HealthCheckResponse.ServingStatus" json_name: "status"
+      name: "status"
+      number: 1
+      label: LABEL_OPTIONAL
+      type: TYPE_ENUM
+      type_name: ".grpc.health.v1.HealthCheckResponse.ServingStatus"
+      json_name: "status"
     }
     enum_type {
       name: "ServingStatus"
@@ -66,10 +70,16 @@ constexpr char kHealthProto[] = R"pb(
   }
   service {
     name: "Health"
-    method { name: "Check" input_type: ".grpc.health.v1.HealthCheckRequest" output_type: ".grpc.health.v1.HealthCheckResponse" }
     method {
-      name: "Watch" input_type: ".grpc.health.v1.HealthCheckRequest"
-      output_type: ".grpc.health.v1.HealthCheckResponse" server_streaming: true
+      name: "Check"
+      input_type: ".grpc.health.v1.HealthCheckRequest"
+      output_type: ".grpc.health.v1.HealthCheckResponse"
+    }
+    method {
+      name: "Watch"
+      input_type: ".grpc.health.v1.HealthCheckRequest"
+      output_type: ".grpc.health.v1.HealthCheckResponse"
+      server_streaming: true
     }
   }
   syntax: "proto3"
@@ -88,7 +98,8 @@ std::string Bytes(const grpc::ByteBuffer& buffer) {
   std::vector<grpc::Slice> slices;
   std::string out;
   if (!buffer.Dump(&slices).ok()) return out;
-  for (const grpc::Slice& s : slices) out.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  for (const grpc::Slice& s : slices)
+    out.append(reinterpret_cast<const char*>(s.begin()), s.size());
   return out;
 }
 
@@ -96,7 +107,8 @@ std::string Bytes(const grpc::ByteBuffer& buffer) {
 std::unique_ptr<pb::Message> NewGenerated(const std::string& type) {
   const pb::Descriptor* d = pb::DescriptorPool::generated_pool()->FindMessageTypeByName(type);
   if (d == nullptr) return nullptr;
-  return std::unique_ptr<pb::Message>(pb::MessageFactory::generated_factory()->GetPrototype(d)->New());
+  return std::unique_ptr<pb::Message>(
+      pb::MessageFactory::generated_factory()->GetPrototype(d)->New());
 }
 
 absl::Status FromGrpc(const grpc::Status& status) {
@@ -228,8 +240,9 @@ int CallMethod(const std::shared_ptr<grpc::Channel>& channel, const std::string&
     return 2;
   }
   if (md->client_streaming()) {
-    fprintf(stderr, "grove grpc: %s takes a stream of requests; only unary and server-streaming "
-                    "methods can be called from here\n",
+    fprintf(stderr,
+            "grove grpc: %s takes a stream of requests; only unary and server-streaming "
+            "methods can be called from here\n",
             md->full_name().c_str());
     return 2;
   }
@@ -248,8 +261,9 @@ int CallMethod(const std::shared_ptr<grpc::Channel>& channel, const std::string&
   if (!md->server_streaming()) {
     grpc::ByteBuffer out;
     status = grpc::internal::BlockingUnaryCall<grpc::ByteBuffer, grpc::ByteBuffer>(
-        channel.get(), grpc::internal::RpcMethod(full.c_str(), grpc::internal::RpcMethod::NORMAL_RPC),
-        &context, Buffer(request->SerializeAsString()), &out);
+        channel.get(),
+        grpc::internal::RpcMethod(full.c_str(), grpc::internal::RpcMethod::NORMAL_RPC), &context,
+        Buffer(request->SerializeAsString()), &out);
     if (status.ok()) {
       if (!response->ParseFromString(Bytes(out))) {
         fprintf(stderr, "grove grpc: the response is not a %s\n",
@@ -271,9 +285,8 @@ int CallMethod(const std::shared_ptr<grpc::Channel>& channel, const std::string&
     status = reader->Finish();
   }
   if (!status.ok()) {
-    fprintf(stderr, "grove grpc: %s: %s\n", absl::StatusCodeToString(
-                                                 static_cast<absl::StatusCode>(status.error_code()))
-                                                 .c_str(),
+    fprintf(stderr, "grove grpc: %s: %s\n",
+            absl::StatusCodeToString(static_cast<absl::StatusCode>(status.error_code())).c_str(),
             status.error_message().c_str());
     return 1;
   }
