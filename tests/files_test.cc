@@ -204,6 +204,51 @@ TEST_F(FilesTest, FanOutSendsEachByteOncePerLink) {
   EXPECT_EQ(pushed->bytes, static_cast<int64_t>(data.size()));
 }
 
+TEST_F(FilesTest, SmallCallsInterleaveWithALargeTransferOnTheSameLink) {
+  Master master(TestFunctions());
+  absl::StatusOr<Context> child = master.Spawn("local,name=busy");
+  ASSERT_TRUE(child.ok());
+  const int64_t size = int64_t{64} << 20;
+  WriteFile(dir_ + "/large", RandomBytes(size, 17), 0644);
+  // Pings go out once an eighth of the file is through and must all come back before the
+  // last chunk does: they do not queue behind the rest of the file.
+  absl::Mutex mu;
+  int64_t done_bytes = 0;
+  int pings_during = 0;
+  bool pings_finished = false;
+  std::thread pinger([&] {
+    {
+      absl::MutexLock lock(&mu);
+      auto started = [&] { return done_bytes >= size / 8; };
+      mu.Await(absl::Condition(&started));
+    }
+    for (int i = 0; i < 10; ++i) {
+      absl::Status ping = child->Ping();
+      EXPECT_TRUE(ping.ok()) << ping;
+      absl::MutexLock lock(&mu);
+      if (done_bytes < size) ++pings_during;
+    }
+    absl::MutexLock lock(&mu);
+    pings_finished = true;
+  });
+  TransferOptions options;
+  options.progress = [&](int64_t done, int64_t) {
+    absl::MutexLock lock(&mu);
+    done_bytes = done;
+    // The last chunk waits for the pings (or for them to have failed): a ping stuck
+    // behind the file would hold the transfer here and the test would time out.
+    if (done >= size) {
+      auto finished = [&] { return pings_finished; };
+      mu.AwaitWithTimeout(absl::Condition(&finished), absl::Seconds(30));
+    }
+  };
+  absl::StatusOr<TransferSummary> pushed =
+      PushFiles(master.router(), {child->id()}, dir_ + "/large", dir_ + "/large-copy", options);
+  pinger.join();
+  ASSERT_TRUE(pushed.ok() && pushed->ok()) << pushed.status();
+  EXPECT_EQ(pings_during, 10);
+}
+
 TEST_F(FilesTest, ErrorsNameThePathAndTheContext) {
   Master master(TestFunctions());
   absl::StatusOr<Context> child = master.Spawn("local,name=files-child");

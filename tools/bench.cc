@@ -15,6 +15,7 @@
 #include "google/protobuf/wrappers.pb.h"
 #include "common/process.h"
 #include "launch/remote_launcher.h"
+#include "router/files.h"
 #include "tools/cli.h"
 
 namespace grove::cli {
@@ -92,6 +93,77 @@ double Throughput(const Context& c, int in_flight, absl::Duration duration) {
   stop.store(true);
   if (outstanding.load() > 0) drained.WaitForNotificationWithTimeout(absl::Seconds(10));
   return static_cast<double>(done) / absl::ToDoubleSeconds(elapsed);
+}
+
+// grove push of a 100 MiB file to one local child (MB/s), and to eight (seconds); the
+// bytes go through the files path (chunked calls, SHA-256 at both ends, temp + rename).
+int FileTransfers(Master& master, const Emitter& out) {
+  char tmpl[] = "/tmp/grove-bench-files.XXXXXX";
+  if (::mkdtemp(tmpl) == nullptr) return (perror("grove bench: mkdtemp"), 1);
+  const std::string dir = tmpl;
+  const std::string src = dir + "/src";
+  {
+    std::string block(1 << 20, '\0');
+    for (size_t i = 0; i < block.size(); ++i) block[i] = static_cast<char>((i * 2654435761u) >> 13);
+    std::ofstream f(src, std::ios::binary);
+    for (int i = 0; i < 100; ++i) f.write(block.data(), static_cast<std::streamsize>(block.size()));
+    if (!f.good()) return (fprintf(stderr, "grove bench: cannot write %s\n", src.c_str()), 1);
+  }
+  // Pings the first child during the push when `ping_ms` is set: how long a small call
+  // waits behind the file's chunks on the same link.
+  auto push = [&](int children, double* seconds, std::vector<double>* ping_ms) -> int {
+    std::vector<Context> targets;
+    std::vector<ContextId> ids;
+    for (int i = 0; i < children; ++i) {
+      absl::StatusOr<Context> child = master.Spawn("local");
+      if (!child.ok()) return (fprintf(stderr, "%s\n", child.status().ToString().c_str()), 1);
+      targets.push_back(*child);
+      ids.push_back(child->id());
+    }
+    std::atomic<bool> done{false};
+    std::thread pinger;
+    if (ping_ms != nullptr) {
+      pinger = std::thread([&] {
+        while (!done.load()) {
+          absl::Time t = absl::Now();
+          if (!targets[0].Ping().ok()) break;
+          ping_ms->push_back(Ms(absl::Now() - t));
+        }
+      });
+    }
+    absl::Time t = absl::Now();
+    absl::StatusOr<TransferSummary> pushed =
+        PushFiles(master.router(), ids, src, absl::StrCat(dir, "/dest", children));
+    *seconds = absl::ToDoubleSeconds(absl::Now() - t);
+    done.store(true);
+    if (pinger.joinable()) pinger.join();
+    master.router().StopAllChildren();
+    if (!pushed.ok() || !pushed->ok()) {
+      fprintf(stderr, "grove bench: push failed: %s\n",
+              pushed.ok() ? "a target failed" : pushed.status().ToString().c_str());
+      return 1;
+    }
+    return 0;
+  };
+  int status = 0;
+  double seconds = 0;
+  if (out.Wants("transfer_100MiB_MBps")) {
+    status = push(1, &seconds, nullptr);
+    if (status == 0) out.Emit("transfer_100MiB_MBps", 104.8576 / seconds, "MB/s");
+  }
+  if (status == 0 && out.Wants("ping_during_transfer_p99_ms")) {
+    std::vector<double> ping_ms;
+    status = push(1, &seconds, &ping_ms);
+    if (status == 0) out.Emit("ping_during_transfer_p99_ms", Percentile(ping_ms, 0.99), "ms");
+  }
+  if (status == 0 && out.Wants("transfer_fanout_8x100MiB_s")) {
+    status = push(8, &seconds, nullptr);
+    if (status == 0) out.Emit("transfer_fanout_8x100MiB_s", seconds, "s");
+  }
+  SpawnOptions rm;
+  rm.argv = {"rm", "-rf", dir};
+  if (auto p = Process::Spawn(rm); p.ok()) p->Wait(absl::InfiniteFuture()).IgnoreError();
+  return status;
 }
 
 }  // namespace
@@ -198,7 +270,12 @@ int Bench(Master& master, const std::vector<std::string>& args) {
     out.Emit("nested_depth4_rtt_us", Percentile(PingTimes(*leaf, 2000), 0.5), "us");
     master.router().StopAllChildren();
   }
-  if (out.Wants("transfer_100MiB_MBps")) {
+  if (out.Wants("transfer_100MiB_MBps") || out.Wants("transfer_fanout_8x100MiB_s") ||
+      out.Wants("ping_during_transfer_p99_ms")) {
+    int status = FileTransfers(master, out);
+    if (status != 0) return status;
+  }
+  if (out.Wants("transfer_calls_100MiB_MBps")) {
     absl::StatusOr<Context> child = master.Spawn("local");
     if (!child.ok()) return 1;
     google::protobuf::BytesValue chunk;
@@ -219,7 +296,7 @@ int Bench(Master& master, const std::vector<std::string>& args) {
     for (auto& f : calls) received += f.get().value_or(google::protobuf::Int64Value()).value();
     double seconds = absl::ToDoubleSeconds(absl::Now() - t);
     if (received != int64_t{kChunks} << 20) return 1;
-    out.Emit("transfer_100MiB_MBps", (kChunks * 1.048576) / seconds, "MB/s");
+    out.Emit("transfer_calls_100MiB_MBps", (kChunks * 1.048576) / seconds, "MB/s");
     child->Shutdown().IgnoreError();
   }
   if (!ssh_hop.empty() && (out.Wants("ssh_bootstrap_ms") || out.Wants("ssh_first_contact_ms"))) {
