@@ -5,10 +5,13 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
+#include <future>
 #include <set>
 #include <thread>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/notification.h"
@@ -166,6 +169,125 @@ int FileTransfers(Master& master, const Emitter& out) {
   return status;
 }
 
+// A value from /proc/PID/status ("VmRSS:", "Threads:"), or -1.
+int64_t ProcStatus(int64_t pid, const char* key) {
+  std::ifstream status(absl::StrCat("/proc/", pid, "/status"));
+  std::string line;
+  const size_t n = strlen(key);
+  while (std::getline(status, line)) {
+    if (line.compare(0, n, key) == 0) return std::atoll(line.c_str() + n);
+  }
+  return -1;
+}
+
+// Proportional set size of a process in KiB (shared pages split among their users), or -1.
+int64_t PssKib(int64_t pid) {
+  std::ifstream rollup(absl::StrCat("/proc/", pid, "/smaps_rollup"));
+  std::string line;
+  while (std::getline(rollup, line)) {
+    if (line.rfind("Pss:", 0) == 0) return std::atoll(line.c_str() + 4);
+  }
+  return -1;
+}
+
+int OpenFds() {
+  int n = 0;
+  std::error_code ec;
+  for (auto it = std::filesystem::directory_iterator("/proc/self/fd", ec);
+       !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+    ++n;
+  }
+  return n;
+}
+
+// A tree of `total` contexts (10, 100 or 1000): 10 local children of the master, 9 fork
+// children under each, 10 fork children under each of those. Spawned in parallel (one
+// thread per local child's subtree), called all at once, listed, shut down.
+int Scale(Master& master, const Emitter& out, int total) {
+  const int kLocal = 10;
+  const int forks = total >= 100 ? 9 : 0;
+  const int leaves = total >= 1000 ? 10 : 0;
+  const int expected = kLocal + kLocal * forks + kLocal * forks * leaves;
+  const int fds_before = OpenFds();
+  absl::Time t = absl::Now();
+  std::vector<std::thread> threads;
+  absl::Mutex mu;
+  std::vector<Context> contexts;
+  absl::Status failed;
+  int local_fds = 0;
+  for (int i = 0; i < kLocal; ++i) {
+    threads.emplace_back([&, i] {
+      std::vector<Context> mine;
+      auto note = [&](const absl::StatusOr<Context>& c) {
+        if (c.ok()) {
+          mine.push_back(*c);
+          return true;
+        }
+        absl::MutexLock lock(&mu);
+        if (failed.ok()) failed = c.status();
+        return false;
+      };
+      absl::StatusOr<Context> local = master.Spawn(absl::StrCat("local,name=s", i));
+      if (!note(local)) return;
+      for (int j = 0; j < forks; ++j) {
+        absl::StatusOr<Context> fork = local->Spawn(absl::StrCat("fork,name=s", i, ".", j));
+        if (!note(fork)) return;
+        for (int k = 0; k < leaves; ++k) {
+          if (!note(fork->Spawn(absl::StrCat("fork,name=s", i, ".", j, ".", k)))) return;
+        }
+      }
+      absl::MutexLock lock(&mu);
+      contexts.insert(contexts.end(), mine.begin(), mine.end());
+    });
+  }
+  for (std::thread& th : threads) th.join();
+  const double spawn_ms = Ms(absl::Now() - t);
+  local_fds = OpenFds() - fds_before;
+  if (!failed.ok() || static_cast<int>(contexts.size()) != expected) {
+    fprintf(stderr, "grove bench: scale %d: %s\n", total, failed.ToString().c_str());
+    master.router().StopAllChildren();
+    return 1;
+  }
+  // One call to every context at once.
+  t = absl::Now();
+  std::vector<std::future<absl::StatusOr<v1::InfoReply>>> calls;
+  calls.reserve(contexts.size());
+  for (const Context& c : contexts) calls.push_back(c.CallAsync<v1::InfoReply>("grove.info", v1::Empty()));
+  std::vector<int64_t> pids;
+  for (auto& call : calls) {
+    absl::StatusOr<v1::InfoReply> info = call.get();
+    if (!info.ok()) {
+      fprintf(stderr, "grove bench: scale %d: %s\n", total, info.status().ToString().c_str());
+      master.router().StopAllChildren();
+      return 1;
+    }
+    pids.push_back(info->pid());
+  }
+  const double call_ms = Ms(absl::Now() - t);
+  int64_t pss = 0, threads_total = 0;
+  for (int64_t pid : pids) {
+    pss += PssKib(pid);
+    threads_total += ProcStatus(pid, "Threads:");
+  }
+  int listed = 0;
+  for (const ContextRecord& r : master.registry().List(false)) {
+    if (r.id != master.router().id() && !r.name.empty()) ++listed;
+  }
+  t = absl::Now();
+  master.router().StopAllChildren();
+  const double stop_ms = Ms(absl::Now() - t);
+  const std::string prefix = absl::StrCat("scale_", total, "_");
+  out.Emit(prefix + "spawn_ms", spawn_ms, "ms");
+  out.Emit(prefix + "call_all_ms", call_ms, "ms");
+  out.Emit(prefix + "shutdown_ms", stop_ms, "ms");
+  out.Emit(prefix + "listed", listed, "contexts");
+  out.Emit(prefix + "pss_per_context_kib", static_cast<double>(pss) / pids.size(), "KiB");
+  out.Emit(prefix + "threads_per_context", static_cast<double>(threads_total) / pids.size(),
+           "threads");
+  out.Emit(prefix + "master_fds_per_child", static_cast<double>(local_fds) / kLocal, "fds");
+  return listed == expected ? 0 : 1;
+}
+
 }  // namespace
 
 // Milliseconds of `ssh ... true` through the same hop's host, user, port and options.
@@ -192,11 +314,21 @@ double SshTrueMs(const Hop& hop) {
 int Bench(Master& master, const std::vector<std::string>& args) {
   Emitter out;
   std::string ssh_hop;
+  std::vector<int> scales;
   for (size_t i = 0; i < args.size(); ++i) {
     if (args[i] == "--json") {
       out.json = true;
     } else if (args[i] == "--ssh" && i + 1 < args.size()) {
       ssh_hop = args[++i];
+    } else if (args[i] == "--scale" && i + 1 < args.size()) {
+      for (absl::string_view n : absl::StrSplit(args[++i], ',', absl::SkipEmpty())) {
+        int total = 0;
+        if (!absl::SimpleAtoi(n, &total) || (total != 10 && total != 100 && total != 1000)) {
+          fprintf(stderr, "grove bench: --scale takes 10, 100 and/or 1000\n");
+          return 2;
+        }
+        scales.push_back(total);
+      }
     } else if (args[i] == "--only" && i + 1 < args.size()) {
       for (absl::string_view m : absl::StrSplit(args[++i], ',', absl::SkipEmpty())) {
         out.only.insert(std::string(m));
@@ -205,6 +337,12 @@ int Bench(Master& master, const std::vector<std::string>& args) {
       fprintf(stderr, "grove bench: unknown argument %s\n", args[i].c_str());
       return 2;
     }
+  }
+  if (!scales.empty()) {  // Only the scale runs: they are long.
+    for (int total : scales) {
+      if (int status = Scale(master, out, total); status != 0) return status;
+    }
+    return 0;
   }
   CallOptions timeout;
   timeout.timeout = absl::Seconds(60);
