@@ -94,6 +94,8 @@ class Zygote {
 
   // The zygote's answer to a fork request.
   struct Reply {
+    // Declared, so that clang sees a default constructor before the class is complete.
+    Reply() {}
     absl::Status status;  // OK: `pid` and `pidfd` are set.
     pid_t pid = -1;
     UniqueFd pidfd;

@@ -21,6 +21,7 @@
 #include "common/process.h"
 #include "glog/logging.h"
 #include "launch/local_launcher.h"
+#include "launch/marker.h"
 #include "launch/payload.h"
 
 extern char** environ;
@@ -109,6 +110,16 @@ void AppendTail(std::string* tail, const char* data, size_t size) {
   if (tail->size() > kTailBytes) tail->erase(0, tail->size() - kTailBytes);
 }
 
+// The error for an ARCH or FAIL marker and the line after it.
+absl::Status MarkerError(MarkerScanner::Event event, const std::string& detail,
+                         const std::string& what) {
+  if (event == MarkerScanner::Event::kArch) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        what, " is a ", detail, " machine; this program is built for another architecture"));
+  }
+  return absl::DataLossError(absl::StrCat(what, ": ", detail));
+}
+
 // Runs the bootstrap exchange on a started command: writes `script` to its stdin when not
 // empty (for commands that end in a shell), uploads the payload when the first stage asks,
 // and returns once the agent's boot marker arrives (the socket then carries gRPC). `*tail`
@@ -124,7 +135,7 @@ absl::Status Bootstrap(Started& s, const Payload& payload, const std::string& sc
     }
     counters.bytes_sent += static_cast<int64_t>(line.size());
   }
-  std::string window;  // The last bytes of stdout, where markers are looked for.
+  MarkerScanner markers;
   std::string err_tail;
   const int64_t deadline_ms = absl::ToUnixMillis(deadline);
   for (;;) {
@@ -162,15 +173,14 @@ absl::Status Bootstrap(Started& s, const Payload& payload, const std::string& sc
       char c;
       ssize_t n = ::recv(s.socket.get(), &c, 1, 0);
       if (n == 1) {
-        window.push_back(c);
         AppendTail(tail, &c, 1);
-        if (window.size() > kMarkerSize) window.erase(0, window.size() - kMarkerSize);
-        if (window == kBootMarker) {
+        MarkerScanner::Event event = markers.Feed(c);
+        if (event == MarkerScanner::Event::kBoot) {
           VLOG(1) << what << ": agent booted";
           tail->resize(tail->size() - kMarkerSize);
           return absl::OkStatus();
         }
-        if (window == kNeedMarker) {
+        if (event == MarkerScanner::Event::kNeed) {
           VLOG(1) << what << ": asks for the agent";
           tail->resize(tail->size() - kMarkerSize);
           absl::StatusOr<const std::string*> compressed = CompressedProgram();
@@ -183,19 +193,13 @@ absl::Status Bootstrap(Started& s, const Payload& payload, const std::string& sc
           counters.uploads += 1;
           VLOG(1) << what << ": uploaded " << (*compressed)->size() << " bytes";
         }
-        if (window == kArchMarker || window == kFailMarker) {
-          bool arch = window == kArchMarker;
-          std::string rest;
-          while (rest.size() < 512 && ::recv(s.socket.get(), &c, 1, 0) == 1 && c != '\n') {
-            rest.push_back(c);
-          }
-          if (arch) {
-            return absl::FailedPreconditionError(absl::StrCat(
-                what, " is a ", rest, " machine; this program is built for another architecture"));
-          }
-          return absl::DataLossError(absl::StrCat(what, ": ", rest));
+        if (event == MarkerScanner::Event::kArch || event == MarkerScanner::Event::kFail) {
+          return MarkerError(event, markers.detail(), what);
         }
         continue;
+      }
+      if (n == 0 && markers.in_detail()) {
+        return MarkerError(markers.pending(), markers.detail(), what);  // No final newline.
       }
       if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN)) {
         // EOF: the command is ending. Report how, with what it printed.
