@@ -214,7 +214,7 @@ void Router::RegisterBuiltins() {
   builtins_.Add(MakeBuiltin<v1::IdBlockRequest, v1::IdBlockReply>(
       "grove.id_block", {CallableBy::kDescendants, true},
       [this](const v1::IdBlockRequest& request,
-             CallContext&) -> absl::StatusOr<v1::IdBlockReply> {
+             CallContext& call) -> absl::StatusOr<v1::IdBlockReply> {
         if (!is_master()) {
           return absl::FailedPreconditionError("only the master hands out context ids");
         }
@@ -223,6 +223,7 @@ void Router::RegisterBuiltins() {
         absl::MutexLock lock(&mu_);
         reply.set_first(next_id_);
         reply.set_count(count);
+        id_blocks_[next_id_] = {next_id_ + count, call.caller().value()};
         next_id_ += count;
         return reply;
       }));

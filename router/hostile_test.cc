@@ -492,14 +492,9 @@ TEST_F(HostileChildTest, IdBlocksAreBounded) {
   EXPECT_GE(c2.id().value(), block->first() + block->count());
 }
 
-// BUG (router/router.cc, Router::HandleAdded; SECURITY.md "Ids are not checked against
-// blocks"): the master accepts a ContextAdded for an id it handed to another subtree's block
-// and that is not used yet. c1 takes the id c2 will give its next child: c2's own ContextAdded
-// is then refused ("already in use"), so the master's registry names c1's squatter and
-// routes that id's calls to c1, which answers them in its name. A fix: remember in the master
-// who each block went to (grove.id_block knows its caller) and accept a ContextAdded only
-// for an id in a block given to its `parent` (which must be behind that link).
-TEST_F(HostileChildTest, DISABLED_ChildCannotClaimAnIdFromAnotherSubtreesBlock) {
+// The master remembers who asked for each id block and accepts a ContextAdded only for an
+// id in a block of its parent: c1 cannot take the id c2 will give its next child.
+TEST_F(HostileChildTest, ChildCannotClaimAnIdFromAnotherSubtreesBlock) {
   Context c1 = Spawn(Master(), "c1");
   Context c2 = Spawn(Master(), "c2");
   Context g2 = Spawn(c2, "g2");  // c2 now holds a block; g2 took its first id.
@@ -521,16 +516,9 @@ TEST_F(HostileChildTest, DISABLED_ChildCannotClaimAnIdFromAnotherSubtreesBlock) 
   (void)g1;
 }
 
-// BUG (router/router.cc, Router::HandleAdded in a middle context): a middle context checks
-// only that a ContextAdded's id is not in use in its own subtree, so its child g1 can claim
-// the id of a context elsewhere in the tree (here its parent's sibling c2). The master refuses
-// the claim, but c1 keeps the route: calls from c1 (and from anything below it) to c2 now go
-// down to g1, which can answer them in c2's name (c1 takes the reply: it came from where the
-// call went). A fix needs a middle to know which ids are not its subtree's to give: e.g. the
-// master's answer to the ContextAdded (accepted or refused) travelling back down, with the
-// middle adding the route only when accepted, or the middle learning its descendants' id
-// blocks from the grove.id_block replies it forwards.
-TEST_F(HostileChildTest, DISABLED_GrandchildCannotTakeOverTheIdOfAContextElsewhere) {
+// g1 claims c2's id; c1 takes the route on the way up, the master refuses the claim, and its
+// ContextRefused makes c1 drop the route again: calls from c1 to c2 reach the real c2.
+TEST_F(HostileChildTest, GrandchildCannotTakeOverTheIdOfAContextElsewhere) {
   Context c1 = Spawn(Master(), "c1");
   Context c2 = Spawn(Master(), "c2");
   Context g1 = Spawn(c1, "g1");

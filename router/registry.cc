@@ -52,6 +52,28 @@ std::vector<ContextRecord> Registry::MarkGone(const std::vector<uint64_t>& ids,
   return records;
 }
 
+void Registry::Forget(ContextId id) {
+  std::vector<RegistryEvent> events;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = records_.find(id.value());
+    if (it == records_.end()) return;
+    ContextRecord record = std::move(it->second);
+    records_.erase(it);
+    if (record.state != ContextState::kGone) --live_;
+    auto name = by_name_.find(record.name);
+    if (name != by_name_.end()) {
+      std::vector<uint64_t>& ids = name->second;
+      ids.erase(std::remove(ids.begin(), ids.end(), id.value()), ids.end());
+      if (ids.empty()) by_name_.erase(name);
+    }
+    record.state = ContextState::kGone;
+    record.reason = "refused";
+    events.push_back({RegistryEvent::kRemoved, std::move(record)});
+  }
+  Notify(events);
+}
+
 std::optional<ContextRecord> Registry::Find(ContextId id) const {
   absl::MutexLock lock(&mu_);
   auto it = records_.find(id.value());

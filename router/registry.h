@@ -65,6 +65,10 @@ class Registry {
   // Marks `ids` gone; returns the records that were live.
   std::vector<ContextRecord> MarkGone(const std::vector<uint64_t>& ids, const std::string& reason);
 
+  // Drops the record of `id` altogether (a context that was never really there: its
+  // ContextAdded was refused further up); subscribers see it removed.
+  void Forget(ContextId id);
+
   std::optional<ContextRecord> Find(ContextId id) const;
   // The live context with that name (or, if none is live, the latest gone one).
   std::optional<ContextRecord> FindByName(const std::string& name) const;

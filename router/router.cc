@@ -424,7 +424,8 @@ void Router::OnEnvelope(Link* link, v1::Envelope envelope) {
       logs_dropped = from_child->log_quota.TakeDropped(now);
       if (logs_dropped > 0) logs_from = from_child->info.name();
     }
-    if (!spoofed && body != v1::Envelope::kAdded && body != v1::Envelope::kRemoved) {
+    if (!spoofed && body != v1::Envelope::kAdded && body != v1::Envelope::kRemoved &&
+        body != v1::Envelope::kRefused) {
       route = RouteTo(dst);
       if (from_child != nullptr && body == v1::Envelope::kCall &&
           !from_child->routed.contains(dst)) {
@@ -454,6 +455,9 @@ void Router::OnEnvelope(Link* link, v1::Envelope envelope) {
       return;
     case v1::Envelope::kRemoved:
       HandleRemoved(link, std::move(envelope));
+      return;
+    case v1::Envelope::kRefused:
+      if (from_parent) HandleRefused(std::move(envelope));
       return;
     case v1::Envelope::kShutdown:
       if (from_parent) {
@@ -691,6 +695,19 @@ void Router::HandleCancel(uint64_t src, uint64_t call_id) {
 // ---------------------------------------------------------------------------------------
 // The tree: contexts added and removed.
 
+namespace {
+
+// Whether `id` lies in one of `blocks` ({first: {end, owner}}) handed to `owner`.
+bool InBlockOf(const absl::btree_map<uint64_t, std::pair<uint64_t, uint64_t>>& blocks,
+               uint64_t id, uint64_t owner) {
+  auto it = blocks.upper_bound(id);
+  if (it == blocks.begin()) return false;
+  --it;
+  return id < it->second.first && it->second.second == owner;
+}
+
+}  // namespace
+
 void Router::HandleAdded(Link* from, v1::Envelope envelope) {
   const v1::ContextInfo& info = envelope.added().info();
   std::shared_ptr<Link> parent;
@@ -705,6 +722,9 @@ void Router::HandleAdded(Link* from, v1::Envelope envelope) {
       refused = absl::StrCat("id ", info.id(), " is already in use");
     } else if (is_master() && info.id() >= next_id_) {
       refused = absl::StrCat("id ", info.id(), " was never handed out by the master");
+    } else if (is_master() && !InBlockOf(id_blocks_, info.id(), info.parent())) {
+      refused = absl::StrCat("id ", info.id(), " is not in a block handed to its parent ",
+                             info.parent());
     } else if (info.parent() != it->second->info.id() &&
                !it->second->routed.contains(info.parent())) {
       refused = absl::StrCat("its parent ", info.parent(), " is not behind that link");
@@ -718,10 +738,53 @@ void Router::HandleAdded(Link* from, v1::Envelope envelope) {
     LOG(WARNING) << "context " << self_.name() << ": ignored ContextAdded for "
                  << info.name() << " (id " << info.id() << ") from " << from->DebugName()
                  << ": " << refused;
+    // Contexts below that took the route on the way up drop it again.
+    v1::Envelope notice;
+    notice.set_src(self_.id());
+    notice.mutable_refused()->add_ids(info.id());
+    notice.mutable_refused()->set_reason(refused);
+    std::shared_ptr<Link> link;
+    {
+      absl::MutexLock lock(&mu_);
+      if (auto it = children_.find(from); it != children_.end()) {
+        notice.set_dst(it->second->info.id());
+        link = it->second->link;
+      }
+    }
+    if (link != nullptr) link->Send(std::move(notice));
     return;
   }
   registry_.Add(info);
   if (parent != nullptr) parent->Send(std::move(envelope));
+}
+
+void Router::HandleRefused(v1::Envelope envelope) {
+  // Per child link, the ids of the notice that were routed through it.
+  absl::flat_hash_map<std::shared_ptr<Link>, v1::Envelope> down;
+  std::vector<uint64_t> forgotten;
+  {
+    absl::MutexLock lock(&mu_);
+    for (uint64_t id : envelope.refused().ids()) {
+      auto route = routes_.find(id);
+      if (route == routes_.end()) continue;
+      std::shared_ptr<Child> child = route->second;
+      if (child->info.id() == id) continue;  // A child of ours: its own link says otherwise.
+      routes_.erase(route);
+      child->routed.erase(id);
+      forgotten.push_back(id);
+      v1::Envelope& notice = down[child->link];
+      notice.set_src(self_.id());
+      notice.set_dst(child->info.id());
+      notice.mutable_refused()->add_ids(id);
+      notice.mutable_refused()->set_reason(envelope.refused().reason());
+    }
+  }
+  for (uint64_t id : forgotten) {
+    LOG(WARNING) << "context " << self_.name() << ": dropped context id " << id
+                 << ", refused above: " << envelope.refused().reason();
+    registry_.Forget(ContextId(id));
+  }
+  for (auto& [link, notice] : down) link->Send(std::move(notice));
 }
 
 void Router::HandleRemoved(Link* from, v1::Envelope envelope) {

@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/btree_map.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
@@ -180,6 +181,8 @@ class Router : public LinkDelegate {
   void HandleCancel(uint64_t src, uint64_t call_id);
   void HandleAdded(Link* from, v1::Envelope envelope);
   void HandleRemoved(Link* from, v1::Envelope envelope);
+  // A ContextRefused from the parent: drops the routes and records it names.
+  void HandleRefused(v1::Envelope envelope);
   // Removes `ids` (all routed through `child`, or unrouted notices from the parent when
   // `child` is null): fails pending calls to them, cancels calls from them, tells the parent
   // and the children that were talking to them.
@@ -221,6 +224,9 @@ class Router : public LinkDelegate {
   absl::flat_hash_set<std::string> spawning_names_ ABSL_GUARDED_BY(mu_);
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t id_block_end_ ABSL_GUARDED_BY(mu_) = 0;
+  // In the master: the id blocks handed out (grove.id_block), by first id: {end, the
+  // context that asked}. A ContextAdded is accepted only for an id in a block of its parent.
+  absl::btree_map<uint64_t, std::pair<uint64_t, uint64_t>> id_blocks_ ABSL_GUARDED_BY(mu_);
   // Child links added and not yet through OnLinkDown; Shutdown waits for zero, so that no
   // link calls into a destroyed router.
   int live_child_links_ ABSL_GUARDED_BY(mu_) = 0;
