@@ -388,7 +388,7 @@ void RunAgent(int argc, char** argv, const Functions& functions) {
         router->SetParentLink(std::move(link));
       });
   grpc::ServerBuilder builder;
-  builder.RegisterService(service);
+  service->AddTo(&builder);
   builder.SetOption(WithoutServerPlugins());  // No reflection (and its threads) here.
   builder.SetMaxReceiveMessageSize(LinkReceiveLimit(flags.max_message_bytes));
   builder.SetMaxSendMessageSize(-1);
@@ -397,6 +397,8 @@ void RunAgent(int argc, char** argv, const Functions& functions) {
     fprintf(stderr, "grove agent: cannot start the gRPC server\n");
     _exit(2);
   }
+  // Its queue becomes this process's link queue, also for the links to children.
+  service->Start();
   // The server side does not set O_NONBLOCK itself; without it every call hangs.
   if (!SetNonBlocking(flags.fd, true).ok()) _exit(2);
   io->StartThread();

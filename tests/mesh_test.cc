@@ -823,6 +823,7 @@ int main(int argc, char** argv) {
   // includes it.
   grpc_init();
   grove::HoldCallbackQueue();
+  grove::LinkQueue::Get();
   google::InitGoogleLogging(argv[0]);
   FLAGS_logtostderr = true;
   testing::InitGoogleTest(&argc, argv);

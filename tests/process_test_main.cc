@@ -59,6 +59,7 @@ int main(int argc, char** argv) {
   // check's baseline includes it.
   grpc_init();
   grove::HoldCallbackQueue();
+  grove::LinkQueue::Get();  // Its thread ("grove-link") lives to the end too.
   google::InitGoogleLogging(argv[0]);
   FLAGS_logtostderr = true;
   testing::InitGoogleTest(&argc, argv);

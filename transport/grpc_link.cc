@@ -1,10 +1,15 @@
 #include "transport/grpc_link.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <thread>
+
 #include "absl/strings/str_cat.h"
+#include "grpc/grpc.h"
 #include "common/status_util.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "glog/logging.h"
@@ -48,6 +53,10 @@ int LinkReceiveLimit(int64_t max_message_bytes) {
   return limit > INT32_MAX ? INT32_MAX : static_cast<int>(limit);
 }
 
+int64_t BatchLimit(int64_t max_message_bytes) {
+  return std::min(max_message_bytes, kMaxBatchBytes);
+}
+
 void OutQueue::Push(v1::Envelope envelope) {
   // The envelope's bytes inside the batch: its tag, its length and itself.
   size_t body = envelope.ByteSizeLong();
@@ -67,18 +76,89 @@ void OutQueue::Fill(v1::Batch* batch) {
 }
 
 // ---------------------------------------------------------------------------------------
+// LinkQueue
+
+namespace {
+
+struct QueueState {
+  absl::Mutex mu;
+  grpc::CompletionQueue* cq ABSL_GUARDED_BY(mu) = nullptr;
+};
+
+QueueState& Queue() {
+  static auto* state = new QueueState();  // Never destroyed: the thread outlives main().
+  return *state;
+}
+
+void StartServing(grpc::CompletionQueue* cq) {
+  // Detached: the queue is never shut down, and the thread ends with the process.
+  std::thread([cq] { LinkQueue::Serve(cq); }).detach();
+}
+
+}  // namespace
+
+grpc::CompletionQueue* LinkQueue::Get() {
+  QueueState& q = Queue();
+  absl::MutexLock lock(&q.mu);
+  if (q.cq == nullptr) {
+    grpc_init();  // Held for the life of the process, like the queue.
+    q.cq = new grpc::CompletionQueue();
+    StartServing(q.cq);
+  }
+  return q.cq;
+}
+
+bool LinkQueue::Adopt(grpc::ServerCompletionQueue* cq) {
+  QueueState& q = Queue();
+  absl::MutexLock lock(&q.mu);
+  if (q.cq != nullptr) return false;
+  grpc_init();
+  q.cq = cq;
+  StartServing(cq);
+  return true;
+}
+
+void LinkQueue::Serve(grpc::CompletionQueue* cq) {
+  ::pthread_setname_np(::pthread_self(), "grove-link");
+  void* tag;
+  bool ok;
+  while (cq->Next(&tag, &ok)) static_cast<LinkOp*>(tag)->Done(ok);
+}
+
+// ---------------------------------------------------------------------------------------
+// DeliveryScope
+
+namespace {
+thread_local DeliveryScope* t_scope = nullptr;
+}  // namespace
+
+DeliveryScope::DeliveryScope() : outer_(t_scope) { t_scope = this; }
+
+DeliveryScope::~DeliveryScope() {
+  t_scope = outer_;
+  if (outer_ != nullptr) {
+    for (auto& link : deferred_) outer_->Defer(std::move(link));
+    return;
+  }
+  // Flushing may deliver nothing (writes complete on the queue), so the list is final.
+  for (auto& link : deferred_) link->Flush();
+}
+
+DeliveryScope* DeliveryScope::Current() { return t_scope; }
+
+// ---------------------------------------------------------------------------------------
 // GrpcClientLink
 
 GrpcClientLink::GrpcClientLink(std::string debug_name, int64_t max_message_bytes)
     : debug_name_(std::move(debug_name)),
       first_fd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
-      queue_(max_message_bytes) {}
+      queue_(BatchLimit(max_message_bytes)) {}
 
 GrpcClientLink::~GrpcClientLink() = default;
 
 std::shared_ptr<GrpcClientLink> GrpcClientLink::Connect(UniqueFd fd, std::string debug_name,
                                                         int64_t max_message_bytes) {
-  HoldCallbackQueue();
+  grpc::CompletionQueue* cq = LinkQueue::Get();
   std::shared_ptr<GrpcClientLink> link(
       new GrpcClientLink(std::move(debug_name), max_message_bytes));
   grpc::ChannelArguments args;
@@ -88,12 +168,10 @@ std::shared_ptr<GrpcClientLink> GrpcClientLink::Connect(UniqueFd fd, std::string
   link->stub_ = v1::Router::NewStub(link->channel_);
   {
     absl::MutexLock lock(&link->mu_);
-    link->self_ = link;
+    link->self_ = link;  // Until OnFinished.
   }
-  link->stub_->async()->Attach(&link->context_, link.get());
-  link->StartRead(&link->in_);
-  link->AddHold();
-  link->StartCall();
+  link->stream_ = link->stub_->PrepareAsyncAttach(&link->context_, cq);
+  link->stream_->StartCall(&link->started_op_);
   return link;
 }
 
@@ -111,6 +189,29 @@ absl::StatusOr<v1::Envelope> GrpcClientLink::TakeFirstEnvelope() {
   }
   if (done_) return down_reason_;
   return absl::FailedPreconditionError("no envelope has arrived yet");
+}
+
+void GrpcClientLink::StartRead() { stream_->Read(&in_, &read_op_); }
+
+void GrpcClientLink::OnStarted(bool ok) {
+  bool write = false;
+  {
+    absl::MutexLock lock(&mu_);
+    started_ = true;
+    if (!ok) {
+      // The call could not start: its status says why.
+      read_done_ = true;
+      MaybeFinish();
+      return;
+    }
+    if (!writing_ && !queue_.empty() && !closed_) {
+      writing_ = true;
+      queue_.Fill(&out_);
+      write = true;
+    }
+  }
+  if (write) stream_->Write(out_, &write_op_);
+  StartRead();
 }
 
 void GrpcClientLink::Start(LinkDelegate* delegate) {
@@ -131,19 +232,40 @@ void GrpcClientLink::Start(LinkDelegate* delegate) {
     delegate->OnLinkDown(this, reason);
     return;
   }
-  if (read_more) StartRead(&in_);
+  if (read_more) StartRead();
 }
 
 void GrpcClientLink::Send(v1::Envelope envelope) {
+  std::shared_ptr<GrpcClientLink> defer;
   {
     absl::MutexLock lock(&mu_);
     if (closed_ || read_done_) return;
     queue_.Push(std::move(envelope));
-    if (writing_) return;
+    if (writing_ || !started_ || deferred_) return;
+    if (DeliveryScope::Current() != nullptr && self_ != nullptr) {
+      deferred_ = true;
+      defer = self_;
+    } else {
+      writing_ = true;
+      queue_.Fill(&out_);
+    }
+  }
+  if (defer != nullptr) {
+    DeliveryScope::Current()->Defer(std::move(defer));
+    return;
+  }
+  stream_->Write(out_, &write_op_);
+}
+
+void GrpcClientLink::Flush() {
+  {
+    absl::MutexLock lock(&mu_);
+    deferred_ = false;
+    if (writing_ || !started_ || closed_ || read_done_ || queue_.empty()) return;
     writing_ = true;
     queue_.Fill(&out_);
   }
-  StartWrite(&out_);
+  stream_->Write(out_, &write_op_);
 }
 
 void GrpcClientLink::Close(const absl::Status& reason) {
@@ -154,16 +276,18 @@ void GrpcClientLink::Close(const absl::Status& reason) {
     close_reason_ = reason;
   }
   context_.TryCancel();
+  absl::MutexLock lock(&mu_);
+  if (got_first_ && delegate_ == nullptr && !read_done_) {
+    // Closed before Start: no read is out to come back and end the call.
+    read_done_ = true;
+    MaybeFinish();
+  }
 }
 
-void GrpcClientLink::ReleaseHoldIfIdle() {
-  if (read_done_ && !writing_ && !hold_released_) {
-    hold_released_ = true;
-    // RemoveHold may run OnDone inline, which takes mu_: release first.
-    mu_.Unlock();
-    RemoveHold();
-    mu_.Lock();
-  }
+void GrpcClientLink::MaybeFinish() {
+  if (!read_done_ || writing_ || finishing_) return;
+  finishing_ = true;
+  stream_->Finish(&status_, &finish_op_);
 }
 
 void GrpcClientLink::OnReadDone(bool ok) {
@@ -172,7 +296,7 @@ void GrpcClientLink::OnReadDone(bool ok) {
     absl::MutexLock lock(&mu_);
     if (!ok) {
       read_done_ = true;
-      ReleaseHoldIfIdle();
+      MaybeFinish();
       return;
     }
     if (!got_first_) {
@@ -193,9 +317,12 @@ void GrpcClientLink::OnReadDone(bool ok) {
     delegate = delegate_;
   }
   if (delegate == nullptr) return;
-  for (v1::Envelope& e : *in_.mutable_envelopes()) delegate->OnEnvelope(this, std::move(e));
+  {
+    DeliveryScope scope;
+    for (v1::Envelope& e : *in_.mutable_envelopes()) delegate->OnEnvelope(this, std::move(e));
+  }
   in_.Clear();
-  StartRead(&in_);
+  StartRead();
 }
 
 void GrpcClientLink::OnWriteDone(bool ok) {
@@ -206,14 +333,14 @@ void GrpcClientLink::OnWriteDone(bool ok) {
       queue_.Fill(&out_);
     } else {
       writing_ = false;
-      ReleaseHoldIfIdle();
+      MaybeFinish();
       return;
     }
   }
-  StartWrite(&out_);
+  stream_->Write(out_, &write_op_);
 }
 
-void GrpcClientLink::OnDone(const grpc::Status& status) {
+void GrpcClientLink::OnFinished(bool) {
   LinkDelegate* delegate;
   std::shared_ptr<GrpcClientLink> self;
   absl::Status reason;
@@ -222,11 +349,11 @@ void GrpcClientLink::OnDone(const grpc::Status& status) {
     done_ = true;
     if (!close_reason_.ok() || closed_) {
       reason = close_reason_;
-    } else if (status.ok()) {
+    } else if (status_.ok()) {
       reason = absl::OkStatus();
     } else {
-      reason = FromGrpcStatus(status);
-      if (status.error_code() != grpc::StatusCode::UNAVAILABLE) {
+      reason = FromGrpcStatus(status_);
+      if (status_.error_code() != grpc::StatusCode::UNAVAILABLE) {
         LOG(WARNING) << debug_name_ << " dropped: " << reason;
       }
     }
@@ -246,29 +373,56 @@ void GrpcClientLink::OnDone(const grpc::Status& status) {
 // GrpcServerLink
 
 GrpcServerLink::GrpcServerLink(std::string debug_name, int64_t max_message_bytes)
-    : debug_name_(std::move(debug_name)), queue_(max_message_bytes) {}
+    : debug_name_(std::move(debug_name)), queue_(BatchLimit(max_message_bytes)) {}
 
 GrpcServerLink::~GrpcServerLink() = default;
 
 void GrpcServerLink::Start(LinkDelegate* delegate) {
-  {
-    absl::MutexLock lock(&mu_);
-    delegate_ = delegate;
-    if (finished_) return;
+  mu_.Lock();
+  delegate_ = delegate;
+  if (finished_ || read_done_) {
+    MaybeDown();  // Unlocks.
+    return;
   }
-  StartRead(&in_);
+  reading_ = true;
+  mu_.Unlock();
+  stream_.Read(&in_, &read_op_);
 }
 
 void GrpcServerLink::Send(v1::Envelope envelope) {
+  std::shared_ptr<GrpcServerLink> defer;
   {
     absl::MutexLock lock(&mu_);
     if (closing_ || finished_) return;
     queue_.Push(std::move(envelope));
-    if (writing_) return;
-    writing_ = true;
-    queue_.Fill(&out_);
+    if (writing_ || deferred_) return;
+    if (DeliveryScope::Current() != nullptr && self_ != nullptr) {
+      deferred_ = true;
+      defer = self_;
+    } else {
+      writing_ = true;
+      queue_.Fill(&out_);
+    }
   }
-  StartWrite(&out_);
+  if (defer != nullptr) {
+    DeliveryScope::Current()->Defer(std::move(defer));
+    return;
+  }
+  stream_.Write(out_, &write_op_);
+}
+
+void GrpcServerLink::Flush() {
+  absl::MutexLock lock(&mu_);
+  deferred_ = false;
+  if (writing_ || finished_ || queue_.empty()) {
+    MaybeFinish();  // A Close may have waited for this.
+    return;
+  }
+  writing_ = true;
+  queue_.Fill(&out_);
+  mu_.Unlock();
+  stream_.Write(out_, &write_op_);
+  mu_.Lock();
 }
 
 void GrpcServerLink::Close(const absl::Status& reason) {
@@ -280,28 +434,44 @@ void GrpcServerLink::Close(const absl::Status& reason) {
 }
 
 void GrpcServerLink::MaybeFinish() {
-  if (finished_ || writing_ || !(closing_ || read_done_)) return;
+  if (finished_ || writing_ || deferred_ || !(closing_ || read_done_)) return;
   finished_ = true;
+  // An outstanding read comes back (not ok) once the call is over.
+  stream_.Finish(grpc::Status::OK, &finish_op_);
+}
+
+void GrpcServerLink::MaybeDown() {
+  if (!finish_done_ || reading_ || down_delivered_ || delegate_ == nullptr) {
+    mu_.Unlock();
+    return;
+  }
+  down_delivered_ = true;
+  LinkDelegate* delegate = delegate_;
+  absl::Status reason = down_reason_;
+  std::shared_ptr<GrpcServerLink> self = std::move(self_);
   mu_.Unlock();
-  Finish(grpc::Status::OK);
-  mu_.Lock();
+  delegate->OnLinkDown(this, reason);
+  // `self` may hold the last reference: `this` may be destroyed here.
 }
 
 void GrpcServerLink::OnReadDone(bool ok) {
-  LinkDelegate* delegate;
-  {
-    absl::MutexLock lock(&mu_);
-    if (!ok) {
-      read_done_ = true;
-      if (down_reason_.ok()) down_reason_ = absl::UnavailableError("the parent closed the link");
-      MaybeFinish();
-      return;
-    }
-    delegate = delegate_;
+  mu_.Lock();
+  if (!ok) {
+    reading_ = false;
+    read_done_ = true;
+    if (down_reason_.ok()) down_reason_ = absl::UnavailableError("the parent closed the link");
+    MaybeFinish();
+    MaybeDown();  // Unlocks.
+    return;
   }
-  for (v1::Envelope& e : *in_.mutable_envelopes()) delegate->OnEnvelope(this, std::move(e));
+  LinkDelegate* delegate = delegate_;
+  mu_.Unlock();
+  {
+    DeliveryScope scope;
+    for (v1::Envelope& e : *in_.mutable_envelopes()) delegate->OnEnvelope(this, std::move(e));
+  }
   in_.Clear();
-  StartRead(&in_);
+  stream_.Read(&in_, &read_op_);
 }
 
 void GrpcServerLink::OnWriteDone(bool ok) {
@@ -320,44 +490,18 @@ void GrpcServerLink::OnWriteDone(bool ok) {
       return;
     }
   }
-  StartWrite(&out_);
+  stream_.Write(out_, &write_op_);
 }
 
-void GrpcServerLink::OnCancel() {
-  absl::MutexLock lock(&mu_);
-  read_done_ = true;
-  if (down_reason_.ok()) down_reason_ = absl::UnavailableError("the parent link was cancelled");
-  MaybeFinish();
-}
-
-void GrpcServerLink::OnDone() {
-  LinkDelegate* delegate;
-  absl::Status reason;
-  std::shared_ptr<GrpcServerLink> self;
-  {
-    absl::MutexLock lock(&mu_);
-    delegate = delegate_;
-    reason = down_reason_;
-    self = std::move(self_);
-  }
-  if (delegate != nullptr) delegate->OnLinkDown(this, reason);
+void GrpcServerLink::OnFinished(bool) {
+  mu_.Lock();
+  finish_done_ = true;
+  if (down_reason_.ok()) down_reason_ = absl::UnavailableError("the link was closed");
+  MaybeDown();  // Unlocks.
 }
 
 // ---------------------------------------------------------------------------------------
 // AgentService
-
-namespace {
-
-// Answers an Attach that is not the first with ALREADY_EXISTS.
-class RefusedAttach : public grpc::ServerBidiReactor<v1::Batch, v1::Batch> {
- public:
-  RefusedAttach() {
-    Finish(grpc::Status(grpc::StatusCode::ALREADY_EXISTS, "this context is already attached"));
-  }
-  void OnDone() override { delete this; }
-};
-
-}  // namespace
 
 AgentService::AgentService(std::string debug_name, int64_t max_message_bytes,
                            std::function<void(std::shared_ptr<GrpcServerLink>)> on_attach)
@@ -365,20 +509,44 @@ AgentService::AgentService(std::string debug_name, int64_t max_message_bytes,
       max_message_bytes_(max_message_bytes),
       on_attach_(std::move(on_attach)) {}
 
-grpc::ServerBidiReactor<v1::Batch, v1::Batch>* AgentService::Attach(
-    grpc::CallbackServerContext*) {
-  {
-    absl::MutexLock lock(&mu_);
-    if (attached_) return new RefusedAttach();
-    attached_ = true;
+AgentService::~AgentService() {
+  if (adopted_) {
+    (void)cq_.release();  // The process's link queue: it lives on.
+    return;
   }
-  auto link = std::make_shared<GrpcServerLink>(debug_name_, max_message_bytes_);
+  if (cq_ != nullptr) cq_->Shutdown();  // After the server's Shutdown.
+  if (own_thread_ != nullptr) own_thread_->join();
+}
+
+void AgentService::AddTo(grpc::ServerBuilder* builder) {
+  builder->RegisterService(&service_);
+  cq_ = builder->AddCompletionQueue();
+}
+
+void AgentService::Start() {
+  adopted_ = LinkQueue::Adopt(cq_.get());
+  if (!adopted_) {
+    grpc::CompletionQueue* cq = cq_.get();
+    own_thread_ = std::make_unique<std::thread>([cq] { LinkQueue::Serve(cq); });
+  }
+  pending_ = std::make_shared<GrpcServerLink>(debug_name_, max_message_bytes_);
   {
+    absl::MutexLock lock(&pending_->mu_);
+    pending_->self_ = pending_;  // Until the link is down (or the request fails).
+  }
+  GrpcServerLink* link = pending_.get();
+  service_.RequestAttach(&link->context_, &link->stream_, cq_.get(), cq_.get(), &attached_op_);
+}
+
+void AgentService::OnAttached(bool ok) {
+  std::shared_ptr<GrpcServerLink> link = std::move(pending_);
+  if (!ok) {
+    // The server shut down before the parent attached.
     absl::MutexLock lock(&link->mu_);
-    link->self_ = link;
+    link->self_.reset();
+    return;
   }
-  on_attach_(link);
-  return link.get();
+  on_attach_(std::move(link));
 }
 
 }  // namespace grove

@@ -3,8 +3,14 @@
 // The parent is the gRPC client on its end of the socket (GrpcClientLink); the child serves
 // gRPC on its end (AgentService, which makes a GrpcServerLink when the parent attaches). No
 // context listens on a port. Each side queues envelopes and writes everything queued as one
-// Batch whenever the previous write completes, so there is at most one write in flight (the
-// callback API's rule) and a burst of small envelopes costs one write.
+// Batch whenever the previous write completes, so there is at most one write in flight and a
+// burst of small envelopes costs one write.
+//
+// Both ends use gRPC's completion-queue API, served by one thread per process ("grove-link",
+// see LinkQueue): the thread that polls the socket runs the link's code itself. gRPC's
+// callback API hands every completion between two "nexting" threads of its own, which
+// measured twice the round-trip time on this kind of machine (2 vCPUs): ~155 us against
+// ~79 us for a ping-pong on one stream (../shared/research/grpc.md, and the issue notes).
 #ifndef GROVE_TRANSPORT_GRPC_LINK_H_
 #define GROVE_TRANSPORT_GRPC_LINK_H_
 
@@ -13,6 +19,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -25,12 +32,44 @@
 
 namespace grove {
 
-// gRPC 1.51 serves the callback API from one process-wide completion queue that is reference
-// counted by the channels and servers using it; when the count drops to zero it is torn down,
-// and that teardown races with the next user ("assertion failed: prior > 0" in
-// grpc_cq_internal_unref). This takes one reference for the life of the process (a call that
-// never ends), so the queue is built once and never torn down. Idempotent; thread-safe.
+// gRPC 1.51 serves the callback API (used by the mesh, router/mesh.cc) from one process-wide
+// completion queue that is reference counted by the channels and servers using it; when the
+// count drops to zero it is torn down, and that teardown races with the next user ("assertion
+// failed: prior > 0" in grpc_cq_internal_unref). This takes one reference for the life of the
+// process (a call that never ends), so the queue is built once and never torn down.
+// Idempotent; thread-safe.
 void HoldCallbackQueue();
+
+// One operation on a completion queue: the tag passed to gRPC. Done runs on the queue's
+// thread with the operation's outcome.
+class LinkOp {
+ public:
+  virtual void Done(bool ok) = 0;
+
+ protected:
+  ~LinkOp() = default;
+};
+
+// The completion queue every link of this process uses, and its one thread ("grove-link"),
+// which runs each LinkOp's Done. Created on first use and kept for the life of the process
+// (never shut down: it ends with the process). The agent's server queue becomes it when
+// AdoptServerQueue comes first. Thread-safe.
+class LinkQueue {
+ public:
+  static grpc::CompletionQueue* Get();
+  // Makes `cq` (a server's queue, after BuildAndStart) the process's link queue and starts
+  // its thread; false (nothing changes) when the queue exists already.
+  static bool Adopt(grpc::ServerCompletionQueue* cq);
+  // Serves `cq` until it is shut down and drained, running each LinkOp (a server's own
+  // queue when the process's queue is another).
+  static void Serve(grpc::CompletionQueue* cq);
+};
+
+// The most a batch carries (an envelope larger than that goes alone). One thread serves
+// every link of a process, and a batch is handled whole before the next completion: small
+// batches keep a link that floods (logs, output) from holding up the others for long.
+inline constexpr int64_t kMaxBatchBytes = 64 << 10;
+int64_t BatchLimit(int64_t max_message_bytes);
 
 // Receive limit of a link carrying envelopes of at most `max_message_bytes`.
 int LinkReceiveLimit(int64_t max_message_bytes);
@@ -50,9 +89,49 @@ class OutQueue {
   std::deque<std::pair<v1::Envelope, size_t>> queue_;
 };
 
+// A link whose writes can be held back while its queue's thread delivers a batch of
+// envelopes: what the delivery sends (replies, forwarded calls) then leaves as one write per
+// link, at the end of the batch, instead of one per envelope. See DeliveryScope.
+class Corkable {
+ public:
+  virtual ~Corkable() = default;
+  // Writes what is queued, unless a write is in flight (its completion writes the rest).
+  virtual void Flush() = 0;
+};
+
+// On the stack of a link queue's thread around the delivery of one received batch. Sends on
+// that thread meanwhile only queue; the links they touched are flushed when the outermost
+// scope ends. Thread-compatible (one per thread).
+class DeliveryScope {
+ public:
+  DeliveryScope();
+  ~DeliveryScope();
+  // The open scope on this thread, or null.
+  static DeliveryScope* Current();
+  // Flushes `link` when the scope ends (once, however often it is added).
+  void Defer(std::shared_ptr<Corkable> link) { deferred_.push_back(std::move(link)); }
+
+ private:
+  DeliveryScope* const outer_;
+  std::vector<std::shared_ptr<Corkable>> deferred_;
+};
+
+// A LinkOp that calls a member function of its owner.
+template <typename T>
+class MemberOp final : public LinkOp {
+ public:
+  MemberOp(T* owner, void (T::*done)(bool)) : owner_(owner), done_(done) {}
+  void Done(bool ok) override { (owner_->*done_)(ok); }
+
+ private:
+  T* const owner_;
+  void (T::*const done_)(bool);
+};
+
 // The parent's side of a link. Owns the gRPC channel on its socket and the Attach call.
-// Keeps itself alive until gRPC is done with it. Thread-safe.
-class GrpcClientLink : public Link, public grpc::ClientBidiReactor<v1::Batch, v1::Batch> {
+// Keeps itself alive until gRPC is done with it (every operation it started has come back
+// from the queue). Thread-safe.
+class GrpcClientLink : public Link, public Corkable {
  public:
   // Takes `fd` (a connected socket) and opens the Attach stream on it.
   static std::shared_ptr<GrpcClientLink> Connect(UniqueFd fd, std::string debug_name,
@@ -70,31 +149,43 @@ class GrpcClientLink : public Link, public grpc::ClientBidiReactor<v1::Batch, v1
   void Send(v1::Envelope envelope) override;
   void Close(const absl::Status& reason) override;
   std::string DebugName() const override { return debug_name_; }
-
-  // grpc::ClientBidiReactor:
-  void OnReadDone(bool ok) override;
-  void OnWriteDone(bool ok) override;
-  void OnDone(const grpc::Status& status) override;
+  // Corkable:
+  void Flush() override;
 
  private:
   GrpcClientLink(std::string debug_name, int64_t max_message_bytes);
   void SignalFirst();
-  void ReleaseHoldIfIdle() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Queue callbacks, on the link queue's thread.
+  void OnStarted(bool ok);
+  void OnReadDone(bool ok);
+  void OnWriteDone(bool ok);
+  void OnFinished(bool ok);
+  void StartRead();
+  // Once reading is over and no write is in flight: asks for the call's status (once).
+  void MaybeFinish() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const std::string debug_name_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Router::Stub> stub_;
   grpc::ClientContext context_;
+  std::unique_ptr<grpc::ClientAsyncReaderWriter<v1::Batch, v1::Batch>> stream_;
   UniqueFd first_fd_;
   v1::Batch in_;   // Touched only by the read flow.
   v1::Batch out_;  // Touched only by the write in flight.
+  grpc::Status status_;  // Set by Finish, read in OnFinished.
+  MemberOp<GrpcClientLink> started_op_{this, &GrpcClientLink::OnStarted};
+  MemberOp<GrpcClientLink> read_op_{this, &GrpcClientLink::OnReadDone};
+  MemberOp<GrpcClientLink> write_op_{this, &GrpcClientLink::OnWriteDone};
+  MemberOp<GrpcClientLink> finish_op_{this, &GrpcClientLink::OnFinished};
 
   absl::Mutex mu_;
   OutQueue queue_ ABSL_GUARDED_BY(mu_);
+  bool started_ ABSL_GUARDED_BY(mu_) = false;
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool deferred_ ABSL_GUARDED_BY(mu_) = false;  // In a DeliveryScope's list.
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
   bool read_done_ ABSL_GUARDED_BY(mu_) = false;
-  bool hold_released_ ABSL_GUARDED_BY(mu_) = false;
+  bool finishing_ ABSL_GUARDED_BY(mu_) = false;
   LinkDelegate* delegate_ ABSL_GUARDED_BY(mu_) = nullptr;
   bool got_first_ ABSL_GUARDED_BY(mu_) = false;
   std::optional<v1::Envelope> first_ ABSL_GUARDED_BY(mu_);
@@ -105,8 +196,9 @@ class GrpcClientLink : public Link, public grpc::ClientBidiReactor<v1::Batch, v1
   std::shared_ptr<GrpcClientLink> self_ ABSL_GUARDED_BY(mu_);
 };
 
-// The child's side of a link: the server half of the Attach stream. Thread-safe.
-class GrpcServerLink : public Link, public grpc::ServerBidiReactor<v1::Batch, v1::Batch> {
+// The child's side of a link: the server half of the Attach stream. Keeps itself alive
+// until gRPC is done with it. Thread-safe.
+class GrpcServerLink : public Link, public Corkable {
  public:
   GrpcServerLink(std::string debug_name, int64_t max_message_bytes);
   ~GrpcServerLink() override;
@@ -117,49 +209,80 @@ class GrpcServerLink : public Link, public grpc::ServerBidiReactor<v1::Batch, v1
   // Sends what is queued, then ends the stream.
   void Close(const absl::Status& reason) override;
   std::string DebugName() const override { return debug_name_; }
-
-  // grpc::ServerBidiReactor:
-  void OnReadDone(bool ok) override;
-  void OnWriteDone(bool ok) override;
-  void OnCancel() override;
-  void OnDone() override;
+  // Corkable:
+  void Flush() override;
 
  private:
   friend class AgentService;
+  // Queue callbacks, on the link queue's thread.
+  void OnReadDone(bool ok);
+  void OnWriteDone(bool ok);
+  void OnFinished(bool ok);
+  // Ends the call once nothing is being written and reading is over or Close was called.
   void MaybeFinish() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Delivers OnLinkDown and lets go of itself once the call is finished and no read is out.
+  void MaybeDown() ABSL_UNLOCK_FUNCTION(mu_);
 
   const std::string debug_name_;
+  grpc::ServerContext context_;
+  grpc::ServerAsyncReaderWriter<v1::Batch, v1::Batch> stream_{&context_};
   v1::Batch in_;
   v1::Batch out_;
+  MemberOp<GrpcServerLink> read_op_{this, &GrpcServerLink::OnReadDone};
+  MemberOp<GrpcServerLink> write_op_{this, &GrpcServerLink::OnWriteDone};
+  MemberOp<GrpcServerLink> finish_op_{this, &GrpcServerLink::OnFinished};
 
   absl::Mutex mu_;
   OutQueue queue_ ABSL_GUARDED_BY(mu_);
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool deferred_ ABSL_GUARDED_BY(mu_) = false;  // In a DeliveryScope's list.
+  bool reading_ ABSL_GUARDED_BY(mu_) = false;
   bool closing_ ABSL_GUARDED_BY(mu_) = false;
   bool read_done_ ABSL_GUARDED_BY(mu_) = false;
-  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;       // Finish was called.
+  bool finish_done_ ABSL_GUARDED_BY(mu_) = false;    // ... and came back.
+  bool down_delivered_ ABSL_GUARDED_BY(mu_) = false;
   LinkDelegate* delegate_ ABSL_GUARDED_BY(mu_) = nullptr;
   absl::Status down_reason_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<GrpcServerLink> self_ ABSL_GUARDED_BY(mu_);
 };
 
-// The child's gRPC service: accepts the one Attach stream its parent opens and hands the
-// link to `on_attach` (before anything is read from it). A second Attach is refused.
-// Thread-safe.
-class AgentService : public v1::Router::CallbackService {
+// The child's gRPC service: accepts the Attach stream its parent opens and hands the link
+// to `on_attach` (before anything is read from it). Only the first Attach is taken: the
+// socket is private to the parent, which attaches once. Thread-safe.
+//
+//   AgentService service(name, max, on_attach);
+//   grpc::ServerBuilder builder;
+//   service.AddTo(&builder);
+//   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+//   service.Start();   // then grpc::AddInsecureChannelFromFd(server.get(), fd)
+//
+// Its server queue becomes the process's link queue when there is none yet (the agent);
+// otherwise (a test serving links in a process that has its own) it gets a thread of its
+// own, which ends after the server's Shutdown, in the destructor.
+class AgentService {
  public:
   AgentService(std::string debug_name, int64_t max_message_bytes,
                std::function<void(std::shared_ptr<GrpcServerLink>)> on_attach);
+  ~AgentService();
 
-  grpc::ServerBidiReactor<v1::Batch, v1::Batch>* Attach(
-      grpc::CallbackServerContext* context) override;
+  // Registers the service and its completion queue. Before BuildAndStart.
+  void AddTo(grpc::ServerBuilder* builder);
+  // Waits for the Attach. After BuildAndStart, before the server gets its socket.
+  void Start();
 
  private:
+  void OnAttached(bool ok);
+
   const std::string debug_name_;
   const int64_t max_message_bytes_;
   std::function<void(std::shared_ptr<GrpcServerLink>)> on_attach_;
-  absl::Mutex mu_;
-  bool attached_ ABSL_GUARDED_BY(mu_) = false;
+  v1::Router::AsyncService service_;
+  std::unique_ptr<grpc::ServerCompletionQueue> cq_;
+  std::shared_ptr<GrpcServerLink> pending_;  // Set in Start, taken by OnAttached.
+  MemberOp<AgentService> attached_op_{this, &AgentService::OnAttached};
+  std::unique_ptr<std::thread> own_thread_;  // Unless cq_ is the process's link queue.
+  bool adopted_ = false;
 };
 
 }  // namespace grove

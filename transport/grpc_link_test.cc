@@ -81,9 +81,10 @@ class LinkPair {
           attached_.Notify();
         });
     grpc::ServerBuilder builder;
-    builder.RegisterService(service_.get());
+    service_->AddTo(&builder);
     builder.SetMaxReceiveMessageSize(LinkReceiveLimit(kLimit));
     server_ = builder.BuildAndStart();
+    service_->Start();
     CHECK(SetNonBlocking(fds->second.get(), true).ok());
     grpc::AddInsecureChannelFromFd(server_.get(), fds->second.Release());
     client = GrpcClientLink::Connect(std::move(fds->first), "test client", kLimit);
@@ -101,6 +102,7 @@ class LinkPair {
     server_recorder.down().WaitForNotificationWithTimeout(absl::Seconds(10));
     server_link_.reset();
     client.reset();
+    service_.reset();  // Ends its queue's thread.
     ::close(raw_client_fd_);
   }
   Link& server_link() { return *server_link_; }
@@ -158,6 +160,7 @@ TEST(GrpcLinkTest, GarbageOnTheSocketDropsTheLink) {
 
 int main(int argc, char** argv) {
   google::InitGoogleLogging(argv[0]);
+  grove::LinkQueue::Get();  // The client links' queue; each server gets its own.
   testing::InitGoogleTest(&argc, argv);
   return RUN_ALL_TESTS();
 }
