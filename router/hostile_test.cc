@@ -527,8 +527,10 @@ TEST_F(HostileChildTest, GrandchildCannotTakeOverTheIdOfAContextElsewhere) {
   // g1 answers every call that reaches it for c2, in c2's name.
   std::shared_ptr<InMemoryLink> g1_end = launcher_->child_end(g1.id());
   const uint64_t c2_id = c2.id().value();
-  g1_end->SetObserver([g1_end, c2_id](const v1::Envelope& e) {
-    if (!e.has_call() || e.dst() != c2_id) return;
+  std::weak_ptr<InMemoryLink> weak_end = g1_end;  // The observer is the end's own.
+  g1_end->SetObserver([weak_end, c2_id](const v1::Envelope& e) {
+    std::shared_ptr<InMemoryLink> g1_end = weak_end.lock();
+    if (g1_end == nullptr || !e.has_call() || e.dst() != c2_id) return;
     v1::InfoReply forged;
     forged.set_id(c2_id);
     forged.set_name("forged by g1");

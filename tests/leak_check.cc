@@ -72,7 +72,7 @@ ProcessState CaptureState() {
   }
   const pid_t self = ::getpid();
   char exe[512] = {0};
-  ::readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+  if (::readlink("/proc/self/exe", exe, sizeof(exe) - 1) < 0) exe[0] = '\0';
   for (const std::string& pid : ListDir("/proc")) {
     int p = 0;
     if (!absl::SimpleAtoi(pid, &p) || p == self) continue;
@@ -84,7 +84,10 @@ ProcessState CaptureState() {
     int ppid = 0;
     rest >> st >> ppid;
     char their_exe[512] = {0};
-    ::readlink(absl::StrCat("/proc/", pid, "/exe").c_str(), their_exe, sizeof(their_exe) - 1);
+    if (::readlink(absl::StrCat("/proc/", pid, "/exe").c_str(), their_exe,
+                   sizeof(their_exe) - 1) < 0) {
+      their_exe[0] = '\0';  // Gone, or not ours to read.
+    }
     std::string cmdline = ReadFile(absl::StrCat("/proc/", pid, "/cmdline"));
     // This binary, or a cached copy of it run by a remote method.
     bool agent = st != "Z" && (std::string(their_exe) == exe ||
