@@ -13,6 +13,7 @@
 #define GROVE_ROUTER_FUNCTIONS_H_
 
 #include <cstdint>
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <string>
@@ -80,6 +81,9 @@ class CallContext {
   // that run long should check it (or register on cancel_source()) and return early.
   bool cancelled() const { return cancel_.cancelled(); }
   CancelSource& cancel_source() { return cancel_; }
+  // True once the router cancelled it because its deadline passed (set before the cancel).
+  bool deadline_exceeded() const { return deadline_exceeded_.load(std::memory_order_acquire); }
+  void MarkDeadlineExceeded() { deadline_exceeded_.store(true, std::memory_order_release); }
 
   // This context's router: start children, call other contexts (pass `this` as
   // CallOptions::parent so deadline and cancellation carry over).
@@ -95,6 +99,7 @@ class CallContext {
   const ContextId caller_;
   const uint64_t call_id_;
   const absl::Time deadline_;
+  std::atomic<bool> deadline_exceeded_{false};
   CancelSource cancel_;
 };
 

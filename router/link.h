@@ -10,6 +10,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/time/time.h"
 #include "proto/grove.pb.h"
 
 namespace grove {
@@ -47,6 +48,10 @@ class Link {
 
   // For logs: "link to local.1234".
   virtual std::string DebugName() const = 0;
+
+  // Reads nothing more for `pause` (what is in flight still arrives): backpressure on a
+  // neighbour that floods. Transports without it ignore the hint.
+  virtual void PauseReading(absl::Duration pause) { (void)pause; }
 };
 
 }  // namespace grove

@@ -17,6 +17,8 @@ namespace {
 // stall every reply behind it), and counted; the count goes up as one record of this
 // context's own when a record passes again, at most once a second.
 constexpr double kLogRecordsPerSecond = 20000;
+// How long a child link over its log quota is not read from (see Link::PauseReading).
+constexpr absl::Duration kLogPause = absl::Milliseconds(20);
 constexpr double kLogBytesPerSecond = 8 << 20;
 
 // A token bucket for kLogRecordsPerSecond and kLogBytesPerSecond. Thread-compatible.
@@ -280,18 +282,23 @@ void Router::StartCall(ContextId dst, const std::string& function,
     });
   }
   uint64_t cancel_callback = 0, parent_callback = 0;
-  auto cancelled = [abort, function, deadline] {
-    // A parent cancelled by its own deadline passes that on as a deadline, not a cancel.
-    if (absl::Now() >= deadline) {
+  auto cancelled = [abort, function, deadline](bool parent_deadline_exceeded) {
+    // A parent cancelled by its own deadline passes that on as a deadline, not a cancel
+    // (the parent's timer may fire a hair before this call's clock reaches the deadline).
+    if (parent_deadline_exceeded || absl::Now() >= deadline) {
       abort(absl::DeadlineExceededError(
           absl::StrCat("deadline exceeded calling '", function, "'")));
     } else {
       abort(absl::CancelledError(absl::StrCat("call to '", function, "' cancelled")));
     }
   };
-  if (options.cancel != nullptr) cancel_callback = options.cancel->AddCallback(cancelled);
-  if (options.parent != nullptr) {
-    parent_callback = options.parent->cancel_source().AddCallback(cancelled);
+  if (options.cancel != nullptr) {
+    cancel_callback = options.cancel->AddCallback([cancelled] { cancelled(false); });
+  }
+  if (CallContext* parent = options.parent; parent != nullptr) {
+    // Runs only while registered, so while the parent is alive.
+    parent_callback = parent->cancel_source().AddCallback(
+        [cancelled, parent] { cancelled(parent->deadline_exceeded()); });
   }
   bool still_pending;
   {
@@ -406,6 +413,7 @@ void Router::OnEnvelope(Link* link, v1::Envelope envelope) {
   Route route;
   int64_t logs_dropped = 0;
   std::string logs_from;
+  std::shared_ptr<Link> over_quota;  // A child link whose log record was dropped.
   {
     absl::MutexLock lock(&mu_);
     std::shared_ptr<Child> from_child;
@@ -420,9 +428,12 @@ void Router::OnEnvelope(Link* link, v1::Envelope envelope) {
     }
     if (!spoofed && body == v1::Envelope::kLog && from_child != nullptr) {
       const absl::Time now = absl::Now();
-      if (!from_child->log_quota.Take(now, envelope.log().text().size())) return;
-      logs_dropped = from_child->log_quota.TakeDropped(now);
-      if (logs_dropped > 0) logs_from = from_child->info.name();
+      if (!from_child->log_quota.Take(now, envelope.log().text().size())) {
+        over_quota = from_child->link;
+      } else {
+        logs_dropped = from_child->log_quota.TakeDropped(now);
+        if (logs_dropped > 0) logs_from = from_child->info.name();
+      }
     }
     if (!spoofed && body != v1::Envelope::kAdded && body != v1::Envelope::kRemoved &&
         body != v1::Envelope::kRefused) {
@@ -432,6 +443,11 @@ void Router::OnEnvelope(Link* link, v1::Envelope envelope) {
         from_child->egress.insert(dst);
       }
     }
+  }
+  if (over_quota != nullptr) {
+    // Read no more from it for a moment: the flood waits in its own context, not here.
+    over_quota->PauseReading(kLogPause);
+    return;
   }
   if (spoofed) {
     LOG(WARNING) << "context " << self_.name() << ": dropped an envelope from "
@@ -627,12 +643,16 @@ void Router::RunCall(uint64_t src, v1::Call call, const Function* function,
   if (context->deadline() != absl::InfiniteFuture()) {
     std::weak_ptr<CallContext> weak = context;
     timer = timer_.Schedule(context->deadline(), [weak] {
-      if (auto c = weak.lock()) c->cancel_source().Cancel();
+      if (auto c = weak.lock()) {
+        c->MarkDeadlineExceeded();
+        c->cancel_source().Cancel();
+      }
     });
   }
   absl::StatusOr<std::string> result = function->invoke(call.argument(), *context);
   if (timer) timer_.Cancel(timer);
-  if (!result.ok() && context->cancelled() && absl::Now() >= context->deadline()) {
+  if (!result.ok() && context->cancelled() &&
+      (context->deadline_exceeded() || absl::Now() >= context->deadline())) {
     result = absl::DeadlineExceededError(
         absl::StrCat("'", call.function(), "' ran past its deadline in ", self_.name()));
   }

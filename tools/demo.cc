@@ -19,7 +19,7 @@ namespace {
 // Live processes other than this one that run this binary.
 std::vector<int> OurProcesses() {
   char self_exe[512] = {0};
-  ::readlink("/proc/self/exe", self_exe, sizeof(self_exe) - 1);
+  if (::readlink("/proc/self/exe", self_exe, sizeof(self_exe) - 1) < 0) self_exe[0] = '\0';
   std::vector<int> pids;
   DIR* dir = ::opendir("/proc");
   while (struct dirent* e = dir ? ::readdir(dir) : nullptr) {

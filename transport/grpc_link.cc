@@ -322,7 +322,23 @@ void GrpcClientLink::OnReadDone(bool ok) {
     for (v1::Envelope& e : *in_.mutable_envelopes()) delegate->OnEnvelope(this, std::move(e));
   }
   in_.Clear();
+  absl::Time resume_at;
+  {
+    absl::MutexLock lock(&mu_);
+    resume_at = paused_until_;
+  }
+  if (resume_at > absl::Now()) {
+    resume_.Set(LinkQueue::Get(), absl::ToChronoTime(resume_at), &resume_op_);
+    return;
+  }
   StartRead();
+}
+
+void GrpcClientLink::OnResume(bool) { StartRead(); }
+
+void GrpcClientLink::PauseReading(absl::Duration pause) {
+  absl::MutexLock lock(&mu_);
+  paused_until_ = std::max(paused_until_, absl::Now() + pause);
 }
 
 void GrpcClientLink::OnWriteDone(bool ok) {

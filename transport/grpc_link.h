@@ -26,6 +26,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "common/fd.h"
+#include "grpcpp/alarm.h"
 #include "grpcpp/grpcpp.h"
 #include "proto/grove.grpc.pb.h"
 #include "router/link.h"
@@ -149,11 +150,13 @@ class GrpcClientLink : public Link, public Corkable {
   void Send(v1::Envelope envelope) override;
   void Close(const absl::Status& reason) override;
   std::string DebugName() const override { return debug_name_; }
+  void PauseReading(absl::Duration pause) override;
   // Corkable:
   void Flush() override;
 
  private:
   GrpcClientLink(std::string debug_name, int64_t max_message_bytes);
+  void OnResume(bool ok);
   void SignalFirst();
   // Queue callbacks, on the link queue's thread.
   void OnStarted(bool ok);
@@ -177,12 +180,15 @@ class GrpcClientLink : public Link, public Corkable {
   MemberOp<GrpcClientLink> read_op_{this, &GrpcClientLink::OnReadDone};
   MemberOp<GrpcClientLink> write_op_{this, &GrpcClientLink::OnWriteDone};
   MemberOp<GrpcClientLink> finish_op_{this, &GrpcClientLink::OnFinished};
+  MemberOp<GrpcClientLink> resume_op_{this, &GrpcClientLink::OnResume};
+  grpc::Alarm resume_;  // Set while reading is paused; its op then starts the next read.
 
   absl::Mutex mu_;
   OutQueue queue_ ABSL_GUARDED_BY(mu_);
   bool started_ ABSL_GUARDED_BY(mu_) = false;
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool deferred_ ABSL_GUARDED_BY(mu_) = false;  // In a DeliveryScope's list.
+  absl::Time paused_until_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
   bool read_done_ ABSL_GUARDED_BY(mu_) = false;
   bool finishing_ ABSL_GUARDED_BY(mu_) = false;
