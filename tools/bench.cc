@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <future>
@@ -48,14 +49,19 @@ double Percentile(std::vector<double> v, double p) {
 
 double Ms(absl::Duration d) { return absl::ToDoubleMilliseconds(d); }
 
-int64_t RssKib(int64_t pid) {
-  std::ifstream status(absl::StrCat("/proc/", pid, "/status"));
+// The number after `key` on the line of `file` that starts with it ("/proc/PID/status",
+// "VmRSS:"), or -1.
+int64_t ProcField(const std::string& file, const char* key) {
+  std::ifstream in(file);
   std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) return std::atoll(line.c_str() + 6);
+  const size_t n = strlen(key);
+  while (std::getline(in, line)) {
+    if (line.compare(0, n, key) == 0) return std::atoll(line.c_str() + n);
   }
   return -1;
 }
+
+int64_t RssKib(int64_t pid) { return ProcField(absl::StrCat("/proc/", pid, "/status"), "VmRSS:"); }
 
 // Median and p99 round trip of `calls` pings after a warm-up.
 std::vector<double> PingTimes(const Context& c, int calls) {
@@ -169,27 +175,6 @@ int FileTransfers(Master& master, const Emitter& out) {
   return status;
 }
 
-// A value from /proc/PID/status ("VmRSS:", "Threads:"), or -1.
-int64_t ProcStatus(int64_t pid, const char* key) {
-  std::ifstream status(absl::StrCat("/proc/", pid, "/status"));
-  std::string line;
-  const size_t n = strlen(key);
-  while (std::getline(status, line)) {
-    if (line.compare(0, n, key) == 0) return std::atoll(line.c_str() + n);
-  }
-  return -1;
-}
-
-// Proportional set size of a process in KiB (shared pages split among their users), or -1.
-int64_t PssKib(int64_t pid) {
-  std::ifstream rollup(absl::StrCat("/proc/", pid, "/smaps_rollup"));
-  std::string line;
-  while (std::getline(rollup, line)) {
-    if (line.rfind("Pss:", 0) == 0) return std::atoll(line.c_str() + 4);
-  }
-  return -1;
-}
-
 int OpenFds() {
   int n = 0;
   std::error_code ec;
@@ -266,8 +251,9 @@ int Scale(Master& master, const Emitter& out, int total) {
   const double call_ms = Ms(absl::Now() - t);
   int64_t pss = 0, threads_total = 0;
   for (int64_t pid : pids) {
-    pss += PssKib(pid);
-    threads_total += ProcStatus(pid, "Threads:");
+    // Proportional set size: shared pages split among their users.
+    pss += ProcField(absl::StrCat("/proc/", pid, "/smaps_rollup"), "Pss:");
+    threads_total += ProcField(absl::StrCat("/proc/", pid, "/status"), "Threads:");
   }
   int listed = 0;
   for (const ContextRecord& r : master.registry().List(false)) {

@@ -146,6 +146,28 @@ DeliveryScope::~DeliveryScope() {
 
 DeliveryScope* DeliveryScope::Current() { return t_scope; }
 
+namespace {
+
+// The write flow of a link's Send, under the link's lock once an envelope is queued: true
+// when the caller is to write `out` now (filled from `queue`); false when a write is in
+// flight (its completion writes the rest) or the write is left to this thread's open
+// DeliveryScope (`*defer` is then the link to hand it).
+template <typename L>
+bool WriteOrDefer(OutQueue& queue, v1::Batch* out, bool& writing, bool& deferred,
+                  const std::shared_ptr<L>& self, std::shared_ptr<L>* defer) {
+  if (writing || deferred) return false;
+  if (DeliveryScope::Current() != nullptr && self != nullptr) {
+    deferred = true;
+    *defer = self;
+    return false;
+  }
+  writing = true;
+  queue.Fill(out);
+  return true;
+}
+
+}  // namespace
+
 // ---------------------------------------------------------------------------------------
 // GrpcClientLink
 
@@ -237,24 +259,16 @@ void GrpcClientLink::Start(LinkDelegate* delegate) {
 
 void GrpcClientLink::Send(v1::Envelope envelope) {
   std::shared_ptr<GrpcClientLink> defer;
+  bool write;
   {
     absl::MutexLock lock(&mu_);
     if (closed_ || read_done_) return;
     queue_.Push(std::move(envelope));
-    if (writing_ || !started_ || deferred_) return;
-    if (DeliveryScope::Current() != nullptr && self_ != nullptr) {
-      deferred_ = true;
-      defer = self_;
-    } else {
-      writing_ = true;
-      queue_.Fill(&out_);
-    }
+    if (!started_) return;  // OnStarted writes what is queued.
+    write = WriteOrDefer(queue_, &out_, writing_, deferred_, self_, &defer);
   }
-  if (defer != nullptr) {
-    DeliveryScope::Current()->Defer(std::move(defer));
-    return;
-  }
-  stream_->Write(out_, &write_op_);
+  if (defer != nullptr) DeliveryScope::Current()->Defer(std::move(defer));
+  if (write) stream_->Write(out_, &write_op_);
 }
 
 void GrpcClientLink::Flush() {
@@ -407,24 +421,15 @@ void GrpcServerLink::Start(LinkDelegate* delegate) {
 
 void GrpcServerLink::Send(v1::Envelope envelope) {
   std::shared_ptr<GrpcServerLink> defer;
+  bool write;
   {
     absl::MutexLock lock(&mu_);
     if (closing_ || finished_) return;
     queue_.Push(std::move(envelope));
-    if (writing_ || deferred_) return;
-    if (DeliveryScope::Current() != nullptr && self_ != nullptr) {
-      deferred_ = true;
-      defer = self_;
-    } else {
-      writing_ = true;
-      queue_.Fill(&out_);
-    }
+    write = WriteOrDefer(queue_, &out_, writing_, deferred_, self_, &defer);
   }
-  if (defer != nullptr) {
-    DeliveryScope::Current()->Defer(std::move(defer));
-    return;
-  }
-  stream_.Write(out_, &write_op_);
+  if (defer != nullptr) DeliveryScope::Current()->Defer(std::move(defer));
+  if (write) stream_.Write(out_, &write_op_);
 }
 
 void GrpcServerLink::Flush() {
