@@ -96,7 +96,9 @@ TEST_F(ScaleTest, AThousandContextsAnswerOneCallEachAndAllAreListed) {
 
   master.Shutdown();
   for (const ContextRecord& r : master.registry().List(true)) {
-    if (r.id != master.router().id()) EXPECT_EQ(r.state, ContextState::kGone) << r.name;
+    if (r.id != master.router().id()) {
+      EXPECT_EQ(r.state, ContextState::kGone) << r.name;
+    }
   }
 }
 
