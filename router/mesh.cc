@@ -36,6 +36,7 @@
 #include "grpcpp/support/interceptor.h"
 #include "proto/builtins.pb.h"
 #include "proto/mesh.pb.h"
+#include "transport/grpc_link.h"
 
 namespace grove {
 namespace {
@@ -880,6 +881,7 @@ class ProxyService final : public grpc::CallbackGenericService {
 class ProxyServer {
  public:
   explicit ProxyServer(Router* router) : router_(router), name_(router->name()), service_(this) {
+    HoldCallbackQueue();  // The callback API's queue must never be torn down and rebuilt.
     grpc::ServerBuilder builder;
     builder.RegisterCallbackGenericService(&service_);
     // It forwards everything: no health service or plugin of its own.
@@ -1100,6 +1102,7 @@ class Mesh {
     // Process-wide: servers built from now on get the health service unless they opt out
     // (the proxies do). The agent's own server is built before any mesh use.
     grpc::EnableDefaultHealthCheckService(true);
+    HoldCallbackQueue();  // As in ProxyServer.
     grpc::ServerBuilder builder;
     if (program_ != nullptr) {
       for (grpc::Service* service : program_->services()) builder.RegisterService(service);
