@@ -71,6 +71,7 @@ ProcessState CaptureState() {
     }
   }
   const pid_t self = ::getpid();
+  const pid_t self_session = ::getsid(0);
   char exe[512] = {0};
   if (::readlink("/proc/self/exe", exe, sizeof(exe) - 1) < 0) exe[0] = '\0';
   for (const std::string& pid : ListDir("/proc")) {
@@ -81,8 +82,8 @@ ProcessState CaptureState() {
     if (close == std::string::npos) continue;
     std::istringstream rest(stat.substr(close + 2));
     std::string st;
-    int ppid = 0;
-    rest >> st >> ppid;
+    int ppid = 0, pgrp = 0, session = 0;
+    rest >> st >> ppid >> pgrp >> session;
     char their_exe[512] = {0};
     if (::readlink(absl::StrCat("/proc/", pid, "/exe").c_str(), their_exe,
                    sizeof(their_exe) - 1) < 0) {
@@ -90,7 +91,10 @@ ProcessState CaptureState() {
     }
     std::string cmdline = ReadFile(absl::StrCat("/proc/", pid, "/cmdline"));
     // This binary, or a cached copy of it run by a remote method.
-    bool agent = st != "Z" && (std::string(their_exe) == exe ||
+    // Processes of this binary stay in this test's session (local and fork agents never call
+    // setsid); one in another session belongs to another run of the same test
+    // (bazel test --runs_per_test=N), which bazel starts in a session of its own.
+    bool agent = st != "Z" && ((std::string(their_exe) == exe && session == self_session) ||
                                (cmdline.find("--grove-agent") != std::string::npos &&
                                 cmdline.find("--grove-stdio") != std::string::npos));
     if (ppid != self && !agent) continue;
