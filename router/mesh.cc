@@ -674,6 +674,12 @@ class ProxyState {
     return finish_queued_;
   }
 
+  // Called by the reactor's OnDone before it drops its reference: waits out a Pump that is
+  // still between its last unlock and its return on another thread (it touches nothing after
+  // Finish, but the lock makes that ordering visible to ThreadSanitizer, which cannot see the
+  // hand-off from Finish to OnDone inside gRPC).
+  void Settle() const { absl::MutexLock lock(&mu_); }
+
   // A write-side operation completed (OnWriteDone, OnSendInitialMetadataDone). Returns the
   // credit to send to the target when it is time (responses delivered to the client).
   std::optional<v1::GrpcCredit> OperationDone() {
@@ -841,6 +847,7 @@ class ProxyCall final : public grpc::ServerGenericBidiReactor {
   }
   void OnDone() override {
     order_.Settle();
+    state_->Settle();
     delete this;
   }
 

@@ -63,15 +63,6 @@ using ::testing::Not;
 // How long anything that must happen may take: a failing wait means a lost event, not a
 // slow machine (the suite also runs under TSan on two cores).
 constexpr absl::Duration kWait = absl::Seconds(120);
-// How much slower everything runs under a sanitizer, for the one deadline that measures
-// responsiveness rather than correctness (the log flood).
-#if defined(__SANITIZE_THREAD__)
-constexpr int kSlowdown = 10;
-#elif defined(__SANITIZE_ADDRESS__)
-constexpr int kSlowdown = 3;
-#else
-constexpr int kSlowdown = 1;
-#endif
 // Calls in flight across the tree when a context fails.
 constexpr int kCalls = 3000;
 constexpr int kMiddles = 3;

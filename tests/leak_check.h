@@ -27,6 +27,17 @@ ProcessState CaptureState();
 // The target of the symbolic link at `path` ("" when it cannot be read).
 std::string Readlink(const std::string& path);
 
+// How much slower everything runs under a sanitizer, for the few deadlines that measure
+// responsiveness rather than correctness (the suites also run under TSan on two cores, two
+// tests at a time).
+#if defined(__SANITIZE_THREAD__)
+inline constexpr int kSlowdown = 10;
+#elif defined(__SANITIZE_ADDRESS__)
+inline constexpr int kSlowdown = 3;
+#else
+inline constexpr int kSlowdown = 1;
+#endif
+
 // Compares the state after the test with the one before, waiting (up to 10 s) for things that
 // end asynchronously (gRPC threads, exiting children) to settle; reaps leaked children.
 class GroveTest : public ::testing::Test {
