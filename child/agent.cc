@@ -47,6 +47,9 @@ struct AgentFlags {
   int64_t max_message_bytes = kDefaultMaxMessageBytes;
   int min_log_level = 0;
   int verbosity = 0;
+  // kExpectFlag: the digest this executable must have (remote methods); kUploadedFlag.
+  std::string expect;
+  bool uploaded = false;
 };
 
 // A child holds no fd of its parent's but stdio and its link, even ones the parent's own code
@@ -100,6 +103,11 @@ bool ParseFlags(int argc, char** argv, AgentFlags* flags, std::string* error) {
       ok = absl::SimpleAtoi(value, &flags->min_log_level);
     } else if (key == "--grove-v") {
       ok = absl::SimpleAtoi(value, &flags->verbosity);
+    } else if (key == kExpectFlag) {
+      flags->expect = std::string(value);
+      ok = !value.empty();
+    } else if (key == kUploadedFlag) {
+      flags->uploaded = true;
     } else {
       *error = absl::StrCat("unknown agent flag ", arg);
       return false;
@@ -298,6 +306,13 @@ void RunAgent(int argc, char** argv, const Functions& functions) {
   if (!ParseFlags(argc, argv, &flags, &error)) {
     fprintf(stderr, "grove agent: %s\n", error.c_str());
     _exit(2);
+  }
+  // Before anything else: run only as the very file the parent sent (launch/payload.h).
+  if (!flags.expect.empty() && VerifySelf(flags.expect.c_str()) != 0) {
+    if (!flags.uploaded) _exit(kStaleAgentExit);  // A stale cached copy: the shell uploads.
+    std::string line = absl::StrCat(kFailMarker, "upload did not verify\n");
+    WriteAll(1, line.data(), line.size()).IgnoreError();
+    _exit(1);
   }
   ::signal(SIGPIPE, SIG_IGN);
   CloseInheritedFds(flags.fd);

@@ -20,6 +20,8 @@ MarkerScanner::Event MarkerScanner::Feed(char c) {
     event = Event::kBoot;
   } else if (window_ == kNeedMarker) {
     event = Event::kNeed;
+  } else if (window_ == kZstdMarker) {
+    event = Event::kZstd;
   } else if (window_ == kArchMarker || window_ == kFailMarker) {
     detail_for_ = window_ == kArchMarker ? Event::kArch : Event::kFail;
     detail_.clear();

@@ -26,7 +26,8 @@ class MarkerScanner {
   enum class Event {
     kNone,
     kBoot,  // GRV1BOOT: the agent runs; what follows is gRPC.
-    kNeed,  // GRV1NEED: send the size line and the compressed program now.
+    kNeed,  // GRV1NEED: send the size line and the gzip of the program now.
+    kZstd,  // GRV1ZSTD: the same, with the zstd of the program.
     kArch,  // GRV1ARCH and the rest of its line: the target's machine, in detail().
     kFail,  // GRV1FAIL and the rest of its line: why the upload did not verify, in detail().
   };
@@ -34,8 +35,8 @@ class MarkerScanner {
   // The longest detail line kept; the line ends there if no newline came before.
   static constexpr size_t kMaxDetail = 512;
 
-  // Takes the next byte. kBoot and kNeed come on their marker's last byte; kArch and kFail
-  // once the line after the marker is complete.
+  // Takes the next byte. kBoot, kNeed and kZstd come on their marker's last byte; kArch and
+  // kFail once the line after the marker is complete.
   Event Feed(char c);
 
   // The line after an ARCH or FAIL marker (without its newline), so far.

@@ -180,10 +180,12 @@ absl::Status Bootstrap(Started& s, const Payload& payload, const std::string& sc
           tail->resize(tail->size() - kMarkerSize);
           return absl::OkStatus();
         }
-        if (event == MarkerScanner::Event::kNeed) {
-          VLOG(1) << what << ": asks for the agent";
+        if (event == MarkerScanner::Event::kNeed || event == MarkerScanner::Event::kZstd) {
+          const bool zstd = event == MarkerScanner::Event::kZstd;
+          VLOG(1) << what << ": asks for the agent (" << (zstd ? "zstd" : "gzip") << ")";
           tail->resize(tail->size() - kMarkerSize);
-          absl::StatusOr<const std::string*> compressed = CompressedProgram();
+          absl::StatusOr<const std::string*> compressed =
+              CompressedProgram(zstd ? Codec::kZstd : Codec::kGzip);
           if (!compressed.ok()) return compressed.status();
           std::string size_line = absl::StrCat((*compressed)->size(), "\n");
           absl::Status w = WriteAll(s.socket.get(), size_line.data(), size_line.size());
@@ -191,6 +193,7 @@ absl::Status Bootstrap(Started& s, const Payload& payload, const std::string& sc
           if (!w.ok()) return Annotate(w, absl::StrCat("cannot upload the agent to ", what));
           counters.bytes_sent += static_cast<int64_t>(size_line.size() + (*compressed)->size());
           counters.uploads += 1;
+          if (zstd) counters.zstd_uploads += 1;
           VLOG(1) << what << ": uploaded " << (*compressed)->size() << " bytes";
         }
         if (event == MarkerScanner::Event::kArch || event == MarkerScanner::Event::kFail) {
@@ -233,6 +236,7 @@ absl::StatusOr<LaunchedChild> LaunchThrough(const std::vector<std::string>& argv
   }
   absl::StatusOr<const Payload*> payload = ThisProgram();
   if (!payload.ok()) return payload.status();
+  PrepareCompressedProgram();  // In case the target asks for it: meanwhile, ssh connects.
   absl::StatusOr<Started> started = StartCommand(argv, env, with_terminal);
   if (!started.ok()) {
     return Annotate(started.status(), absl::StrCat("cannot start ", argv[0], " for ", what));

@@ -18,6 +18,7 @@ namespace grove {
 struct BootstrapCounters {
   std::atomic<int64_t> bytes_sent{0};
   std::atomic<int64_t> uploads{0};
+  std::atomic<int64_t> zstd_uploads{0};  // Of `uploads`, those the target took as zstd.
 };
 BootstrapCounters& GlobalBootstrapCounters();
 

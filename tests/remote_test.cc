@@ -107,9 +107,12 @@ TEST_F(RemoteTest, FirstContactUploadsOnceThenTheAgentRunsFromTheCache) {
   Master master(TestFunctions());
   const std::string hop = "command:sh,cache_dir=" + cache_;
   int64_t uploads = GlobalBootstrapCounters().uploads;
+  int64_t zstd_uploads = GlobalBootstrapCounters().zstd_uploads;
   absl::StatusOr<Context> first = master.Spawn(hop);
   ASSERT_TRUE(first.ok()) << first.status();
   EXPECT_EQ(GlobalBootstrapCounters().uploads, uploads + 1);
+  // tools/setup installs zstd here: the target has it, so the upload is zstd.
+  EXPECT_EQ(GlobalBootstrapCounters().zstd_uploads, zstd_uploads + 1);
   absl::StatusOr<const Payload*> payload = ThisProgram();
   ASSERT_TRUE(payload.ok());
   absl::StatusOr<v1::InfoReply> info = first->Info();
@@ -126,6 +129,43 @@ TEST_F(RemoteTest, FirstContactUploadsOnceThenTheAgentRunsFromTheCache) {
   ASSERT_TRUE(echo.ok()) << echo.status();
   // The registry names show the chain.
   EXPECT_EQ(master.registry().Find(second->id())->name, "command.sh");
+}
+
+TEST_F(RemoteTest, AStaleCachedAgentIsReplacedByAFreshUpload) {
+  Master master(TestFunctions());
+  const std::string hop = "command:sh,cache_dir=" + cache_;
+  absl::StatusOr<Context> first = master.Spawn(hop);
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_TRUE(first->Shutdown().ok());
+  absl::StatusOr<const Payload*> payload = ThisProgram();
+  ASSERT_TRUE(payload.ok());
+  // Still a program that runs (trailing bytes), but no longer the one with this digest.
+  const std::string cached = cache_ + "/" + (*payload)->sha256;
+  ASSERT_EQ(Shell("printf x >> " + cached), 0);
+  ASSERT_NE(Shell(absl::StrCat(cached, " --grove-verify=", (*payload)->sha256)), 0);
+  int64_t uploads = GlobalBootstrapCounters().uploads;
+  absl::StatusOr<Context> second = master.Spawn(hop);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(GlobalBootstrapCounters().uploads, uploads + 1);
+  EXPECT_TRUE(second->Ping().ok());
+  EXPECT_EQ(Shell(absl::StrCat(cached, " --grove-verify=", (*payload)->sha256)), 0);
+}
+
+TEST_F(RemoteTest, WithoutZstdOnTheTargetTheUploadIsGzip) {
+  // A PATH with what the first stage runs, but no zstd.
+  const std::string bin = cache_ + "/bin";
+  ASSERT_EQ(Shell("mkdir -p " + bin + " && for t in sh uname mkdir id chmod mktemp head gzip mv "
+                  "rm; do ln -s \"$(command -v $t)\" " + bin + "/$t || exit 1; done"),
+            0);
+  Master master(TestFunctions());
+  int64_t uploads = GlobalBootstrapCounters().uploads;
+  int64_t zstd_uploads = GlobalBootstrapCounters().zstd_uploads;
+  absl::StatusOr<Context> child =
+      master.Spawn(absl::StrCat("command:env PATH=", bin, " sh,cache_dir=", cache_, "/c"));
+  ASSERT_TRUE(child.ok()) << child.status();
+  EXPECT_EQ(GlobalBootstrapCounters().uploads, uploads + 1);
+  EXPECT_EQ(GlobalBootstrapCounters().zstd_uploads, zstd_uploads);
+  EXPECT_TRUE(child->Ping().ok());
 }
 
 TEST_F(RemoteTest, CommandThatChangesIdentity) {
