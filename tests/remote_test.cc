@@ -151,6 +151,15 @@ TEST_F(RemoteTest, AStaleCachedAgentIsReplacedByAFreshUpload) {
   EXPECT_EQ(Shell(absl::StrCat(cached, " --grove-verify=", (*payload)->sha256)), 0);
 }
 
+TEST_F(RemoteTest, ACacheDirectoryThatIsASymlinkIsRefused) {
+  ASSERT_EQ(Shell("mkdir " + cache_ + "/real && ln -s real " + cache_ + "/link"), 0);
+  Master master(TestFunctions());
+  absl::StatusOr<Context> child = master.Spawn("command:sh,cache_dir=" + cache_ + "/link");
+  ASSERT_FALSE(child.ok());
+  EXPECT_THAT(child.status().message(), HasSubstr("is a symlink"));
+  EXPECT_EQ(Shell("ls -A " + cache_ + "/real | grep -q ."), 1);  // Nothing written there.
+}
+
 TEST_F(RemoteTest, WithoutZstdOnTheTargetTheUploadIsGzip) {
   // A PATH with what the first stage runs, but no zstd.
   const std::string bin = cache_ + "/bin";
