@@ -1,5 +1,6 @@
 #include "launch/payload.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/sha.h>
@@ -10,10 +11,14 @@
 #include <zlib.h>
 #include <zstd.h>
 
+#include <algorithm>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "absl/base/call_once.h"
 #include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
@@ -115,6 +120,34 @@ void KeepFile(const std::string& path, const std::string& data) {
   }
 }
 
+// Whether `name` is a program's digest (64 lowercase hex digits) followed by `suffix`.
+bool IsPayloadName(absl::string_view name, absl::string_view suffix) {
+  if (name.size() != 64 + suffix.size() || !absl::EndsWith(name, suffix)) return false;
+  return std::all_of(name.begin(), name.begin() + 64,
+                     [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
+}
+
+// Removes all but the `keep` most recently modified "<sha256><suffix>" files of `dir` (other
+// builds' compressions; a developer's machine makes one per build).
+void EvictOldPayloads(const std::string& dir, absl::string_view suffix, size_t keep) {
+  std::vector<std::pair<int64_t, std::string>> found;  // mtime (ns), name
+  if (DIR* d = ::opendir(dir.c_str())) {
+    while (struct dirent* e = ::readdir(d)) {
+      struct stat st;
+      if (IsPayloadName(e->d_name, suffix) &&
+          ::fstatat(::dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode)) {
+        found.emplace_back(int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec, e->d_name);
+      }
+    }
+    ::closedir(d);
+  }
+  if (found.size() <= keep) return;
+  std::sort(found.begin(), found.end(), std::greater<>());
+  for (size_t i = keep; i < found.size(); ++i) {
+    ::unlink(absl::StrCat(dir, "/", found[i].second).c_str());
+  }
+}
+
 }  // namespace
 
 std::string Sha256Hex(const std::string& data) {
@@ -178,7 +211,11 @@ absl::StatusOr<const std::string*> CompressedProgram(Codec codec) {
     }
     compressed[i] = new absl::StatusOr<std::string>(codec == Codec::kZstd ? Zstd(bytes)
                                                                           : Gzip(bytes));
-    if (compressed[i]->ok() && !path.empty()) KeepFile(path, **compressed[i]);
+    if (compressed[i]->ok() && !path.empty()) {
+      KeepFile(path, **compressed[i]);
+      EvictOldPayloads(path.substr(0, path.rfind('/')),
+                       codec == Codec::kZstd ? ".zst" : ".gz", kKeptBuilds);
+    }
   });
   if (!compressed[i]->ok()) return compressed[i]->status();
   return &**compressed[i];
@@ -229,8 +266,13 @@ std::string FirstStage(const Payload& payload, const std::string& cache_dir,
       "t=`mktemp \"$d/.$h.XXXXXX\"`||exit 1;",
       "if command -v zstd >/dev/null 2>&1;then printf ", kZstdMarker, ";c='zstd -dcq';",
       "else printf ", kNeedMarker, ";c='gzip -dc';fi;read n||exit 1;",
-      "if head -c $n|$c>\"$t\"&&chmod 700 \"$t\"&&mv -f \"$t\" \"$f\";",
-      "then exec \"$f\" ", args, " ", expect, " ", kUploadedFlag, ";fi;",
+      "if head -c $n|$c>\"$t\"&&chmod 700 \"$t\"&&mv -f \"$t\" \"$f\";then ",
+      // Other builds beyond the newest kKeptBuilds go (only files named like a digest:
+      // cache_dir may be a directory with other files in it).
+      "ls -t \"$d\"|{ i=0;while read o;do case $o in *[!0-9a-f]*)continue;;esac;",
+      "[ ${#o} = 64 ]||continue;i=$((i+1));[ $i -le ", kKeptBuilds, " ]||[ $o = $h ]||",
+      "rm -f \"$d/$o\";done;};",
+      "exec \"$f\" ", args, " ", expect, " ", kUploadedFlag, ";fi;",
       "rm -f \"$t\";printf '", kFailMarker, "upload did not arrive whole\\n';exit 1");
 }
 

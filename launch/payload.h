@@ -53,12 +53,17 @@ inline constexpr char kExpectFlag[] = "--grove-expect";
 inline constexpr char kUploadedFlag[] = "--grove-uploaded";
 inline constexpr int kStaleAgentExit = 86;
 
+// Programs (builds) a cache keeps; older ones are removed when a new one arrives.
+inline constexpr int kKeptBuilds = 4;
+
 // The first stage: a POSIX sh program that runs `<cache>/<sha256>` with `agent_args` if it
 // is there (the agent checks its own digest, kExpectFlag; the shell waits, and goes on to the
 // upload if the copy is stale), and otherwise prints kZstdMarker (when the target has `zstd`)
 // or kNeedMarker, reads a line with the compressed size and then exactly that many bytes from
 // stdin, decompresses, renames into the cache atomically and execs it (which verifies itself
 // before it does anything else).
+// After an upload, it removes the cache's other programs (files named by a digest) beyond the
+// kKeptBuilds most recently modified; the master does the same with its compressions.
 // `cache_dir` empty means "$HOME/.cache/grove", falling back to "${TMPDIR:-/tmp}/grove-$uid"
 // when that is not writable.
 std::string FirstStage(const Payload& payload, const std::string& cache_dir,

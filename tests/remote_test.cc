@@ -151,6 +151,29 @@ TEST_F(RemoteTest, AStaleCachedAgentIsReplacedByAFreshUpload) {
   EXPECT_EQ(Shell(absl::StrCat(cached, " --grove-verify=", (*payload)->sha256)), 0);
 }
 
+TEST_F(RemoteTest, AnUploadRemovesOlderBuildsButNothingElse) {
+  // Five older builds (named like digests, a day apart) and a file that is not one.
+  std::string make;
+  for (int i = 0; i < 5; ++i) {
+    absl::StrAppend(&make, "touch -d '", i + 1, " days ago' ", cache_, "/", std::string(63, 'a'),
+                    i, ";");
+  }
+  ASSERT_EQ(Shell(make + "touch -d '9 days ago' " + cache_ + "/notes.txt"), 0);
+  Master master(TestFunctions());
+  absl::StatusOr<Context> child = master.Spawn("command:sh,cache_dir=" + cache_);
+  ASSERT_TRUE(child.ok()) << child.status();
+  absl::StatusOr<const Payload*> payload = ThisProgram();
+  ASSERT_TRUE(payload.ok());
+  std::vector<std::string> left;
+  for (const auto& entry : std::filesystem::directory_iterator(cache_)) {
+    left.push_back(entry.path().filename().string());
+  }
+  // This build and the three newest others (kKeptBuilds = 4); the other file stays.
+  EXPECT_THAT(left, ::testing::UnorderedElementsAre(
+                        (*payload)->sha256, std::string(63, 'a') + "0",
+                        std::string(63, 'a') + "1", std::string(63, 'a') + "2", "notes.txt"));
+}
+
 TEST_F(RemoteTest, ACacheDirectoryThatIsASymlinkIsRefused) {
   ASSERT_EQ(Shell("mkdir " + cache_ + "/real && ln -s real " + cache_ + "/link"), 0);
   Master master(TestFunctions());
