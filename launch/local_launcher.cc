@@ -20,6 +20,14 @@ namespace {
 
 // How much of a child's early output an error quotes.
 constexpr size_t kTailBytes = 4096;
+// How long a child whose link broke may take to finish exiting, so that its exit status (a
+// crash's signal) goes into the report. A sanitizer's process takes far longer to tear down
+// (ThreadSanitizer's shadow memory).
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+constexpr int kExitWaitMs = 100;
+#else
+constexpr int kExitWaitMs = 5;
+#endif
 
 // A child process of this process. Thread-safe: Stop and PollExit may run concurrently.
 class LocalChild : public ChildProcess {
@@ -37,7 +45,7 @@ class LocalChild : public ChildProcess {
   std::string PollExit() override {
     // The link usually breaks a moment before the exit is visible: wait for it, briefly.
     struct pollfd p = {process_.pidfd(), POLLIN, 0};
-    ::poll(&p, 1, 5);
+    ::poll(&p, 1, kExitWaitMs);
     return TryReap();
   }
 
