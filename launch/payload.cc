@@ -229,7 +229,6 @@ void PrepareCompressedProgram() {
     std::thread([] {
       ::pthread_setname_np(::pthread_self(), "grove-compress");
       CompressedProgram(Codec::kZstd).IgnoreError();
-      CompressedProgram(Codec::kGzip).IgnoreError();
     }).detach();
   });
 }

@@ -30,9 +30,9 @@ enum class Codec { kGzip, kZstd };
 // its frame's content size; the target verifies the digest in any case). Thread-safe.
 absl::StatusOr<const std::string*> CompressedProgram(Codec codec);
 
-// Starts making both compressions on a thread of their own, once per process, so that the
-// first upload does not wait for them (they take a few hundred ms of CPU, which overlaps the
-// ssh handshake). Returns at once. Thread-safe.
+// Starts making the zstd compression on a thread of its own, once per process, so that the
+// first upload does not wait for it (~140 ms of CPU, which overlaps the ssh handshake); the
+// gzip one, for targets without zstd, is made when one asks. Returns at once. Thread-safe.
 void PrepareCompressedProgram();
 
 // Hex SHA-256 of `data`.
