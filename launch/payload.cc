@@ -76,6 +76,9 @@ bool IsZstdOf(const std::string& zst, const std::string& data) {
          ZSTD_getFrameContentSize(zst.data(), zst.size()) == data.size();
 }
 
+// The file name suffix of a compressed payload kept on disk.
+const char* Suffix(Codec codec) { return codec == Codec::kZstd ? ".zst" : ".gz"; }
+
 // Where this build's compressed payload is kept between runs: under $HOME/.cache/grove
 // (0700), or "" without a home.
 std::string LocalPayloadCache(const Payload& payload, Codec codec) {
@@ -89,7 +92,7 @@ std::string LocalPayloadCache(const Payload& payload, Codec codec) {
   if (::stat(dir.c_str(), &st) != 0 || st.st_uid != ::geteuid() || (st.st_mode & 077) != 0) {
     return "";  // Not ours, or not private: do not trust what is there.
   }
-  return absl::StrCat(dir, "/", payload.sha256, codec == Codec::kZstd ? ".zst" : ".gz");
+  return absl::StrCat(dir, "/", payload.sha256, Suffix(codec));
 }
 
 // Reads a whole file with read(2) into a string sized from fstat: iostreams take 77 ms
@@ -213,8 +216,7 @@ absl::StatusOr<const std::string*> CompressedProgram(Codec codec) {
                                                                           : Gzip(bytes));
     if (compressed[i]->ok() && !path.empty()) {
       KeepFile(path, **compressed[i]);
-      EvictOldPayloads(path.substr(0, path.rfind('/')),
-                       codec == Codec::kZstd ? ".zst" : ".gz", kKeptBuilds);
+      EvictOldPayloads(path.substr(0, path.rfind('/')), Suffix(codec), kKeptBuilds);
     }
   });
   if (!compressed[i]->ok()) return compressed[i]->status();
