@@ -45,6 +45,10 @@ std::string Readlink(const std::string& path) {
   return n < 0 ? "" : std::string(buffer, n);
 }
 
+bool SanitizerRuntimeFd(int pid, const std::string& target) {
+  return kSlowdown > 1 && target == absl::StrCat("/proc/", pid, "/maps");
+}
+
 ProcessState CaptureState() {
   ProcessState state;
   std::string self_fd = "/proc/self/fd";
@@ -52,6 +56,7 @@ ProcessState CaptureState() {
     char target[512] = {0};
     ssize_t n = ::readlink((self_fd + "/" + fd).c_str(), target, sizeof(target) - 1);
     if (n < 0) continue;  // The directory stream itself, closed by now.
+    if (SanitizerRuntimeFd(::getpid(), target)) continue;
     state.fds.insert(absl::StrCat(fd, " -> ", target));
   }
   for (const std::string& task : ListDir("/proc/self/task")) {

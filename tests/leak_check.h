@@ -38,6 +38,11 @@ inline constexpr int kSlowdown = 3;
 inline constexpr int kSlowdown = 1;
 #endif
 
+// Whether `target`, an fd's target in process `pid`, is the sanitizer runtime's own: it reads
+// the process's /proc/self/maps now and then (ThreadSanitizer's background thread does, in
+// every process), and a listing of fds can catch that one open.
+bool SanitizerRuntimeFd(int pid, const std::string& target);
+
 // Compares the state after the test with the one before, waiting (up to 10 s) for things that
 // end asynchronously (gRPC threads, exiting children) to settle; reaps leaked children.
 class GroveTest : public ::testing::Test {
