@@ -2,7 +2,7 @@
 // command prints: ssh banners, a motd, prompts, a hostile or broken remote shell.
 //
 // Besides not crashing, it checks what the launcher relies on:
-//  - kBoot, kNeed and kZstd come exactly when the last 8 bytes are that marker;
+//  - kBoot, kNeed, kZstd and kMore come exactly when the last 8 bytes are that marker;
 //  - an ARCH or FAIL detail holds no newline and at most kMaxDetail bytes;
 //  - whatever came before, a newline and then GRV1BOOT are seen as the boot, on its last
 //    byte and not before (nothing is consumed past it).
@@ -27,6 +27,7 @@ void Check(const uint8_t* data, size_t size) {
     if (event == MarkerScanner::Event::kBoot) CHECK_EQ(last, kBootMarker);
     if (event == MarkerScanner::Event::kNeed) CHECK_EQ(last, kNeedMarker);
     if (event == MarkerScanner::Event::kZstd) CHECK_EQ(last, kZstdMarker);
+    if (event == MarkerScanner::Event::kMore) CHECK_EQ(last, kMoreMarker);
     if (event == MarkerScanner::Event::kArch || event == MarkerScanner::Event::kFail) {
       CHECK(scanner.detail().find('\n') == std::string::npos);
       CHECK_LE(scanner.detail().size(), MarkerScanner::kMaxDetail);

@@ -22,6 +22,8 @@ MarkerScanner::Event MarkerScanner::Feed(char c) {
     event = Event::kNeed;
   } else if (window_ == kZstdMarker) {
     event = Event::kZstd;
+  } else if (window_ == kMoreMarker) {
+    event = Event::kMore;
   } else if (window_ == kArchMarker || window_ == kFailMarker) {
     detail_for_ = window_ == kArchMarker ? Event::kArch : Event::kFail;
     detail_.clear();

@@ -28,6 +28,7 @@ class MarkerScanner {
     kBoot,  // GRV1BOOT: the agent runs; what follows is gRPC.
     kNeed,  // GRV1NEED: send the size line and the gzip of the program now.
     kZstd,  // GRV1ZSTD: the same, with the zstd of the program.
+    kMore,  // GRV1MORE: send the next piece of the upload.
     kArch,  // GRV1ARCH and the rest of its line: the target's machine, in detail().
     kFail,  // GRV1FAIL and the rest of its line: why the upload did not verify, in detail().
   };
@@ -35,7 +36,7 @@ class MarkerScanner {
   // The longest detail line kept; the line ends there if no newline came before.
   static constexpr size_t kMaxDetail = 512;
 
-  // Takes the next byte. kBoot, kNeed and kZstd come on their marker's last byte; kArch and
+  // Takes the next byte. kBoot, kNeed, kZstd and kMore come on their marker's last byte; kArch and
   // kFail once the line after the marker is complete.
   Event Feed(char c);
 

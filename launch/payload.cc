@@ -3,7 +3,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <openssl/sha.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -17,12 +16,12 @@
 #include <vector>
 
 #include "absl/base/call_once.h"
-#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "common/fd.h"
+#include "common/sha256.h"
 
 namespace grove {
 namespace {
@@ -153,25 +152,16 @@ void EvictOldPayloads(const std::string& dir, absl::string_view suffix, size_t k
 
 }  // namespace
 
-std::string Sha256Hex(const std::string& data) {
-  unsigned char digest[SHA256_DIGEST_LENGTH];
-  SHA256(reinterpret_cast<const unsigned char*>(data.data()), data.size(), digest);
-  return absl::BytesToHexString(
-      absl::string_view(reinterpret_cast<const char*>(digest), sizeof(digest)));
-}
-
 int VerifySelf(const char* sha256) {
   UniqueFd fd(::open("/proc/self/exe", O_RDONLY | O_CLOEXEC));
   struct stat st;
   if (!fd.valid() || ::fstat(fd.get(), &st) != 0 || st.st_size == 0) return 1;
   void* map = ::mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ, MAP_PRIVATE, fd.get(), 0);
   if (map == MAP_FAILED) return 1;
-  unsigned char digest[SHA256_DIGEST_LENGTH];
-  SHA256(static_cast<const unsigned char*>(map), static_cast<size_t>(st.st_size), digest);
+  Sha256 sha;
+  sha.Update(map, static_cast<size_t>(st.st_size));
   ::munmap(map, static_cast<size_t>(st.st_size));
-  const std::string hex = absl::BytesToHexString(
-      absl::string_view(reinterpret_cast<const char*>(digest), sizeof(digest)));
-  return hex == sha256 ? 0 : 1;
+  return sha.HexDigest() == sha256 ? 0 : 1;
 }
 
 absl::StatusOr<const Payload*> ThisProgram() {
@@ -185,7 +175,7 @@ absl::StatusOr<const Payload*> ThisProgram() {
       return;
     }
     Payload p;
-    p.sha256 = Sha256Hex(exe);
+    p.sha256 = Sha256::Hex(exe);
     p.size = exe.size();
     p.bytes = std::move(exe);
     payload = new absl::StatusOr<Payload>(std::move(p));
@@ -267,7 +257,11 @@ std::string FirstStage(const Payload& payload, const std::string& cache_dir,
       "t=`mktemp \"$d/.$h.XXXXXX\"`||exit 1;",
       "if command -v zstd >/dev/null 2>&1;then printf ", kZstdMarker, ";c='zstd -dcq';",
       "else printf ", kNeedMarker, ";c='gzip -dc';fi;read n||exit 1;",
-      "if head -c $n|$c>\"$t\"&&chmod 700 \"$t\"&&mv -f \"$t\" \"$f\";then ",
+      // All but the last piece, each followed by a request for the next (on fd 3: the
+      // shell's own stdout, while the pieces go down the pipe).
+      "if { { i=$n;while [ $i -gt ", kUploadChunk, " ];do head -c ", kUploadChunk,
+      "||exit 1;printf ", kMoreMarker, ">&3;i=$((i-", kUploadChunk, "));done;head -c $i;}",
+      "|$c>\"$t\";} 3>&1&&chmod 700 \"$t\"&&mv -f \"$t\" \"$f\";then ",
       // Other builds beyond the newest kKeptBuilds go (only files named like a digest:
       // cache_dir may be a directory with other files in it).
       "ls -t \"$d\"|{ i=0;while read o;do case $o in *[!0-9a-f]*)continue;;esac;",

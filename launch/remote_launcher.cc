@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "absl/random/random.h"
@@ -138,6 +139,8 @@ absl::Status Bootstrap(Started& s, const Payload& payload, const std::string& sc
   MarkerScanner markers;
   std::string err_tail;
   const int64_t deadline_ms = absl::ToUnixMillis(deadline);
+  const std::string* upload = nullptr;  // The compressed program, once the target asks for it.
+  size_t uploaded = 0;                  // How much of it is sent.
   for (;;) {
     int64_t left = deadline_ms - absl::ToUnixMillis(absl::Now());
     if (left <= 0) {
@@ -180,21 +183,37 @@ absl::Status Bootstrap(Started& s, const Payload& payload, const std::string& sc
           tail->resize(tail->size() - kMarkerSize);
           return absl::OkStatus();
         }
-        if (event == MarkerScanner::Event::kNeed || event == MarkerScanner::Event::kZstd) {
-          const bool zstd = event == MarkerScanner::Event::kZstd;
-          VLOG(1) << what << ": asks for the agent (" << (zstd ? "zstd" : "gzip") << ")";
+        const bool asks = event == MarkerScanner::Event::kNeed ||
+                          event == MarkerScanner::Event::kZstd;
+        if (asks || event == MarkerScanner::Event::kMore) {
           tail->resize(tail->size() - kMarkerSize);
-          absl::StatusOr<const std::string*> compressed =
-              CompressedProgram(zstd ? Codec::kZstd : Codec::kGzip);
-          if (!compressed.ok()) return compressed.status();
-          std::string size_line = absl::StrCat((*compressed)->size(), "\n");
+          if (asks == (upload != nullptr) || (upload != nullptr && uploaded == upload->size())) {
+            return absl::UnavailableError(absl::StrCat(
+                what, asks ? " asked for the agent twice" : " asked for more of the agent than "
+                "there is", QuoteTail(*tail + err_tail)));
+          }
+          std::string size_line;
+          if (asks) {
+            const bool zstd = event == MarkerScanner::Event::kZstd;
+            VLOG(1) << what << ": asks for the agent (" << (zstd ? "zstd" : "gzip") << ")";
+            absl::StatusOr<const std::string*> compressed =
+                CompressedProgram(zstd ? Codec::kZstd : Codec::kGzip);
+            if (!compressed.ok()) return compressed.status();
+            upload = *compressed;
+            size_line = absl::StrCat(upload->size(), "\n");
+            counters.uploads += 1;
+            if (zstd) counters.zstd_uploads += 1;
+          }
+          // The size line with the first piece, then one piece per request (see FirstStage).
+          const size_t piece = std::min(kUploadChunk, upload->size() - uploaded);
           absl::Status w = WriteAll(s.socket.get(), size_line.data(), size_line.size());
-          if (w.ok()) w = WriteAll(s.socket.get(), (*compressed)->data(), (*compressed)->size());
+          if (w.ok()) w = WriteAll(s.socket.get(), upload->data() + uploaded, piece);
           if (!w.ok()) return Annotate(w, absl::StrCat("cannot upload the agent to ", what));
-          counters.bytes_sent += static_cast<int64_t>(size_line.size() + (*compressed)->size());
-          counters.uploads += 1;
-          if (zstd) counters.zstd_uploads += 1;
-          VLOG(1) << what << ": uploaded " << (*compressed)->size() << " bytes";
+          uploaded += piece;
+          counters.bytes_sent += static_cast<int64_t>(size_line.size() + piece);
+          if (uploaded == upload->size()) {
+            VLOG(1) << what << ": uploaded " << upload->size() << " bytes";
+          }
         }
         if (event == MarkerScanner::Event::kArch || event == MarkerScanner::Event::kFail) {
           return MarkerError(event, markers.detail(), what);

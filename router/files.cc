@@ -3,7 +3,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <openssl/evp.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -15,10 +14,10 @@
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
-#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "common/fd.h"
+#include "common/sha256.h"
 #include "common/status_util.h"
 #include "proto/builtins.pb.h"
 #include "proto/files.pb.h"
@@ -38,29 +37,19 @@ absl::Status PathError(int err, absl::string_view what, const std::string& path,
                                                 where, base.message()));
 }
 
-std::string Hex(const unsigned char* digest, unsigned int size) {
-  return absl::BytesToHexString(absl::string_view(reinterpret_cast<const char*>(digest), size));
-}
-
 // SHA-256 of a file's bytes (of `size` bytes from an open fd when fd >= 0).
 absl::StatusOr<std::string> Sha256Of(int fd, const std::string& path, const std::string& where) {
-  std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
-  if (ctx == nullptr || EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1) {
-    return absl::InternalError("cannot start a SHA-256");
-  }
+  Sha256 sha;
   std::string buffer(1 << 20, '\0');
   for (int64_t offset = 0;;) {
     ssize_t n = ::pread(fd, buffer.data(), buffer.size(), offset);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return PathError(errno, "read", path, where);
     if (n == 0) break;
-    EVP_DigestUpdate(ctx.get(), buffer.data(), static_cast<size_t>(n));
+    sha.Update(buffer.data(), static_cast<size_t>(n));
     offset += n;
   }
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int size = 0;
-  EVP_DigestFinal_ex(ctx.get(), digest, &size);
-  return Hex(digest, size);
+  return sha.HexDigest();
 }
 
 std::string Join(const std::string& dir, const std::string& rel) {

@@ -200,6 +200,55 @@ TEST_F(RemoteTest, WithoutZstdOnTheTargetTheUploadIsGzip) {
   EXPECT_TRUE(child->Ping().ok());
 }
 
+TEST_F(RemoteTest, ABusyboxTargetGetsTheAgentInPieces) {
+  // Busybox's sh, head and gzip only (no zstd): the upload is gzip, in kUploadChunk pieces
+  // each read by its own busybox head.
+  const std::string bin = cache_ + "/bin";
+  ASSERT_EQ(Shell("mkdir -p " + bin + " && for t in sh uname mkdir id chmod mktemp head gzip mv "
+                  "rm ls; do ln -s \"$(command -v busybox)\" " + bin + "/$t || exit 1; done"),
+            0);
+  Master master(TestFunctions());
+  int64_t uploads = GlobalBootstrapCounters().uploads;
+  int64_t zstd_uploads = GlobalBootstrapCounters().zstd_uploads;
+  absl::StatusOr<const std::string*> gzip = CompressedProgram(Codec::kGzip);
+  ASSERT_TRUE(gzip.ok()) << gzip.status();
+  ASSERT_GT((*gzip)->size(), 2 * kUploadChunk);  // Three pieces at least.
+  absl::StatusOr<Context> child =
+      master.Spawn(absl::StrCat("command:env PATH=", bin, " sh,cache_dir=", cache_, "/c"));
+  ASSERT_TRUE(child.ok()) << child.status();
+  EXPECT_EQ(GlobalBootstrapCounters().uploads, uploads + 1);
+  EXPECT_EQ(GlobalBootstrapCounters().zstd_uploads, zstd_uploads);
+  absl::StatusOr<v1::InfoReply> info = child->Info();
+  ASSERT_TRUE(info.ok()) << info.status();
+  absl::StatusOr<const Payload*> payload = ThisProgram();
+  ASSERT_TRUE(payload.ok());
+  EXPECT_EQ(Readlink(absl::StrCat("/proc/", info->pid(), "/exe")),
+            cache_ + "/c/" + (*payload)->sha256);
+}
+
+TEST_F(RemoteTest, ATargetThatAsksForTooMuchIsRefused) {
+  // Instead of the first stage, a shell that reads it and then misbehaves.
+  const std::string more = absl::StrCat(
+      "read stage;printf GRV1ZSTD;read n;i=$n;while [ $i -gt ", kUploadChunk, " ];do head -c ",
+      kUploadChunk, " >/dev/null;printf GRV1MORE;i=$((i-", kUploadChunk, "));done;",
+      "head -c $i >/dev/null;printf GRV1MORE;read rest");
+  const std::string twice = absl::StrCat("read stage;printf GRV1ZSTD;read n;head -c ",
+                                         kUploadChunk, " >/dev/null;printf GRV1ZSTD;read rest");
+  for (const auto& [script, error] : {std::pair{more, "asked for more of the agent than there is"},
+                                      std::pair{twice, "asked for the agent twice"}}) {
+    const std::string file = cache_ + "/target.sh";
+    {
+      std::ofstream out(file);
+      out << script << "\n";
+      ASSERT_TRUE(out.good());
+    }
+    Master master(TestFunctions());
+    absl::StatusOr<Context> child = master.Spawn("command:sh " + file + ",cache_dir=" + cache_);
+    EXPECT_EQ(child.status().code(), absl::StatusCode::kUnavailable) << child.status();
+    EXPECT_THAT(child.status().message(), HasSubstr(error));
+  }
+}
+
 TEST_F(RemoteTest, CommandThatChangesIdentity) {
   Master master(TestFunctions());
   absl::StatusOr<Context> nobody = master.Spawn(

@@ -145,7 +145,7 @@ def _system_libraries_impl(ctx):
     # position-independent, hence -no-pie. Under a sanitizer, libstdc++ stays shared so that
     # the sanitizer's operator new/delete take effect.
     self_contained = ["-no-pie", "-Wl,-Bstatic", "-l:libstdc++.a", "-Wl,-Bdynamic",
-                      "-static-libgcc", "-Wl,--as-needed"]
+                      "-static-libgcc", "-Wl,--as-needed", "-Wl,--exclude-libs,ALL"]
     sanitized = ["-no-pie"]
 
     ctx.file("tsan_support.cc", TSAN_SUPPORT_CC.format(
