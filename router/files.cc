@@ -82,9 +82,10 @@ struct timespec ToTimespec(int64_t ns) {
   return t;
 }
 
-// The entries under `root` (itself first, then pre-order), files with their SHA-256.
-absl::Status Scan(const std::string& root, const std::string& rel, bool recursive, int depth,
-                  const std::string& where, std::vector<v1::FileEntry>* out) {
+// The entries under `root` (itself first, then pre-order), files with their SHA-256 when
+// `hash` (otherwise empty files only: a push hashes the others while it sends them).
+absl::Status Scan(const std::string& root, const std::string& rel, bool recursive, bool hash,
+                  int depth, const std::string& where, std::vector<v1::FileEntry>* out) {
   const std::string path = Join(root, rel);
   struct stat st;
   if (::lstat(path.c_str(), &st) != 0) return PathError(errno, "read", path, where);
@@ -105,11 +106,13 @@ absl::Status Scan(const std::string& root, const std::string& rel, bool recursiv
   if (S_ISREG(st.st_mode)) {
     UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
     if (!fd.valid()) return PathError(errno, "read", path, where);
-    absl::StatusOr<std::string> digest = Sha256Of(fd.get(), path, where);
-    if (!digest.ok()) return digest.status();
     entry.set_kind(v1::FileEntry::FILE);
     entry.set_size(st.st_size);
-    entry.set_sha256(*digest);
+    if (hash || st.st_size == 0) {
+      absl::StatusOr<std::string> digest = Sha256Of(fd.get(), path, where);
+      if (!digest.ok()) return digest.status();
+      entry.set_sha256(*digest);
+    }
     out->push_back(std::move(entry));
     return absl::OkStatus();
   }
@@ -135,7 +138,7 @@ absl::Status Scan(const std::string& root, const std::string& rel, bool recursiv
   }
   std::sort(names.begin(), names.end());
   for (const std::string& name : names) {
-    if (absl::Status s = Scan(root, Join(rel, name), true, depth + 1, where, out); !s.ok()) {
+    if (absl::Status s = Scan(root, Join(rel, name), true, hash, depth + 1, where, out); !s.ok()) {
       return s;
     }
   }
@@ -215,6 +218,7 @@ class FileWriter {
       absl::MutexLock lock(&mu_);
       if (discarded_) return absl::CancelledError(absl::StrCat("transfer to ", dest_, " dropped"));
     }
+    const int64_t start = offset;
     const char* p = data.data();
     size_t left = data.size();
     while (left > 0) {
@@ -225,20 +229,28 @@ class FileWriter {
       left -= static_cast<size_t>(n);
       offset += n;
     }
+    Hash(start, data);
     return absl::OkStatus();
   }
 
-  // Verifies, sets mode and time, renames into place.
-  absl::Status Commit() {
+  // Verifies against the entry's SHA-256 (or, when it came without one, `late_sha256`, which
+  // came with the last chunk), sets mode and time, renames into place.
+  absl::Status Commit(const std::string& late_sha256 = "") {
     absl::MutexLock lock(&mu_);
     if (committed_) return absl::OkStatus();
     if (discarded_) return absl::CancelledError(absl::StrCat("transfer to ", dest_, " dropped"));
-    absl::StatusOr<std::string> digest = Sha256Of(fd_.get(), temp_, where_);
+    const std::string& expected = entry_.sha256().empty() ? late_sha256 : entry_.sha256();
+    absl::StatusOr<std::string> digest;
+    if (in_order_ && hashed_ == entry_.size()) {
+      digest = sha_.HexDigest();
+    } else {
+      digest = Sha256Of(fd_.get(), temp_, where_);  // The bytes came out of order.
+    }
     if (!digest.ok()) return digest.status();
-    if (*digest != entry_.sha256()) {
+    if (*digest != expected) {
       return absl::DataLossError(absl::StrCat(dest_, " in context ", where_,
                                               " did not verify: SHA-256 ", *digest, ", expected ",
-                                              entry_.sha256()));
+                                              expected.empty() ? "(none sent)" : expected));
     }
     if (::fchmod(fd_.get(), entry_.mode()) != 0) return PathError(errno, "chmod", dest_, where_);
     struct timespec times[2] = {ToTimespec(entry_.mtime_ns()), ToTimespec(entry_.mtime_ns())};
@@ -255,6 +267,31 @@ class FileWriter {
     absl::MutexLock lock(&mu_);
     committed_ = true;
   }
+  // Hashes the file's bytes as they are written, in order: a chunk that comes early waits in
+  // ahead_ for the ones before it (a few, as many as a sender keeps in flight); beyond
+  // kMaxAhead, Commit reads the file back instead.
+  void Hash(int64_t offset, const std::string& data) {
+    static constexpr size_t kMaxAhead = size_t{16} << 20;
+    absl::MutexLock lock(&mu_);
+    if (!in_order_ || data.empty()) return;
+    if (offset != hashed_) {
+      ahead_bytes_ += data.size();
+      ahead_.emplace(offset, data);
+      if (ahead_bytes_ > kMaxAhead || offset < hashed_) {
+        in_order_ = false;
+        ahead_.clear();
+      }
+      return;
+    }
+    sha_.Update(data.data(), data.size());
+    hashed_ += static_cast<int64_t>(data.size());
+    for (auto it = ahead_.begin(); it != ahead_.end() && it->first == hashed_;
+         it = ahead_.erase(it)) {
+      sha_.Update(it->second.data(), it->second.size());
+      hashed_ += static_cast<int64_t>(it->second.size());
+      ahead_bytes_ -= it->second.size();
+    }
+  }
   std::string TempName() const {
     static std::atomic<uint64_t> counter{0};
     return absl::StrCat(DirName(dest_), "/.", BaseName(dest_), ".grove-", ::getpid(), "-",
@@ -269,6 +306,11 @@ class FileWriter {
   absl::Mutex mu_;
   bool committed_ ABSL_GUARDED_BY(mu_) = false;
   bool discarded_ ABSL_GUARDED_BY(mu_) = false;
+  Sha256 sha_ ABSL_GUARDED_BY(mu_);            // Of the bytes [0, hashed_).
+  int64_t hashed_ ABSL_GUARDED_BY(mu_) = 0;
+  bool in_order_ ABSL_GUARDED_BY(mu_) = true;  // False: Commit reads the file back.
+  std::map<int64_t, std::string> ahead_ ABSL_GUARDED_BY(mu_);  // Chunks past hashed_.
+  size_t ahead_bytes_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 uint64_t NextTransferId() {
@@ -330,9 +372,10 @@ class Fanout {
     }
   }
 
-  // Sends a chunk to every group still receiving; waits while a group has `window` chunks
-  // in flight. Returns the bytes sent (0 once every group has failed).
-  int64_t Write(int64_t offset, const std::string& data) {
+  // Sends a chunk to every group still receiving (with the file's digest when it is the
+  // last and the entry went without one); waits while a group has `window` chunks in
+  // flight. Returns the bytes sent (0 once every group has failed).
+  int64_t Write(int64_t offset, const std::string& data, const std::string& sha256 = "") {
     int64_t sent = 0;
     for (auto& group : groups_) {
       {
@@ -350,6 +393,7 @@ class Fanout {
       chunk.set_transfer(group->transfer);
       chunk.set_offset(offset);
       chunk.set_data(data);
+      chunk.set_sha256(sha256);
       Group* g = group.get();
       Context(&router_, ContextId(g->root), "")
           .CallRaw("grove.file_chunk", v1::ChunkRequest::descriptor()->full_name(),
@@ -482,7 +526,7 @@ class Session {
         wanted_here_(wanted_here) {}
 
   // Writes and relays one chunk. An error only when no target can use it any more.
-  absl::Status Chunk(int64_t offset, const std::string& data) {
+  absl::Status Chunk(int64_t offset, const std::string& data, const std::string& sha256) {
     absl::Status local_error;
     std::shared_ptr<FileWriter> writer;
     {
@@ -503,10 +547,11 @@ class Session {
         writer->Discard();  // Nothing partial stays behind (a full disk, say).
       }
     }
-    int64_t relayed = fanout_->Write(offset, data);
+    int64_t relayed = fanout_->Write(offset, data, sha256);
     counters_->received += static_cast<int64_t>(data.size());
     counters_->relayed += relayed;
     absl::MutexLock lock(&mu_);
+    if (!sha256.empty()) late_sha256_ = sha256;  // Before received_ may say complete.
     received_ += static_cast<int64_t>(data.size());
     if (relayed == 0 && (!wanted_here_ || !local_error.ok())) {
       return local_error.ok() ? absl::AbortedError("no target is receiving") : local_error;
@@ -544,12 +589,14 @@ class Session {
   std::vector<TargetResult> Finish(uint64_t self) {
     std::shared_ptr<FileWriter> writer;
     absl::Status local;
+    std::string late_sha256;
     {
       absl::MutexLock lock(&mu_);
       writer = std::move(writer_);
       local = local_;
+      late_sha256 = late_sha256_;
     }
-    if (local.ok() && writer != nullptr) local = writer->Commit();
+    if (local.ok() && writer != nullptr) local = writer->Commit(late_sha256);
     if (writer != nullptr) writer->Discard();  // Unless committed: the temporary file goes.
     std::vector<TargetResult> results = fanout_->Finish();
     if (wanted_here_) results.push_back(TargetResult{ContextId(self), local});
@@ -563,6 +610,7 @@ class Session {
   std::shared_ptr<FileWriter> writer_ ABSL_GUARDED_BY(mu_);
   absl::Status local_ ABSL_GUARDED_BY(mu_);
   int64_t received_ ABSL_GUARDED_BY(mu_) = 0;
+  std::string late_sha256_ ABSL_GUARDED_BY(mu_);  // From the last chunk (ChunkRequest).
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   const std::unique_ptr<Fanout> fanout_;
   const bool wanted_here_;
@@ -653,7 +701,7 @@ class FileService {
       }
       session = sessions_[key];
     }
-    absl::Status status = session->Chunk(request.offset(), request.data());
+    absl::Status status = session->Chunk(request.offset(), request.data(), request.sha256());
     if (!status.ok()) return status;
     return v1::Empty();
   }
@@ -730,7 +778,8 @@ void RegisterFileFunctions(Router* router, Functions* functions) {
       "grove.file_list",
       [router](const v1::ListRequest& request, CallContext&) -> absl::StatusOr<v1::ListReply> {
         std::vector<v1::FileEntry> entries;
-        absl::Status s = Scan(request.path(), "", request.recursive(), 0, router->name(), &entries);
+        absl::Status s = Scan(request.path(), "", request.recursive(), true, 0, router->name(),
+                              &entries);
         if (!s.ok()) return s;
         v1::ListReply reply;
         for (v1::FileEntry& e : entries) *reply.add_entries() = std::move(e);
@@ -768,7 +817,7 @@ absl::StatusOr<TransferSummary> PushFiles(Router& router, const std::vector<Cont
     return absl::InvalidArgumentError(absl::StrCat("push: '", dest, "' is not an absolute path"));
   }
   std::vector<v1::FileEntry> entries;
-  if (absl::Status s = Scan(src, "", options.recursive, 0, router.name(), &entries); !s.ok()) {
+  if (absl::Status s = Scan(src, "", options.recursive, false, 0, router.name(), &entries); !s.ok()) {
     return s;
   }
   TransferSummary summary;
@@ -815,6 +864,7 @@ absl::StatusOr<TransferSummary> PushFiles(Router& router, const std::vector<Cont
         UniqueFd fd(::open(local.c_str(), O_RDONLY | O_CLOEXEC));
         if (!fd.valid()) return PathError(errno, "read", local, router.name());
         std::string buffer;
+        Sha256 sha;  // Sent with the last chunk (the entry went without it: see Scan).
         for (int64_t offset = 0; offset < entry.size();) {
           buffer.resize(static_cast<size_t>(std::min(options.chunk_bytes, entry.size() - offset)));
           ssize_t n = ::pread(fd.get(), buffer.data(), buffer.size(), offset);
@@ -824,7 +874,9 @@ absl::StatusOr<TransferSummary> PushFiles(Router& router, const std::vector<Cont
                           : PathError(errno, "read", local, router.name());
           }
           buffer.resize(static_cast<size_t>(n));
-          if (fanout.Write(offset, buffer) == 0) break;
+          sha.Update(buffer.data(), buffer.size());
+          const bool last = offset + n == entry.size();
+          if (fanout.Write(offset, buffer, last ? sha.HexDigest() : "") == 0) break;
           offset += n;
           summary.bytes += n;
           done += n;
