@@ -79,6 +79,31 @@ class RemoteTest : public GroveTest {
   }
   Sshd& sshd() { return *sshd_; }
 
+  // What the first stage runs on a target without zstd.
+  static constexpr char kFirstStageTools[] = "sh uname mkdir id chmod mktemp head gzip mv rm ls";
+
+  // A command: hop to sh on a PATH of `tools` only, each a link to `program` (a shell word;
+  // $t is the tool's name), with its cache in cache_/c.
+  std::string TargetWithOnly(const std::string& tools, const std::string& program) {
+    const std::string bin = cache_ + "/bin";
+    EXPECT_EQ(Shell(absl::StrCat("mkdir -p ", bin, " && for t in ", tools, "; do ln -s ", program,
+                                 " ", bin, "/$t || exit 1; done")),
+              0);
+    return absl::StrCat("command:env PATH=", bin, " sh,cache_dir=", cache_, "/c");
+  }
+
+  // Spawns `hop`, expecting it to take one upload, gzip.
+  absl::StatusOr<Context> SpawnWithAGzipUpload(Master& master, const std::string& hop) {
+    const int64_t uploads = GlobalBootstrapCounters().uploads;
+    const int64_t zstd_uploads = GlobalBootstrapCounters().zstd_uploads;
+    absl::StatusOr<Context> child = master.Spawn(hop);
+    if (child.ok()) {
+      EXPECT_EQ(GlobalBootstrapCounters().uploads, uploads + 1);
+      EXPECT_EQ(GlobalBootstrapCounters().zstd_uploads, zstd_uploads);
+    }
+    return child;
+  }
+
   static Sshd* sshd_;
   std::string cache_;
 };
@@ -185,39 +210,23 @@ TEST_F(RemoteTest, ACacheDirectoryThatIsASymlinkIsRefused) {
 
 TEST_F(RemoteTest, WithoutZstdOnTheTargetTheUploadIsGzip) {
   // A PATH with what the first stage runs, but no zstd.
-  const std::string bin = cache_ + "/bin";
-  ASSERT_EQ(Shell("mkdir -p " + bin + " && for t in sh uname mkdir id chmod mktemp head gzip mv "
-                  "rm; do ln -s \"$(command -v $t)\" " + bin + "/$t || exit 1; done"),
-            0);
   Master master(TestFunctions());
-  int64_t uploads = GlobalBootstrapCounters().uploads;
-  int64_t zstd_uploads = GlobalBootstrapCounters().zstd_uploads;
   absl::StatusOr<Context> child =
-      master.Spawn(absl::StrCat("command:env PATH=", bin, " sh,cache_dir=", cache_, "/c"));
+      SpawnWithAGzipUpload(master, TargetWithOnly(kFirstStageTools, "\"$(command -v $t)\""));
   ASSERT_TRUE(child.ok()) << child.status();
-  EXPECT_EQ(GlobalBootstrapCounters().uploads, uploads + 1);
-  EXPECT_EQ(GlobalBootstrapCounters().zstd_uploads, zstd_uploads);
   EXPECT_TRUE(child->Ping().ok());
 }
 
 TEST_F(RemoteTest, ABusyboxTargetGetsTheAgentInPieces) {
-  // Busybox's sh, head and gzip only (no zstd): the upload is gzip, in kUploadChunk pieces
-  // each read by its own busybox head.
-  const std::string bin = cache_ + "/bin";
-  ASSERT_EQ(Shell("mkdir -p " + bin + " && for t in sh uname mkdir id chmod mktemp head gzip mv "
-                  "rm ls; do ln -s \"$(command -v busybox)\" " + bin + "/$t || exit 1; done"),
-            0);
-  Master master(TestFunctions());
-  int64_t uploads = GlobalBootstrapCounters().uploads;
-  int64_t zstd_uploads = GlobalBootstrapCounters().zstd_uploads;
+  // Busybox's sh, head and gzip only: the upload is gzip, in kUploadChunk pieces each read by
+  // its own busybox head.
   absl::StatusOr<const std::string*> gzip = CompressedProgram(Codec::kGzip);
   ASSERT_TRUE(gzip.ok()) << gzip.status();
   ASSERT_GT((*gzip)->size(), 2 * kUploadChunk);  // Three pieces at least.
+  Master master(TestFunctions());
   absl::StatusOr<Context> child =
-      master.Spawn(absl::StrCat("command:env PATH=", bin, " sh,cache_dir=", cache_, "/c"));
+      SpawnWithAGzipUpload(master, TargetWithOnly(kFirstStageTools, "\"$(command -v busybox)\""));
   ASSERT_TRUE(child.ok()) << child.status();
-  EXPECT_EQ(GlobalBootstrapCounters().uploads, uploads + 1);
-  EXPECT_EQ(GlobalBootstrapCounters().zstd_uploads, zstd_uploads);
   absl::StatusOr<v1::InfoReply> info = child->Info();
   ASSERT_TRUE(info.ok()) << info.status();
   absl::StatusOr<const Payload*> payload = ThisProgram();
