@@ -36,8 +36,8 @@ class MarkerScanner {
   // The longest detail line kept; the line ends there if no newline came before.
   static constexpr size_t kMaxDetail = 512;
 
-  // Takes the next byte. kBoot, kNeed, kZstd and kMore come on their marker's last byte; kArch and
-  // kFail once the line after the marker is complete.
+  // Takes the next byte. kBoot, kNeed, kZstd and kMore come on their marker's last byte;
+  // kArch and kFail once the line after the marker is complete.
   Event Feed(char c);
 
   // The line after an ARCH or FAIL marker (without its newline), so far.

@@ -187,9 +187,11 @@ absl::Status Bootstrap(Started& s, const Payload& payload, const std::string& sc
                           event == MarkerScanner::Event::kZstd;
         if (asks || event == MarkerScanner::Event::kMore) {
           tail->resize(tail->size() - kMarkerSize);
-          if (asks == (upload != nullptr) || (upload != nullptr && uploaded == upload->size())) {
+          const bool twice = asks && upload != nullptr;
+          const bool too_much = !asks && (upload == nullptr || uploaded == upload->size());
+          if (twice || too_much) {
             return absl::UnavailableError(absl::StrCat(
-                what, asks ? " asked for the agent twice" : " asked for more of the agent than "
+                what, twice ? " asked for the agent twice" : " asked for more of the agent than "
                 "there is", QuoteTail(*tail + err_tail)));
           }
           std::string size_line;

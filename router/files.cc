@@ -778,8 +778,8 @@ void RegisterFileFunctions(Router* router, Functions* functions) {
       "grove.file_list",
       [router](const v1::ListRequest& request, CallContext&) -> absl::StatusOr<v1::ListReply> {
         std::vector<v1::FileEntry> entries;
-        absl::Status s = Scan(request.path(), "", request.recursive(), true, 0, router->name(),
-                              &entries);
+        absl::Status s = Scan(request.path(), "", request.recursive(), /*hash=*/true, 0,
+                              router->name(), &entries);
         if (!s.ok()) return s;
         v1::ListReply reply;
         for (v1::FileEntry& e : entries) *reply.add_entries() = std::move(e);
@@ -817,9 +817,9 @@ absl::StatusOr<TransferSummary> PushFiles(Router& router, const std::vector<Cont
     return absl::InvalidArgumentError(absl::StrCat("push: '", dest, "' is not an absolute path"));
   }
   std::vector<v1::FileEntry> entries;
-  if (absl::Status s = Scan(src, "", options.recursive, false, 0, router.name(), &entries); !s.ok()) {
-    return s;
-  }
+  absl::Status scanned = Scan(src, "", options.recursive, /*hash=*/false, 0, router.name(),
+                              &entries);
+  if (!scanned.ok()) return scanned;
   TransferSummary summary;
   summary.entries = static_cast<int64_t>(entries.size());
   // Where the copy goes in each target: inside `dest` when that is a directory there.
