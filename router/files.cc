@@ -37,7 +37,7 @@ absl::Status PathError(int err, absl::string_view what, const std::string& path,
                                                 where, base.message()));
 }
 
-// SHA-256 of a file's bytes (of `size` bytes from an open fd when fd >= 0).
+// SHA-256 of the bytes of the open file `fd` (`path` and `where` name it in errors).
 absl::StatusOr<std::string> Sha256Of(int fd, const std::string& path, const std::string& where) {
   Sha256 sha;
   std::string buffer(1 << 20, '\0');
