@@ -104,6 +104,7 @@ absl::Status Scan(const std::string& root, const std::string& rel, bool recursiv
     return absl::OkStatus();
   }
   if (S_ISREG(st.st_mode)) {
+    // Opened even when not hashed: an unreadable file fails the scan, before anything is sent.
     UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
     if (!fd.valid()) return PathError(errno, "read", path, where);
     entry.set_kind(v1::FileEntry::FILE);
