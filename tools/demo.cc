@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <fstream>
 #include <future>
 
 #include "absl/strings/numbers.h"
@@ -17,6 +18,22 @@ namespace grove::cli {
 namespace {
 
 // Live processes other than this one that run this binary.
+// The parent of `pid` (0 when it is gone).
+int ParentOf(int pid) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
+  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  size_t close = stat.rfind(')');
+  int ppid = 0;
+  char state;
+  if (close == std::string::npos || std::sscanf(stat.c_str() + close + 1, " %c %d", &state,
+                                                &ppid) != 2) {
+    return 0;
+  }
+  return ppid;
+}
+
+// Processes of this program other than this one and its zygote (a child that lives as long
+// as this process does: see MasterOptions::zygote).
 std::vector<int> OurProcesses() {
   char self_exe[512] = {0};
   if (::readlink("/proc/self/exe", self_exe, sizeof(self_exe) - 1) < 0) self_exe[0] = '\0';
@@ -27,7 +44,7 @@ std::vector<int> OurProcesses() {
     if (!absl::SimpleAtoi(e->d_name, &pid) || pid == ::getpid()) continue;
     char exe[512] = {0};
     if (::readlink(absl::StrCat("/proc/", pid, "/exe").c_str(), exe, sizeof(exe) - 1) > 0 &&
-        std::string(exe) == self_exe) {
+        std::string(exe) == self_exe && ParentOf(pid) != ::getpid()) {
       pids.push_back(pid);
     }
   }
