@@ -11,6 +11,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdio>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 
@@ -211,6 +213,20 @@ int ExitCodeOf(int status) {
   if (WIFEXITED(status)) return WEXITSTATUS(status);
   if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
   return 255;
+}
+
+pid_t ParentOf(pid_t pid) {
+  UniqueFd fd(::open(absl::StrCat("/proc/", pid, "/stat").c_str(), O_RDONLY | O_CLOEXEC));
+  char stat[1024];
+  ssize_t n = fd.valid() ? ::read(fd.get(), stat, sizeof(stat) - 1) : -1;
+  if (n <= 0) return -1;
+  stat[n] = '\0';
+  // "pid (comm) state ppid ...": comm may hold spaces and parentheses; it ends at the last ')'.
+  const char* close = ::strrchr(stat, ')');
+  char state;
+  int ppid = -1;
+  if (close == nullptr || std::sscanf(close + 1, " %c %d", &state, &ppid) != 2) return -1;
+  return ppid;
 }
 
 }  // namespace grove

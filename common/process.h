@@ -82,6 +82,9 @@ std::string CurrentUserName();
 // The conventional shell exit code for a wait status: the exit status, or 128 + signal.
 int ExitCodeOf(int status);
 
+// The parent of process `pid`, from /proc/PID/stat; -1 when it is gone.
+pid_t ParentOf(pid_t pid);
+
 }  // namespace grove
 
 #endif  // GROVE_COMMON_PROCESS_H_

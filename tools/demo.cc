@@ -6,11 +6,11 @@
 #include <unistd.h>
 
 #include <cstdio>
-#include <fstream>
 #include <future>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/process.h"
 #include "google/protobuf/wrappers.pb.h"
 #include "tools/cli.h"
 
@@ -18,20 +18,6 @@ namespace grove::cli {
 namespace {
 
 // Live processes other than this one that run this binary.
-// The parent of `pid` (0 when it is gone).
-int ParentOf(int pid) {
-  std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
-  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  size_t close = stat.rfind(')');
-  int ppid = 0;
-  char state;
-  if (close == std::string::npos || std::sscanf(stat.c_str() + close + 1, " %c %d", &state,
-                                                &ppid) != 2) {
-    return 0;
-  }
-  return ppid;
-}
-
 // Processes of this program other than this one and its zygote (a child that lives as long
 // as this process does: see MasterOptions::zygote).
 std::vector<int> OurProcesses() {
