@@ -102,18 +102,6 @@ char ProcessState(int64_t pid) {
   return close == std::string::npos || close + 2 >= stat.size() ? 0 : stat[close + 2];
 }
 
-// The parent of process `pid` (0 when unknown).
-int64_t ParentOf(int64_t pid) {
-  std::string stat = ReadFile(absl::StrCat("/proc/", pid, "/stat"));
-  size_t close = stat.rfind(')');
-  if (close == std::string::npos) return 0;
-  std::istringstream rest(stat.substr(close + 2));
-  std::string state;
-  int64_t ppid = 0;
-  rest >> state >> ppid;
-  return ppid;
-}
-
 std::string CommandOf(int64_t pid) {
   std::string cmdline = ReadFile(absl::StrCat("/proc/", pid, "/cmdline"));
   std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
@@ -126,7 +114,8 @@ std::set<int64_t> DescendantsOf(const std::set<int64_t>& roots) {
   if (DIR* dir = ::opendir("/proc")) {
     while (struct dirent* e = ::readdir(dir)) {
       int64_t pid;
-      if (absl::SimpleAtoi(e->d_name, &pid)) children[ParentOf(pid)].push_back(pid);
+      if (!absl::SimpleAtoi(e->d_name, &pid)) continue;
+      children[ParentOf(static_cast<pid_t>(pid))].push_back(pid);
     }
     ::closedir(dir);
   }
