@@ -53,13 +53,14 @@ struct AgentFlags {
 };
 
 // A child holds no fd of its parent's but stdio and its link, even ones the parent's own code
-// opened without close-on-exec.
-void CloseInheritedFds(int link_fd) {
+// opened without close-on-exec; and a fork child's socket to its zygote.
+void CloseInheritedFds(int link_fd, int zygote_fd) {
   std::vector<int> fds;
   if (DIR* dir = ::opendir("/proc/self/fd")) {
     while (struct dirent* e = ::readdir(dir)) {
       int fd;
-      if (absl::SimpleAtoi(e->d_name, &fd) && fd > 2 && fd != link_fd && fd != ::dirfd(dir)) {
+      if (absl::SimpleAtoi(e->d_name, &fd) && fd > 2 && fd != link_fd && fd != zygote_fd &&
+          fd != ::dirfd(dir)) {
         fds.push_back(fd);
       }
     }
@@ -315,12 +316,13 @@ void RunAgent(int argc, char** argv, const Functions& functions) {
     _exit(1);
   }
   ::signal(SIGPIPE, SIG_IGN);
-  CloseInheritedFds(flags.fd);
+  CloseInheritedFds(flags.fd, InheritedZygoteSocket());
   // Commands this context runs must not inherit its link: a copy in a process that outlives
   // it would hide its death from its parent.
   if (flags.fd >= 0) SetCloseOnExec(flags.fd, true).IgnoreError();
   // Before any thread starts (the stdio relay's, the router's, gRPC's): the zygote must be
-  // forked from a single-threaded process. Without it this context offers no `fork`.
+  // forked from a single-threaded process. Without it this context offers no `fork`. (A
+  // fork child gets the one it came from.)
   absl::StatusOr<std::shared_ptr<Zygote>> zygote = StartZygote(functions);
   if (flags.stdio) {
     // The link arrives on pipes: relay them to a socketpair and serve on its other end. The

@@ -20,6 +20,8 @@
 #include <cstring>
 #include <ctime>
 #include <deque>
+#include <map>
+#include <utility>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -144,13 +146,16 @@ void CloseAllFdsExcept(std::initializer_list<int> keep) {
   for (int fd : fds) ::close(fd);
 }
 
+// In a fork child, from its fork until its agent takes them (Zygote::Start): its end of a
+// socket to the zygote it was forked from, and that zygote's pid. Single-threaded use only.
+int inherited_zygote_socket = -1;
+pid_t inherited_zygote_pid = -1;
+
 // ---- In the fork child, on its only thread, right after fork() ----
 
-[[noreturn]] void RunForkChild(int zygote_socket, int signal_fd, UniqueFd link, UniqueFd output,
+[[noreturn]] void RunForkChild(UniqueFd link, UniqueFd output, int zygote_end, pid_t zygote,
                                const std::vector<std::string>& argv,
                                const Zygote::Entry& entry) {
-  ::close(zygote_socket);
-  ::close(signal_fd);
   // The signal state of a new process: default dispositions, nothing blocked.
   for (int sig = 1; sig < NSIG; ++sig) {
     if (sig != SIGKILL && sig != SIGSTOP) ::signal(sig, SIG_DFL);
@@ -162,14 +167,18 @@ void CloseAllFdsExcept(std::initializer_list<int> keep) {
   // clears close-on-exec on its target). Stdin is already /dev/null, as in the zygote.
   int link_fd = ::fcntl(link.get(), F_DUPFD_CLOEXEC, 10);
   int output_fd = ::fcntl(output.get(), F_DUPFD_CLOEXEC, 10);
+  int zygote_fd = ::fcntl(zygote_end, F_DUPFD_CLOEXEC, 10);
   link.Reset();
   output.Reset();
-  if (link_fd < 0 || output_fd < 0 || ::dup2(output_fd, 1) < 0 || ::dup2(output_fd, 2) < 0 ||
-      ::dup2(link_fd, kChildLinkFd) < 0) {
+  if (link_fd < 0 || output_fd < 0 || zygote_fd < 0 || ::dup2(output_fd, 1) < 0 ||
+      ::dup2(output_fd, 2) < 0 || ::dup2(link_fd, kChildLinkFd) < 0) {
     _exit(127);
   }
-  // Only the link and stdio survive.
-  CloseAllFdsExcept({kChildLinkFd});
+  // Only the link and stdio survive, and this child's own socket to the zygote (close-on-
+  // exec), through which it forks its own fork children.
+  CloseAllFdsExcept({kChildLinkFd, zygote_fd});
+  inherited_zygote_socket = zygote_fd;
+  inherited_zygote_pid = zygote;
   // libc's generator was copied from the zygote like everything else: re-seed it, so that
   // siblings differ. (Generators of the program re-seed in Functions::OnFork hooks.)
   unsigned int seed = 0;
@@ -190,6 +199,13 @@ struct Outgoing {
   UniqueFd fd;
 };
 
+// A socket the zygote serves: its context's, or a fork child's (each fork child gets one, to
+// ask for fork children of its own), with the messages waiting to go out on it.
+struct Peer {
+  UniqueFd socket;
+  std::deque<Outgoing> outbox;
+};
+
 std::string Failed(int32_t seq, int err, const std::string& text) {
   std::string out(1, kFailed);
   PutInt(&out, seq);
@@ -198,10 +214,14 @@ std::string Failed(int32_t seq, int err, const std::string& text) {
   return out;
 }
 
+// The peer of the zygote's context, whose end of file ends the zygote.
+constexpr int kContextPeer = 0;
+
 [[noreturn]] void RunZygote(int socket, pid_t context, const Zygote::Entry& entry) {
   // A safety net: the end of file on the socket is the main signal that the context is gone.
   ::prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (::getppid() != context) _exit(0);
+  const pid_t self = ::getpid();
   // Terminal signals go to the whole process group; the context decides when this ends.
   for (int sig : {SIGINT, SIGQUIT, SIGHUP, SIGPIPE}) ::signal(sig, SIG_IGN);
   sigset_t chld;
@@ -217,39 +237,62 @@ std::string Failed(int32_t seq, int err, const std::string& text) {
   CloseAllFdsExcept({socket, signal_fd});
   SetNonBlocking(socket, true).IgnoreError();
 
-  std::deque<Outgoing> outbox;
-  // Children whose context never learnt of them: their exits are not reported.
-  absl::flat_hash_set<pid_t> unreported;
+  // By id; ids are never reused.
+  std::map<int, Peer> peers;
+  peers[kContextPeer].socket = UniqueFd(socket);
+  int next_peer = kContextPeer + 1;
+  // Live children -> the peer that asked for them, which hears of their exit. A child whose
+  // peer is gone (or that nobody learnt of) is reaped without a report.
+  absl::flat_hash_map<pid_t, int> requested_by;
+  std::vector<struct pollfd> fds;
+  std::vector<int> ids;
   std::string data;
   for (;;) {
-    struct pollfd fds[2] = {{socket, static_cast<short>(POLLIN | (outbox.empty() ? 0 : POLLOUT)), 0},
-                            {signal_fd, POLLIN, 0}};
-    if (::poll(fds, 2, -1) < 0) {
+    fds.assign(1, {signal_fd, POLLIN, 0});
+    ids.clear();
+    for (const auto& [id, peer] : peers) {
+      fds.push_back({peer.socket.get(),
+                     static_cast<short>(POLLIN | (peer.outbox.empty() ? 0 : POLLOUT)), 0});
+      ids.push_back(id);
+    }
+    if (::poll(fds.data(), fds.size(), -1) < 0) {
       if (errno == EINTR) continue;
       _exit(2);
     }
-    if (fds[1].revents) {
+    if (fds[0].revents) {
       struct signalfd_siginfo info;
       while (::read(signal_fd, &info, sizeof(info)) > 0) {
       }
       int status;
       pid_t pid;
       while ((pid = ::waitpid(-1, &status, WNOHANG)) > 0) {
-        if (unreported.erase(pid) > 0) continue;
+        auto asked = requested_by.find(pid);
+        if (asked == requested_by.end()) continue;
+        auto peer = peers.find(asked->second);
+        requested_by.erase(asked);
+        if (peer == peers.end()) continue;
         Outgoing exited;
         exited.data.assign(1, kExited);
         PutInt(&exited.data, pid);
         PutInt(&exited.data, status);
-        outbox.push_back(std::move(exited));
+        peer->second.outbox.push_back(std::move(exited));
       }
     }
-    if (fds[0].revents & (POLLIN | POLLHUP | POLLERR)) {
+    std::vector<int> closed;
+    for (size_t i = 1; i < fds.size(); ++i) {
+      if (!(fds[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+      const int id = ids[i - 1];
       for (;;) {
         std::vector<UniqueFd> received;
         bool truncated = false;
-        ssize_t n = ReceiveMessage(socket, &data, &received, &truncated, MSG_DONTWAIT);
+        ssize_t n = ReceiveMessage(fds[i].fd, &data, &received, &truncated, MSG_DONTWAIT);
         if (n == -EAGAIN) break;
-        if (n <= 0) _exit(0);  // The context closed its end (or it broke): done.
+        if (n <= 0) {  // That end was closed (or broke).
+          if (id == kContextPeer) _exit(0);  // The context: done.
+          closed.push_back(id);
+          break;
+        }
+        std::deque<Outgoing>& outbox = peers[id].outbox;
         size_t at = 1;
         int32_t seq = 0;
         if (data[0] != kFork || !GetInt(data.data(), data.size(), &at, &seq)) continue;
@@ -264,13 +307,21 @@ std::string Failed(int32_t seq, int err, const std::string& text) {
           argv.emplace_back(data, start, end - start);
           start = end + 1;
         }
+        int pair[2];
+        if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0) {
+          outbox.push_back({Failed(seq, errno, "socketpair for a fork child"), UniqueFd()});
+          continue;
+        }
+        UniqueFd ours(pair[0]);
+        UniqueFd theirs(pair[1]);
         pid_t pid = ::fork();
         if (pid == 0) {
-          RunForkChild(socket, signal_fd, std::move(received[0]), std::move(received[1]), argv,
+          RunForkChild(std::move(received[0]), std::move(received[1]), theirs.get(), self, argv,
                        entry);
         }
         int err = errno;
         received.clear();  // The child's copies are the only ones.
+        theirs.Reset();
         if (pid < 0) {
           outbox.push_back({Failed(seq, err, "fork"), UniqueFd()});
           continue;
@@ -279,11 +330,13 @@ std::string Failed(int32_t seq, int err, const std::string& text) {
         UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
         if (!pidfd.valid()) {
           err = errno;
-          ::kill(pid, SIGKILL);  // Reaped like any other.
-          unreported.insert(pid);
+          ::kill(pid, SIGKILL);  // Reaped like any other, unreported.
           outbox.push_back({Failed(seq, err, "pidfd_open"), UniqueFd()});
           continue;
         }
+        requested_by[pid] = id;
+        SetNonBlocking(ours.get(), true).IgnoreError();
+        peers[next_peer++].socket = std::move(ours);
         Outgoing forked;
         forked.data.assign(1, kForked);
         PutInt(&forked.data, seq);
@@ -292,15 +345,22 @@ std::string Failed(int32_t seq, int err, const std::string& text) {
         outbox.push_back(std::move(forked));
       }
     }
-    while (!outbox.empty()) {
-      Outgoing& next = outbox.front();
-      std::vector<int> fds_out;
-      if (next.fd.valid()) fds_out.push_back(next.fd.get());
-      int err = SendMessage(socket, next.data, fds_out, MSG_DONTWAIT);
-      if (err == EAGAIN) break;  // Full: wait for POLLOUT.
-      if (err != 0) _exit(0);    // The context is gone.
-      outbox.pop_front();
+    for (auto& [id, peer] : peers) {
+      while (!peer.outbox.empty()) {
+        Outgoing& next = peer.outbox.front();
+        std::vector<int> fds_out;
+        if (next.fd.valid()) fds_out.push_back(next.fd.get());
+        int err = SendMessage(peer.socket.get(), next.data, fds_out, MSG_DONTWAIT);
+        if (err == EAGAIN) break;  // Full: wait for POLLOUT.
+        if (err != 0) {            // That end is gone.
+          if (id == kContextPeer) _exit(0);
+          closed.push_back(id);
+          break;
+        }
+        peer.outbox.pop_front();
+      }
     }
+    for (int id : closed) peers.erase(id);
   }
 }
 
@@ -384,10 +444,18 @@ class ForkChild : public ChildProcess {
 
 }  // namespace
 
+int InheritedZygoteSocket() { return inherited_zygote_socket; }
+
 // ---------------------------------------------------------------------------------------
 // Zygote, in its context.
 
 absl::StatusOr<std::shared_ptr<Zygote>> Zygote::Start(Entry entry) {
+  if (int inherited = std::exchange(inherited_zygote_socket, -1); inherited >= 0) {
+    // A fork child: a copy of its zygote as that zygote was, so a zygote of its own would
+    // be one more identical copy. It asks the one it came from.
+    return std::shared_ptr<Zygote>(
+        new Zygote(UniqueFd(inherited), inherited_zygote_pid, std::nullopt));
+  }
   int threads = CountThreads();
   CHECK(threads <= 1 + kRuntimeThreads)
       << "the zygote must start before any thread does (this process has " << threads
@@ -413,19 +481,22 @@ absl::StatusOr<std::shared_ptr<Zygote>> Zygote::Start(Entry entry) {
   UniqueFd socket(sv[0]);
   absl::StatusOr<Process> process = Process::Adopt(pid);
   if (!process.ok()) return process.status();
-  return std::shared_ptr<Zygote>(new Zygote(std::move(socket), *std::move(process)));
+  return std::shared_ptr<Zygote>(new Zygote(std::move(socket), pid, *std::move(process)));
 }
 
-Zygote::Zygote(UniqueFd socket, Process process)
-    : pid_(process.pid()), socket_(std::move(socket)), process_(std::move(process)) {}
+Zygote::Zygote(UniqueFd socket, pid_t pid, std::optional<Process> process)
+    : pid_(pid), socket_(std::move(socket)), process_(std::move(process)) {}
 
 Zygote::~Zygote() { Stop(); }
 
 void Zygote::Stop() {
   absl::MutexLock lock(&mu_);
-  if (process_.reaped()) return;
+  if (stopped_) return;
+  stopped_ = true;
   ::shutdown(socket_.get(), SHUT_RDWR);
-  if (!process_.Wait(absl::Now() + absl::Seconds(1)).ok()) process_.Terminate(absl::ZeroDuration());
+  if (process_ && !process_->reaped() && !process_->Wait(absl::Now() + absl::Seconds(1)).ok()) {
+    process_->Terminate(absl::ZeroDuration());
+  }
   if (!gone_) gone_ = absl::StrCat("the zygote (pid ", pid_, ") was stopped");
 }
 
@@ -435,11 +506,11 @@ absl::Status Zygote::GoneError() const {
 
 void Zygote::MarkGone(const std::string& why) {
   if (gone_) return;
-  // It is exiting (the end of file came from its exit): reap it to say how.
-  if (!process_.reaped() && !process_.Wait(absl::Now() + absl::Seconds(1)).ok()) {
-    process_.Terminate(absl::ZeroDuration());
+  // Ours, and exiting (the end of file came from its exit): reap it to say how.
+  if (process_ && !process_->reaped() && !process_->Wait(absl::Now() + absl::Seconds(1)).ok()) {
+    process_->Terminate(absl::ZeroDuration());
   }
-  std::string how = process_.status() ? DescribeWaitStatus(*process_.status()) : "";
+  std::string how = process_ && process_->status() ? DescribeWaitStatus(*process_->status()) : "";
   gone_ = absl::StrCat("the zygote (pid ", pid_, ") is gone", why.empty() ? "" : ": ", why,
                        how.empty() ? "" : why.empty() ? ": " : "; it ", how);
 }

@@ -12,12 +12,17 @@
 //         │  request: agent argv + {link end, output pipe} (SCM_RIGHTS)    │ fork()
 //         │  reply: pid + pidfd (SCM_RIGHTS); later: "pid exited: status"  ▼
 //         └─────────────────── link (gRPC) ───────────────────────── fork child
+//                                        its own socket to the same zygote ┘
 //
 // The fork child is the zygote's child, not its context's: the zygote reaps it and reports
 // its wait status over the socket; the context watches it through the pidfd (which the
 // zygote opened before the child could be reaped, so it never names a reused pid) and
-// signals it through the same pidfd. The zygote exits when its socket closes (its context
-// stopped it or died), and its context reaps it.
+// signals it through the same pidfd. A fork child does not start a zygote of its own: it
+// would be one more copy of the same state. The zygote gives each fork child a socket of
+// its own, over which it forks the fork child's fork children (and reports their exits
+// there), so one zygote serves a context and its whole subtree of fork descendants. The
+// zygote exits when its context's socket closes (its context stopped it or died), and its
+// context reaps it.
 #ifndef GROVE_LAUNCH_FORK_LAUNCHER_H_
 #define GROVE_LAUNCH_FORK_LAUNCHER_H_
 
@@ -41,9 +46,9 @@
 
 namespace grove {
 
-// The zygote of one context: the process and this context's end of its socket.
-// Thread-safe. Shared by the fork launcher and the handles of the fork children, so that it
-// outlives them.
+// A context's zygote: the process (when this context started it) and this context's end of
+// a socket to it. Thread-safe. Shared by the fork launcher and the handles of the fork
+// children, so that it outlives them.
 class Zygote {
  public:
   // What a fork child runs, with the argv its context asked for (argv[0] is this program);
@@ -55,7 +60,9 @@ class Zygote {
   // Forks the zygote. This process must still be single-threaded: a zygote forked after a
   // thread started would copy whatever that thread held. That is a programmer error (CHECK,
   // "start the zygote before any thread": at the top of main()). Pending stdio output is
-  // flushed first, so that the zygote's copies of the buffers are empty.
+  // flushed first, so that the zygote's copies of the buffers are empty. In a fork child
+  // (the first call only): the zygote it was forked from, through the socket it was given;
+  // `entry` is then that zygote's, which is this one's.
   static absl::StatusOr<std::shared_ptr<Zygote>> Start(Entry entry);
 
   // Stops the zygote (see Stop).
@@ -85,12 +92,13 @@ class Zygote {
   // Nobody will ask for the status of `pid` any more: drops it (now, or when it comes).
   void Forget(pid_t pid);
 
-  // Closes the zygote's socket (it exits on the end of file), waits for it to exit (SIGKILL
-  // after a second) and reaps it. Later Forks fail. Idempotent; blocks.
+  // Closes the socket. A zygote this context started exits on the end of file: waits for
+  // that (SIGKILL after a second) and reaps it. Later Forks fail. Idempotent; blocks.
   void Stop();
 
  private:
-  Zygote(UniqueFd socket, Process process);
+  // `process`: set when this context started the zygote (and so reaps it).
+  Zygote(UniqueFd socket, pid_t pid, std::optional<Process> process);
 
   // The zygote's answer to a fork request.
   struct Reply {
@@ -118,7 +126,8 @@ class Zygote {
   // Serialises fork requests: at most one reply is awaited at a time.
   absl::Mutex fork_mu_ ABSL_ACQUIRED_BEFORE(mu_);
   mutable absl::Mutex mu_;
-  Process process_ ABSL_GUARDED_BY(mu_);
+  std::optional<Process> process_ ABSL_GUARDED_BY(mu_);
+  bool stopped_ ABSL_GUARDED_BY(mu_) = false;
   // A thread is reading the socket (without mu_); others wait on mu_.
   bool reading_ ABSL_GUARDED_BY(mu_) = false;
   int32_t next_seq_ ABSL_GUARDED_BY(mu_) = 0;
@@ -130,6 +139,10 @@ class Zygote {
   // Set once the zygote is gone: how (and then no more messages come).
   std::optional<std::string> gone_ ABSL_GUARDED_BY(mu_);
 };
+
+// In a fork child whose agent has not taken it yet (Zygote::Start does): its socket to the
+// zygote it came from. Otherwise -1.
+int InheritedZygoteSocket();
 
 // Options: name=NAME; no target. Thread-safe.
 class ForkLauncher : public Launcher {

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <functional>
 #include <set>
 #include <sstream>
 
@@ -83,6 +84,17 @@ bool Ended(pid_t pid) {
   std::string stat = ReadFile(absl::StrCat("/proc/", pid, "/stat"));
   size_t close = stat.rfind(')');
   return close == std::string::npos || stat.substr(close + 2, 1) == "Z";
+}
+
+// Polls until `done` holds (the states checked, in /proc, have nothing to wait on); false if
+// it does not within 10 s.
+bool WaitUntil(const std::function<bool()>& done) {
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (!done()) {
+    if (absl::Now() > deadline) return false;
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  return true;
 }
 
 class ForkTest : public GroveTest {
@@ -167,20 +179,32 @@ TEST_F(ForkTest, ForkChildHoldsOnlyItsLinkAndStdio) {
       EXPECT_FALSE(absl::StartsWith(target, "/") && target != "/dev/null")
           << "fd " << fd << " -> " << target;
     }
-    // The zygote itself holds only its socket and its signalfd besides /dev/null stdio.
-    std::map<int, std::string> zygote_fds = FdsOf(zygote);
-    int sockets = 0;
-    for (const auto& [fd, target] : zygote_fds) {
-      if (SanitizerRuntimeFd(zygote, target)) continue;
-      if (fd <= 2) {
-        EXPECT_EQ(target, "/dev/null");
-      } else if (absl::StartsWith(target, "socket:")) {
-        ++sockets;
-      } else {
-        EXPECT_EQ(target, "anon_inode:[signalfd]") << "zygote fd " << fd;
-      }
+    // Besides the link (and the copy of it that watches for the parent's end), it holds one
+    // socket: its own to the zygote, for fork children of its own.
+    std::set<std::string> child_sockets;
+    for (const auto& [fd, target] : fds) {
+      if (absl::StartsWith(target, "socket:")) child_sockets.insert(target);
     }
-    EXPECT_EQ(sockets, 1);
+    EXPECT_EQ(child_sockets.size(), 2u);
+    // The zygote itself holds its context's socket, one per fork child it forked that is
+    // still there (dropped when the child's end closes), and its signalfd besides /dev/null
+    // stdio.
+    auto zygote_sockets = [&] {
+      int sockets = 0;
+      for (const auto& [fd, target] : FdsOf(zygote)) {
+        if (SanitizerRuntimeFd(zygote, target)) continue;
+        if (fd <= 2) {
+          EXPECT_EQ(target, "/dev/null");
+        } else if (absl::StartsWith(target, "socket:")) {
+          ++sockets;
+        } else {
+          EXPECT_EQ(target, "anon_inode:[signalfd]") << "zygote fd " << fd;
+        }
+      }
+      return sockets;
+    };
+    EXPECT_TRUE(WaitUntil([&] { return zygote_sockets() == 2; }))
+        << "the zygote holds " << zygote_sockets() << " sockets, not 2";
     // A command it runs inherits no link: only stdio (and the listing's own directory).
     for (const Context& c : {*child, context}) {
       if (c.id() == kMasterId) continue;  // The test process holds what its runner gave it.
@@ -192,6 +216,9 @@ TEST_F(ForkTest, ForkChildHoldsOnlyItsLinkAndStdio) {
       EXPECT_EQ(ran->stdout(), "0\n1\n2\n3\n") << "in " << c.name();
     }
     ASSERT_TRUE(child->Shutdown().ok());
+    // The child's socket is dropped with it.
+    EXPECT_TRUE(WaitUntil([&] { return zygote_sockets() == 1; }))
+        << "the zygote holds " << zygote_sockets() << " sockets, not 1";
   }
 }
 
@@ -267,8 +294,11 @@ TEST_F(ForkTest, ForkOfAForkChild) {
   ASSERT_TRUE(middle.has_value());
   EXPECT_EQ(middle->method, "fork");
   EXPECT_EQ(middle->parent, kMasterId);
-  // Forked by the middle one's own zygote.
-  EXPECT_EQ(ParentOf(ParentOf(static_cast<pid_t>(ff->pid))), middle->pid);
+  // Forked by the zygote the middle one came from (the master's): a fork child starts no
+  // zygote of its own.
+  EXPECT_EQ(ParentOf(static_cast<pid_t>(ff->pid)), TestZygote()->pid());
+  EXPECT_EQ(ParentOf(static_cast<pid_t>(middle->pid)), TestZygote()->pid());
+  EXPECT_TRUE(ChildrenOf(static_cast<pid_t>(middle->pid)).empty());
   absl::StatusOr<v1::InfoReply> info = leaf->Info();
   ASSERT_TRUE(info.ok());
   EXPECT_EQ(info->pid(), ff->pid);
@@ -311,6 +341,48 @@ TEST_F(ForkTest, KilledForkChildFailsPendingCallsAndIsMarkedGone) {
   EXPECT_TRUE(other->Ping().ok());
   // The zygote reaped it.
   EXPECT_TRUE(Ended(static_cast<pid_t>(info->pid())));
+}
+
+TEST_F(ForkTest, AForkChildHearsHowItsOwnForkChildrenEnded) {
+  Master master(TestFunctions(), Options());
+  absl::StatusOr<Context> middle = master.Spawn("fork,name=middle");
+  ASSERT_TRUE(middle.ok()) << middle.status();
+  absl::StatusOr<Context> leaf = middle->Spawn("fork,name=leaf");
+  ASSERT_TRUE(leaf.ok()) << leaf.status();
+  absl::StatusOr<Context> sibling = middle->Spawn("fork,name=sibling");
+  ASSERT_TRUE(sibling.ok()) << sibling.status();
+  absl::StatusOr<v1::InfoReply> info = leaf->Info();
+  ASSERT_TRUE(info.ok());
+  v1::SleepRequest sleep;
+  sleep.set_ms(60000);
+  auto pending = leaf->CallAsync<v1::Empty>("grove.sleep", sleep);
+  ASSERT_EQ(::kill(static_cast<pid_t>(info->pid()), SIGKILL), 0);
+  // The report came from the zygote to the middle one, over the middle one's socket.
+  absl::StatusOr<v1::Empty> result = pending.get();
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(result.status().message(), HasSubstr("killed by signal 9 (Killed)"));
+  std::optional<ContextRecord> record = master.registry().Find(leaf->id());
+  ASSERT_TRUE(record.has_value());
+  EXPECT_THAT(record->reason, HasSubstr("killed by signal 9"));
+  EXPECT_TRUE(Ended(static_cast<pid_t>(info->pid())));
+  // The middle one still forks; a killed middle takes its subtree with it.
+  absl::StatusOr<Context> again = middle->Spawn("fork,name=again");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->Call<test::Echo>("echo", MakeEcho("a"))->text(), "again: a");
+  absl::StatusOr<v1::InfoReply> middle_info = middle->Info();
+  absl::StatusOr<v1::InfoReply> again_info = again->Info();
+  absl::StatusOr<v1::InfoReply> sibling_info = sibling->Info();
+  ASSERT_TRUE(middle_info.ok() && again_info.ok() && sibling_info.ok());
+  ASSERT_EQ(::kill(static_cast<pid_t>(middle_info->pid()), SIGKILL), 0);
+  for (const v1::InfoReply* i : {&*middle_info, &*again_info, &*sibling_info}) {
+    EXPECT_TRUE(WaitUntil([&] { return Ended(static_cast<pid_t>(i->pid())); }))
+        << "pid " << i->pid() << " outlived its killed parent";
+  }
+  EXPECT_EQ(again->Ping().code(), absl::StatusCode::kUnavailable);
+  // The zygote still serves the master.
+  absl::StatusOr<Context> after = master.Spawn("fork");
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_TRUE(after->Ping().ok());
 }
 
 TEST_F(ForkTest, ZygoteEndsWithItsContext) {
