@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <future>
 #include <set>
 #include <thread>
@@ -185,6 +186,28 @@ int OpenFds() {
   return n;
 }
 
+// Every process below this one: the contexts and their helpers (zygotes).
+std::vector<pid_t> Descendants() {
+  std::map<pid_t, pid_t> parent;
+  std::error_code ec;
+  for (auto it = std::filesystem::directory_iterator("/proc", ec);
+       !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+    int pid;
+    if (absl::SimpleAtoi(it->path().filename().string(), &pid)) parent[pid] = ParentOf(pid);
+  }
+  const pid_t self = ::getpid();
+  std::vector<pid_t> out;
+  for (const auto& [pid, first] : parent) {
+    pid_t up = first;
+    while (up > 1 && up != self) {
+      auto next = parent.find(up);
+      up = next == parent.end() ? -1 : next->second;
+    }
+    if (up == self) out.push_back(pid);
+  }
+  return out;
+}
+
 // A tree of `total` contexts (10, 100 or 1000): 10 local children of the master, 9 fork
 // children under each, 10 fork children under each of those. Spawned in parallel (one
 // thread per local child's subtree), called all at once, listed, shut down.
@@ -250,7 +273,9 @@ int Scale(Master& master, const Emitter& out, int total) {
   }
   const double call_ms = Ms(absl::Now() - t);
   int64_t pss = 0, threads_total = 0;
-  for (int64_t pid : pids) {
+  // Memory and threads of every process the tree holds: the contexts and their zygotes.
+  const std::vector<pid_t> processes = Descendants();
+  for (pid_t pid : processes) {
     // Proportional set size: shared pages split among their users.
     pss += ProcField(absl::StrCat("/proc/", pid, "/smaps_rollup"), "Pss:");
     threads_total += ProcField(absl::StrCat("/proc/", pid, "/status"), "Threads:");
@@ -267,6 +292,8 @@ int Scale(Master& master, const Emitter& out, int total) {
   out.Emit(prefix + "call_all_ms", call_ms, "ms");
   out.Emit(prefix + "shutdown_ms", stop_ms, "ms");
   out.Emit(prefix + "listed", listed, "contexts");
+  out.Emit(prefix + "processes_per_context",
+           static_cast<double>(processes.size()) / pids.size(), "processes");
   out.Emit(prefix + "pss_per_context_kib", static_cast<double>(pss) / pids.size(), "KiB");
   out.Emit(prefix + "threads_per_context", static_cast<double>(threads_total) / pids.size(),
            "threads");
