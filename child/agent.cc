@@ -284,24 +284,38 @@ bool IsAgentInvocation(int argc, char** argv) {
   if (argc == 2 && std::strncmp(argv[1], kVerifyFlag, sizeof(kVerifyFlag) - 1) == 0) {
     _exit(VerifySelf(argv[1] + sizeof(kVerifyFlag) - 1));
   }
-  return argc >= 2 && std::strcmp(argv[1], "--grove-agent") == 0;
+  return argc >= 2 &&
+         (std::strcmp(argv[1], "--grove-agent") == 0 || std::strcmp(argv[1], kZygoteFlag) == 0);
 }
 
-absl::StatusOr<std::shared_ptr<Zygote>> StartZygote(const Functions& functions) {
-  // Work every context does at startup anyway, done before the zygote starts so that fork
-  // children inherit it: the descriptors of grove's messages (the router's built-ins).
+namespace {
+
+// What a fork child of this program runs. Also does, before the zygote starts, work every
+// context does at startup anyway, so that fork children inherit it: the descriptors of
+// grove's messages (the router's built-ins).
+Zygote::Entry ForkChildEntry(const Functions& functions) {
   v1::Envelope::descriptor();
   v1::InfoReply::descriptor();
-  return Zygote::Start([&functions](const std::vector<std::string>& args) {
+  return [&functions](const std::vector<std::string>& args) {
     functions.RunForkHooks();
     std::vector<char*> argv;
     for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
     argv.push_back(nullptr);
     RunAgent(static_cast<int>(args.size()), argv.data(), functions);
-  });
+  };
+}
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<Zygote>> StartZygote(const Functions& functions) {
+  return Zygote::Start(ForkChildEntry(functions));
 }
 
 void RunAgent(int argc, char** argv, const Functions& functions) {
+  // Run again by a context to be its zygote (Zygote::StartOnFirstFork).
+  if (argc == 2 && std::strcmp(argv[1], kZygoteFlag) == 0) {
+    Zygote::RunExecuted(ForkChildEntry(functions));
+  }
   AgentFlags flags;
   std::string error;
   if (!ParseFlags(argc, argv, &flags, &error)) {
@@ -320,10 +334,12 @@ void RunAgent(int argc, char** argv, const Functions& functions) {
   // Commands this context runs must not inherit its link: a copy in a process that outlives
   // it would hide its death from its parent.
   if (flags.fd >= 0) SetCloseOnExec(flags.fd, true).IgnoreError();
-  // Before any thread starts (the stdio relay's, the router's, gRPC's): the zygote must be
-  // forked from a single-threaded process. Without it this context offers no `fork`. (A
-  // fork child gets the one it came from.)
-  absl::StatusOr<std::shared_ptr<Zygote>> zygote = StartZygote(functions);
+  // The zygote: a fork child's is the one it came from; any other child's starts when it
+  // is first asked to fork, as a fresh run of this program (what a fork child of it could
+  // inherit is the program as it starts: its threads and gRPC cannot be). Without one this
+  // context offers no `fork`.
+  absl::StatusOr<std::shared_ptr<Zygote>> zygote =
+      InheritedZygoteSocket() >= 0 ? StartZygote(functions) : Zygote::StartOnFirstFork();
   if (flags.stdio) {
     // The link arrives on pipes: relay them to a socketpair and serve on its other end. The
     // boot marker goes out first, so the parent knows that what follows is gRPC.

@@ -217,9 +217,12 @@ std::string Failed(int32_t seq, int err, const std::string& text) {
 // The peer of the zygote's context, whose end of file ends the zygote.
 constexpr int kContextPeer = 0;
 
-[[noreturn]] void RunZygote(int socket, pid_t context, const Zygote::Entry& entry) {
+// `forked`: forked by the context's main thread (Zygote::Start), rather than run by any
+// thread of it (Zygote::StartOnFirstFork).
+[[noreturn]] void RunZygote(int socket, pid_t context, bool forked, const Zygote::Entry& entry) {
   // A safety net: the end of file on the socket is the main signal that the context is gone.
-  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  // (Only when the main thread started it: the signal comes when the thread that did ends.)
+  if (forked) ::prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (::getppid() != context) _exit(0);
   const pid_t self = ::getpid();
   // Terminal signals go to the whole process group; the context decides when this ends.
@@ -449,6 +452,14 @@ int InheritedZygoteSocket() { return inherited_zygote_socket; }
 // ---------------------------------------------------------------------------------------
 // Zygote, in its context.
 
+// The zygote runs single-threaded: started before any thread of this process (CHECK).
+void CheckSingleThreaded() {
+  int threads = CountThreads();
+  CHECK(threads <= 1 + kRuntimeThreads)
+      << "the zygote must start before any thread does (this process has " << threads
+      << "): start it at the top of main()";
+}
+
 absl::StatusOr<std::shared_ptr<Zygote>> Zygote::Start(Entry entry) {
   if (int inherited = std::exchange(inherited_zygote_socket, -1); inherited >= 0) {
     // A fork child: a copy of its zygote as that zygote was, so a zygote of its own would
@@ -456,10 +467,7 @@ absl::StatusOr<std::shared_ptr<Zygote>> Zygote::Start(Entry entry) {
     return std::shared_ptr<Zygote>(
         new Zygote(UniqueFd(inherited), inherited_zygote_pid, std::nullopt));
   }
-  int threads = CountThreads();
-  CHECK(threads <= 1 + kRuntimeThreads)
-      << "the zygote must start before any thread does (this process has " << threads
-      << "): start it at the top of main()";
+  CheckSingleThreaded();
   ::fflush(nullptr);
   int sv[2];
   if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
@@ -475,7 +483,7 @@ absl::StatusOr<std::shared_ptr<Zygote>> Zygote::Start(Entry entry) {
   }
   if (pid == 0) {
     ::close(sv[0]);
-    RunZygote(sv[1], context, entry);
+    RunZygote(sv[1], context, /*forked=*/true, entry);
   }
   ::close(sv[1]);
   UniqueFd socket(sv[0]);
@@ -484,8 +492,50 @@ absl::StatusOr<std::shared_ptr<Zygote>> Zygote::Start(Entry entry) {
   return std::shared_ptr<Zygote>(new Zygote(std::move(socket), pid, *std::move(process)));
 }
 
+absl::StatusOr<std::shared_ptr<Zygote>> Zygote::StartOnFirstFork() {
+  int sv[2];
+  if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
+    return ErrnoStatus(errno, "socketpair for the zygote");
+  }
+  std::shared_ptr<Zygote> zygote(new Zygote(UniqueFd(sv[0]), -1, std::nullopt));
+  absl::MutexLock lock(&zygote->fork_mu_);
+  zygote->unstarted_end_.Reset(sv[1]);
+  return zygote;
+}
+
+void Zygote::RunExecuted(Entry entry) {
+  CheckSingleThreaded();
+  RunZygote(kChildLinkFd, ::getppid(), /*forked=*/false, entry);
+}
+
+void Zygote::StartNow() {
+  if (!unstarted_end_.valid()) return;
+  {
+    absl::MutexLock lock(&mu_);
+    if (gone_) return unstarted_end_.Reset();  // Stopped first.
+  }
+  SpawnOptions spawn;
+  spawn.argv = {"/proc/self/exe", kZygoteFlag};
+  UniqueFd null(::open("/dev/null", O_RDWR | O_CLOEXEC));
+  absl::StatusOr<Process> process = absl::InternalError("no /dev/null");
+  if (null.valid()) {
+    // Stderr stays this context's until the zygote's loop starts: a failure to get there
+    // shows in its log.
+    spawn.fds = {{0, null.get()}, {1, null.get()}, {2, 2}, {kChildLinkFd, unstarted_end_.get()}};
+    process = Process::Spawn(spawn);
+  }
+  unstarted_end_.Reset();
+  absl::MutexLock lock(&mu_);
+  if (!process.ok()) {
+    if (!gone_) gone_ = absl::StrCat("the zygote could not be started: ", process.status().message());
+    return;
+  }
+  pid_ = process->pid();
+  process_ = *std::move(process);
+}
+
 Zygote::Zygote(UniqueFd socket, pid_t pid, std::optional<Process> process)
-    : pid_(pid), socket_(std::move(socket)), process_(std::move(process)) {}
+    : socket_(std::move(socket)), pid_(pid), process_(std::move(process)) {}
 
 Zygote::~Zygote() { Stop(); }
 
@@ -583,6 +633,7 @@ bool Zygote::WaitUntil(const std::function<bool()>& ready, absl::Time deadline) 
 absl::StatusOr<Zygote::Forked> Zygote::Fork(const std::vector<std::string>& argv, int link_fd,
                                             int output_fd, absl::Time deadline) {
   absl::MutexLock fork_lock(&fork_mu_);
+  StartNow();
   int32_t seq;
   {
     absl::MutexLock lock(&mu_);

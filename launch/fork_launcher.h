@@ -1,11 +1,13 @@
 // The `fork` method: a child forked, without exec, from its context's zygote.
 //
 // fork() without exec is unusable once gRPC has started a thread (../research/grpc.md, Q6),
-// so a context that offers `fork` starts a zygote at startup, while it still has only one
-// thread: a helper process forked then, which stays single-threaded and forks every fork
-// child on request. A fork child therefore starts as a copy of its context as it was when
-// the zygote started (the program's code and state, no threads, no gRPC), gets a fresh id
-// and link like any other child, and runs the agent in-process (see StartZygote in
+// so fork children come from a zygote: a helper process that stays single-threaded and
+// forks every fork child on request. The master forks its zygote at startup, while it still
+// has only one thread (Zygote::Start); a child context runs its program again as its zygote
+// when it is first asked to fork (Zygote::StartOnFirstFork), since a child's state at
+// startup is the program's anyway. A fork child therefore starts as a copy of its context's
+// program as it was when the zygote started (code and state, no threads, no gRPC), gets a
+// fresh id and link like any other child, and runs the agent in-process (see StartZygote in
 // child/agent.h, which supplies that entry point).
 //
 //      context ── SOCK_SEQPACKET socketpair ──> zygote (single-threaded, reaps)
@@ -65,12 +67,26 @@ class Zygote {
   // `entry` is then that zygote's, which is this one's.
   static absl::StatusOr<std::shared_ptr<Zygote>> Start(Entry entry);
 
+  // A zygote that starts on the first Fork, by running this program again with
+  // kZygoteFlag (which must lead to RunExecuted before any thread starts: RunAgent does
+  // that). For a child context, whose program state at startup is all a fork child can
+  // inherit from it anyway: a context that never forks costs no second process, and its
+  // pages are not shared copy-on-write with one.
+  static absl::StatusOr<std::shared_ptr<Zygote>> StartOnFirstFork();
+  // In a program run with kZygoteFlag: serves its fd 3 as the zygote; never returns.
+  // Single-threaded callers only (CHECK).
+  [[noreturn]] static void RunExecuted(Entry entry);
+
   // Stops the zygote (see Stop).
   ~Zygote();
   Zygote(const Zygote&) = delete;
   Zygote& operator=(const Zygote&) = delete;
 
-  pid_t pid() const { return pid_; }
+  // -1 until the zygote has started.
+  pid_t pid() const {
+    absl::MutexLock lock(&mu_);
+    return pid_;
+  }
 
   struct Forked {
     pid_t pid = -1;
@@ -99,6 +115,8 @@ class Zygote {
  private:
   // `process`: set when this context started the zygote (and so reaps it).
   Zygote(UniqueFd socket, pid_t pid, std::optional<Process> process);
+  // Starts the zygote of StartOnFirstFork, once; marks it gone when it cannot be started.
+  void StartNow() ABSL_EXCLUSIVE_LOCKS_REQUIRED(fork_mu_) ABSL_LOCKS_EXCLUDED(mu_);
 
   // The zygote's answer to a fork request.
   struct Reply {
@@ -118,14 +136,16 @@ class Zygote {
   void MarkGone(const std::string& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status GoneError() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  const pid_t pid_;
   // Constant until destruction: shut down (not closed) by Stop, so that it may be used
   // without the lock.
   const UniqueFd socket_;
 
   // Serialises fork requests: at most one reply is awaited at a time.
   absl::Mutex fork_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+  // The zygote's end of the socket, until StartNow gives it to the zygote it starts.
+  UniqueFd unstarted_end_ ABSL_GUARDED_BY(fork_mu_);
   mutable absl::Mutex mu_;
+  pid_t pid_ ABSL_GUARDED_BY(mu_);
   std::optional<Process> process_ ABSL_GUARDED_BY(mu_);
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
   // A thread is reading the socket (without mu_); others wait on mu_.
@@ -139,6 +159,9 @@ class Zygote {
   // Set once the zygote is gone: how (and then no more messages come).
   std::optional<std::string> gone_ ABSL_GUARDED_BY(mu_);
 };
+
+// argv[1] of a program run to be a zygote (Zygote::StartOnFirstFork).
+inline constexpr char kZygoteFlag[] = "--grove-zygote";
 
 // In a fork child whose agent has not taken it yet (Zygote::Start does): its socket to the
 // zygote it came from. Otherwise -1.

@@ -385,6 +385,34 @@ TEST_F(ForkTest, AForkChildHearsHowItsOwnForkChildrenEnded) {
   EXPECT_TRUE(after->Ping().ok());
 }
 
+TEST_F(ForkTest, AChildContextStartsItsZygoteOnItsFirstFork) {
+  Master master(TestFunctions(), Options());
+  absl::StatusOr<Context> host = master.Spawn("local,name=host");
+  ASSERT_TRUE(host.ok()) << host.status();
+  absl::StatusOr<v1::InfoReply> info = host->Info();
+  ASSERT_TRUE(info.ok());
+  const pid_t host_pid = static_cast<pid_t>(info->pid());
+  EXPECT_TRUE(ChildrenOf(host_pid).empty()) << "a zygote before any fork";
+  absl::StatusOr<Context> first = host->Spawn("fork,name=first");
+  ASSERT_TRUE(first.ok()) << first.status();
+  std::vector<pid_t> zygotes = ChildrenOf(host_pid);
+  ASSERT_EQ(zygotes.size(), 1u);
+  // The same program, run again (not a copy of the running context).
+  EXPECT_EQ(Readlink(absl::StrCat("/proc/", zygotes[0], "/exe")), Readlink("/proc/self/exe"));
+  EXPECT_THAT(ReadFile(absl::StrCat("/proc/", zygotes[0], "/cmdline")),
+              HasSubstr("--grove-zygote"));
+  EXPECT_EQ(ParentOf(static_cast<pid_t>(first->Info()->pid())), zygotes[0]);
+  // Later forks, and forks of its fork children, come from the same one.
+  absl::StatusOr<Context> second = host->Spawn("fork,name=second");
+  ASSERT_TRUE(second.ok()) << second.status();
+  absl::StatusOr<Context> nested = first->Spawn("fork,name=nested");
+  ASSERT_TRUE(nested.ok()) << nested.status();
+  EXPECT_EQ(ParentOf(static_cast<pid_t>(second->Info()->pid())), zygotes[0]);
+  EXPECT_EQ(ParentOf(static_cast<pid_t>(nested->Info()->pid())), zygotes[0]);
+  EXPECT_EQ(nested->Call<test::Echo>("echo", MakeEcho("n"))->text(), "nested: n");
+  EXPECT_EQ(ChildrenOf(host_pid), zygotes);
+}
+
 TEST_F(ForkTest, ZygoteEndsWithItsContext) {
   Master master(TestFunctions(), Options());
   for (bool kill : {false, true}) {
@@ -425,6 +453,7 @@ TEST_F(ForkTest, AContextWithoutAZygoteRefusesForkClearly) {
   ASSERT_TRUE(host.ok()) << host.status();
   absl::StatusOr<v1::InfoReply> info = host->Info();
   ASSERT_TRUE(info.ok());
+  ASSERT_TRUE(host->Spawn("fork").ok());  // Starts its zygote.
   std::vector<pid_t> zygotes = ChildrenOf(static_cast<pid_t>(info->pid()));
   ASSERT_EQ(zygotes.size(), 1u);
   ASSERT_EQ(::kill(zygotes[0], SIGKILL), 0);
