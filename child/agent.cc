@@ -128,8 +128,8 @@ bool ParseFlags(int argc, char** argv, AgentFlags* flags, std::string* error) {
 
 
 // Captures this process's stdout and stderr (pipes over fds 1 and 2, read here), collects
-// glog records, watches the parent link for hang-up, and forwards all of it. Owns one thread.
-// Thread-safe.
+// glog records, watches the parent link for hang-up, and forwards all of it, on the thread
+// that calls Run (the agent's main thread). Thread-safe.
 class IoForwarder : public google::LogSink {
  public:
   IoForwarder(Router* router, int link_fd, std::function<void(const absl::Status&)> on_parent_lost)
@@ -151,14 +151,14 @@ class IoForwarder : public google::LogSink {
     return absl::OkStatus();
   }
 
-  void StartThread() {
-    thread_ = std::thread([this] {
-      pthread_setname_np(pthread_self(), "grove-io");
-      Loop();
-    });
+  // Forwards until Stop is called (from another thread); returns then.
+  void Run() {
+    Loop();
+    absl::MutexLock lock(&mu_);
+    done_ = true;
   }
 
-  // Forwards what is still buffered and stops the thread.
+  // Has Run forward what is still buffered and return; waits for that.
   void Stop() {
     ::fflush(stdout);
     ::fflush(stderr);
@@ -167,7 +167,8 @@ class IoForwarder : public google::LogSink {
       stopping_ = true;
     }
     Wake();
-    if (thread_.joinable()) thread_.join();
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(&done_));
   }
 
   // google::LogSink: queue the record; the thread forwards it (never from here, so that a
@@ -263,9 +264,9 @@ class IoForwarder : public google::LogSink {
   Router* const router_;
   const std::function<void(const absl::Status&)> on_parent_lost_;
   UniqueFd out_, err_, watch_, wake_;
-  std::thread thread_;
   absl::Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
   std::deque<v1::LogRecord> records_ ABSL_GUARDED_BY(mu_);
 };
 
@@ -289,6 +290,34 @@ bool IsAgentInvocation(int argc, char** argv) {
 }
 
 namespace {
+
+// What takes a context down, and the one reason it goes.
+struct Ending {
+  Router* router = nullptr;
+  IoForwarder* io = nullptr;
+  std::shared_ptr<Zygote> zygote;
+  std::string name;
+  absl::Mutex mu;
+  bool started ABSL_GUARDED_BY(mu) = false;
+  // Set before the thread that reads it starts.
+  absl::Status reason;
+};
+
+// The thread that ends a context; never returns.
+void* EndContext(void* arg) {
+  auto* ending = static_cast<Ending*>(arg);
+  pthread_setname_np(pthread_self(), "grove-end");
+  VLOG(1) << "context " << ending->name << " shutting down: " << ending->reason;
+  // Deepest first: children (and their subtrees) go before this context's last words.
+  ending->router->StopAllChildren();
+  google::RemoveLogSink(ending->io);
+  ending->io->Stop();
+  ending->router->Shutdown(ending->reason);
+  // Its fork children are gone with the rest: the zygote ends on the end of file; reap it.
+  if (ending->zygote != nullptr) ending->zygote->Stop();
+  ::fflush(nullptr);
+  _exit(0);
+}
 
 // What a fork child of this program runs. Also does, before the zygote starts, work every
 // context does at startup anyway, so that fork children inherit it: the descriptors of
@@ -383,18 +412,27 @@ void RunAgent(int argc, char** argv, const Functions& functions) {
                                                                zygote.status().message())));
   router->AddLauncher("su", new SuLauncher());
 
-  absl::Notification* end = new absl::Notification();
-  absl::Mutex* why_mu = new absl::Mutex();
-  absl::Status* why = new absl::Status();
-  auto finish = [end, why_mu, why](const absl::Status& reason) {
-    absl::MutexLock lock(why_mu);
-    if (end->HasBeenNotified()) return;
-    *why = reason;
-    end->Notify();
+  // The first request to end (a shutdown call, the parent's link gone) starts a thread that
+  // takes this context down (EndContext); until it is done, the main thread goes on
+  // forwarding stdio and logs.
+  auto* ending = new Ending();
+  ending->router = router;
+  ending->zygote = zygote.ok() ? *zygote : nullptr;
+  ending->name = info.name();
+  auto finish = [ending](const absl::Status& reason) {
+    {
+      absl::MutexLock lock(&ending->mu);
+      if (ending->started) return;
+      ending->started = true;
+      ending->reason = reason;
+    }
+    pthread_t thread;
+    if (::pthread_create(&thread, nullptr, &EndContext, ending) != 0) _exit(1);
+    ::pthread_detach(thread);
   };
-  router->SetShutdownHandler(finish);
-
   auto* io = new IoForwarder(router, flags.fd, finish);
+  ending->io = io;
+  router->SetShutdownHandler(finish);
   if (absl::Status s = io->CaptureStdio(); !s.ok()) {
     fprintf(stderr, "grove agent: cannot capture stdio: %s\n", s.ToString().c_str());
     _exit(2);
@@ -434,25 +472,10 @@ void RunAgent(int argc, char** argv, const Functions& functions) {
   service->Start();
   // The server side does not set O_NONBLOCK itself; without it every call hangs.
   if (!SetNonBlocking(flags.fd, true).ok()) _exit(2);
-  io->StartThread();
   grpc::AddInsecureChannelFromFd(server.get(), flags.fd);
 
-  end->WaitForNotification();
-  absl::Status reason;
-  {
-    absl::MutexLock lock(why_mu);
-    reason = *why;
-  }
-  VLOG(1) << "context " << info.name() << " shutting down: " << reason;
-  // Deepest first: children (and their subtrees) go before this context's last words.
-  router->StopAllChildren();
-  google::RemoveLogSink(io);
-  io->Stop();
-  router->Shutdown(reason);
-  // Its fork children are gone with the rest: the zygote ends on the end of file; reap it.
-  if (zygote.ok()) (*zygote)->Stop();
-  ::fflush(nullptr);
-  _exit(0);
+  io->Run();
+  for (;;) ::pause();  // EndContext ends the process.
 }
 
 }  // namespace grove
