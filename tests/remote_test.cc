@@ -14,6 +14,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/process.h"
 #include "glog/logging.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -303,6 +304,34 @@ TEST_F(RemoteTest, SshThenSudoToAnUnprivilegedUser) {
   absl::StatusOr<Context> ssh = master.Find(record->parent);
   ASSERT_TRUE(ssh.ok());
   EXPECT_EQ(ssh->Info()->user(), "root");
+}
+
+TEST_F(RemoteTest, ForkChildrenOfSshAndSudoContexts) {
+  if (sshd_ == nullptr) GTEST_SKIP() << "no sshd";
+  Master master(TestFunctions());
+  const std::string ssh = sshd().Hop("root") + ",cache_dir=" + cache_;
+  // Each context's zygote is its own program run again (the cached agent), as its user.
+  for (const std::string& path : {ssh + "/fork,name=rf", ssh + "/sudo:nobody/fork,name=sf"}) {
+    absl::StatusOr<Context> forked = master.SpawnPath(path);
+    ASSERT_TRUE(forked.ok()) << path << ": " << forked.status();
+    test::Echo hi;
+    hi.set_text("hi");
+    absl::StatusOr<test::Echo> echo = forked->Call<test::Echo>("echo", hi);
+    ASSERT_TRUE(echo.ok()) << echo.status();
+    std::optional<ContextRecord> record = master.registry().Find(forked->id());
+    ASSERT_TRUE(record.has_value());
+    EXPECT_EQ(echo->text(), record->name + ": hi");
+    std::optional<ContextRecord> parent = master.registry().Find(record->parent);
+    ASSERT_TRUE(parent.has_value());
+    absl::StatusOr<v1::InfoReply> info = forked->Info();
+    ASSERT_TRUE(info.ok()) << info.status();
+    EXPECT_EQ(info->user(), path.find("nobody") != std::string::npos ? "nobody" : "root");
+    const pid_t zygote = ParentOf(static_cast<pid_t>(info->pid()));
+    EXPECT_EQ(ParentOf(zygote), parent->pid);
+    EXPECT_EQ(Readlink(absl::StrCat("/proc/", zygote, "/exe")),
+              Readlink(absl::StrCat("/proc/", parent->pid, "/exe")));
+    ASSERT_TRUE(forked->Shutdown().ok());
+  }
 }
 
 TEST_F(RemoteTest, CliRunsThroughSshAndSudo) {

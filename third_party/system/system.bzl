@@ -1,9 +1,10 @@
 """Wraps the C++ libraries that Debian installs (gRPC, protobuf, Abseil, glog, GoogleTest,
 Google Benchmark) as Bazel targets, with no download.
 
-gRPC and everything below it are linked statically from Debian's `.a` files (glibc stays
-dynamic), so every grove binary is one self-contained executable that can travel to another
-host. The link flags come from `pkg-config --static` at fetch time, deduplicated.
+gRPC and everything below it are linked statically from Debian's `.a` files, so every grove
+binary is one self-contained executable that can travel to another host; programs that link
+grove's agent (//child) add `-static`, glibc included. The link flags come from
+`pkg-config --static` at fetch time, deduplicated.
 """
 
 # Linked dynamically: glibc's parts only.
@@ -106,7 +107,7 @@ const char* __tsan_default_suppressions() {{
 }}
 
 const char* __tsan_default_options() {{
-  return "halt_on_error=0:second_deadlock_stack=1:atexit_sleep_ms=0";
+  return "halt_on_error=0:second_deadlock_stack=1:atexit_sleep_ms=0:suppress_equal_addresses=0";
 }}
 
 }}  // extern "C"
