@@ -527,7 +527,9 @@ void Zygote::StartNow() {
   unstarted_end_.Reset();
   absl::MutexLock lock(&mu_);
   if (!process.ok()) {
-    if (!gone_) gone_ = absl::StrCat("the zygote could not be started: ", process.status().message());
+    if (!gone_) {
+      gone_ = absl::StrCat("the zygote could not be started: ", process.status().message());
+    }
     return;
   }
   pid_ = process->pid();
@@ -544,9 +546,7 @@ void Zygote::Stop() {
   if (stopped_) return;
   stopped_ = true;
   ::shutdown(socket_.get(), SHUT_RDWR);
-  if (process_ && !process_->reaped() && !process_->Wait(absl::Now() + absl::Seconds(1)).ok()) {
-    process_->Terminate(absl::ZeroDuration());
-  }
+  ReapIfOurs();
   if (!gone_) gone_ = absl::StrCat("the zygote (pid ", pid_, ") was stopped");
 }
 
@@ -554,12 +554,16 @@ absl::Status Zygote::GoneError() const {
   return absl::FailedPreconditionError(*gone_);
 }
 
-void Zygote::MarkGone(const std::string& why) {
-  if (gone_) return;
-  // Ours, and exiting (the end of file came from its exit): reap it to say how.
+void Zygote::ReapIfOurs() {
   if (process_ && !process_->reaped() && !process_->Wait(absl::Now() + absl::Seconds(1)).ok()) {
     process_->Terminate(absl::ZeroDuration());
   }
+}
+
+void Zygote::MarkGone(const std::string& why) {
+  if (gone_) return;
+  // Exiting (the end of file came from its exit): reap it to say how.
+  ReapIfOurs();
   std::string how = process_ && process_->status() ? DescribeWaitStatus(*process_->status()) : "";
   gone_ = absl::StrCat("the zygote (pid ", pid_, ") is gone", why.empty() ? "" : ": ", why,
                        how.empty() ? "" : why.empty() ? ": " : "; it ", how);

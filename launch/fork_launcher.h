@@ -134,6 +134,8 @@ class Zygote {
   // at the end of file.
   void ReadAvailable() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void MarkGone(const std::string& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A zygote this context started: waits for it to exit (SIGKILL after a second) and reaps it.
+  void ReapIfOurs() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status GoneError() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Constant until destruction: shut down (not closed) by Stop, so that it may be used

@@ -6,7 +6,9 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <fstream>
 #include <future>
+#include <iterator>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -17,22 +19,31 @@
 namespace grove::cli {
 namespace {
 
-// Live processes other than this one that run this binary.
+// The command line of process `pid` ("" when it is gone).
+std::string CmdlineOf(int pid) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/cmdline"));
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
 // Processes of this program other than this one and its zygote (a child that lives as long
-// as this process does: see MasterOptions::zygote).
+// as this process does, a fork of it and so with its command line: see
+// MasterOptions::zygote).
 std::vector<int> OurProcesses() {
   char self_exe[512] = {0};
   if (::readlink("/proc/self/exe", self_exe, sizeof(self_exe) - 1) < 0) self_exe[0] = '\0';
+  const std::string self_cmdline = CmdlineOf(::getpid());
   std::vector<int> pids;
   DIR* dir = ::opendir("/proc");
   while (struct dirent* e = dir ? ::readdir(dir) : nullptr) {
     int pid;
     if (!absl::SimpleAtoi(e->d_name, &pid) || pid == ::getpid()) continue;
     char exe[512] = {0};
-    if (::readlink(absl::StrCat("/proc/", pid, "/exe").c_str(), exe, sizeof(exe) - 1) > 0 &&
-        std::string(exe) == self_exe && ParentOf(pid) != ::getpid()) {
-      pids.push_back(pid);
+    if (::readlink(absl::StrCat("/proc/", pid, "/exe").c_str(), exe, sizeof(exe) - 1) <= 0 ||
+        std::string(exe) != self_exe) {
+      continue;
     }
+    if (ParentOf(pid) == ::getpid() && CmdlineOf(pid) == self_cmdline) continue;  // Zygote.
+    pids.push_back(pid);
   }
   if (dir) ::closedir(dir);
   return pids;
