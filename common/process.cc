@@ -1,5 +1,6 @@
 #include "common/process.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -12,7 +13,9 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <map>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 
@@ -227,6 +230,27 @@ pid_t ParentOf(pid_t pid) {
   int ppid = -1;
   if (close == nullptr || std::sscanf(close + 1, " %c %d", &state, &ppid) != 2) return -1;
   return ppid;
+}
+
+std::set<pid_t> DescendantsOf(const std::set<pid_t>& roots) {
+  std::map<pid_t, std::vector<pid_t>> children;
+  if (DIR* dir = ::opendir("/proc")) {
+    while (struct dirent* e = ::readdir(dir)) {
+      pid_t pid;
+      if (absl::SimpleAtoi(e->d_name, &pid)) children[ParentOf(pid)].push_back(pid);
+    }
+    ::closedir(dir);
+  }
+  std::set<pid_t> out;
+  std::vector<pid_t> todo(roots.begin(), roots.end());
+  while (!todo.empty()) {
+    pid_t pid = todo.back();
+    todo.pop_back();
+    for (pid_t child : children[pid]) {
+      if (out.insert(child).second) todo.push_back(child);
+    }
+  }
+  return out;
 }
 
 }  // namespace grove

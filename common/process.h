@@ -9,6 +9,7 @@
 #include <sys/types.h>
 
 #include <optional>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -84,6 +85,9 @@ int ExitCodeOf(int status);
 
 // The parent of process `pid`, from /proc/PID/stat; -1 when it is gone.
 pid_t ParentOf(pid_t pid);
+
+// Every live process below `roots` (by parent pid, from /proc), the roots excluded.
+std::set<pid_t> DescendantsOf(const std::set<pid_t>& roots);
 
 }  // namespace grove
 

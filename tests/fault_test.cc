@@ -11,7 +11,6 @@
 // deadline. (One place polls /proc, where there is nothing to wait on: a process's state
 // after SIGSTOP.) The soak is in soak_test.cc; the hostile child's forged envelopes are
 // tested at the router level in router/hostile_test.cc.
-#include <dirent.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -106,29 +105,6 @@ std::string CommandOf(int64_t pid) {
   std::string cmdline = ReadFile(absl::StrCat("/proc/", pid, "/cmdline"));
   std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
   return cmdline.substr(0, 100);
-}
-
-// Every live process below `roots` (by parent pid), the roots excluded.
-std::set<int64_t> DescendantsOf(const std::set<int64_t>& roots) {
-  std::map<int64_t, std::vector<int64_t>> children;
-  if (DIR* dir = ::opendir("/proc")) {
-    while (struct dirent* e = ::readdir(dir)) {
-      int64_t pid;
-      if (!absl::SimpleAtoi(e->d_name, &pid)) continue;
-      children[ParentOf(static_cast<pid_t>(pid))].push_back(pid);
-    }
-    ::closedir(dir);
-  }
-  std::set<int64_t> out;
-  std::vector<int64_t> todo(roots.begin(), roots.end());
-  while (!todo.empty()) {
-    int64_t pid = todo.back();
-    todo.pop_back();
-    for (int64_t child : children[pid]) {
-      if (out.insert(child).second) todo.push_back(child);
-    }
-  }
-  return out;
 }
 
 // The link fd of the agent `pid` (its --grove-fd=N), or -1.
@@ -779,9 +755,9 @@ TEST_F(FaultTest, KillingTheMasterTakesLocalAndSshDescendantsDownWithinOneSecond
   }
   ASSERT_EQ(contexts.size(), 5u) << text;
   // Everything below the master and below each context: the ssh client, zygotes, contexts.
-  std::set<int64_t> roots = contexts;
+  std::set<pid_t> roots(contexts.begin(), contexts.end());
   roots.insert(master->pid());
-  for (int64_t pid : DescendantsOf(roots)) {
+  for (pid_t pid : DescendantsOf(roots)) {
     if (!watched.count(pid)) watched[pid] = CommandOf(pid);
   }
   std::map<int64_t, UniqueFd> pidfds;

@@ -8,7 +8,6 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <map>
 #include <future>
 #include <set>
 #include <thread>
@@ -186,28 +185,6 @@ int OpenFds() {
   return n;
 }
 
-// Every process below this one: the contexts and their helpers (zygotes).
-std::vector<pid_t> Descendants() {
-  std::map<pid_t, pid_t> parent;
-  std::error_code ec;
-  for (auto it = std::filesystem::directory_iterator("/proc", ec);
-       !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
-    int pid;
-    if (absl::SimpleAtoi(it->path().filename().string(), &pid)) parent[pid] = ParentOf(pid);
-  }
-  const pid_t self = ::getpid();
-  std::vector<pid_t> out;
-  for (const auto& [pid, first] : parent) {
-    pid_t up = first;
-    while (up > 1 && up != self) {
-      auto next = parent.find(up);
-      up = next == parent.end() ? -1 : next->second;
-    }
-    if (up == self) out.push_back(pid);
-  }
-  return out;
-}
-
 // A tree of `total` contexts (10, 100 or 1000): 10 local children of the master, 9 fork
 // children under each, 10 fork children under each of those. Spawned in parallel (one
 // thread per local child's subtree), called all at once, listed, shut down.
@@ -274,7 +251,7 @@ int Scale(Master& master, const Emitter& out, int total) {
   const double call_ms = Ms(absl::Now() - t);
   int64_t pss = 0, threads_total = 0;
   // Memory and threads of every process the tree holds: the contexts and their zygotes.
-  const std::vector<pid_t> processes = Descendants();
+  const std::set<pid_t> processes = DescendantsOf({::getpid()});
   for (pid_t pid : processes) {
     // Proportional set size: shared pages split among their users.
     pss += ProcField(absl::StrCat("/proc/", pid, "/smaps_rollup"), "Pss:");
