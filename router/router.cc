@@ -274,11 +274,13 @@ void Router::StartCall(ContextId dst, const std::string& function,
       if (it == pending_.end()) return;
       route = RouteTo(dst.value());
     }
+    const bool deadline_exceeded = absl::IsDeadlineExceeded(status);
     Complete(id, std::move(status));
     v1::Envelope cancel;
     cancel.set_dst(dst.value());
     cancel.set_src(self_.id());
     cancel.mutable_cancel()->set_id(id);
+    cancel.mutable_cancel()->set_deadline_exceeded(deadline_exceeded);
     Send(std::move(route), std::move(cancel));
   };
   uint64_t timer = 0;
@@ -534,7 +536,7 @@ void Router::HandleLocal(Link* from, v1::Envelope envelope) {
       HandleReply(from, envelope.reply());
       break;
     case v1::Envelope::kCancel:
-      HandleCancel(envelope.src(), envelope.cancel().id());
+      HandleCancel(envelope.src(), envelope.cancel());
       break;
     case v1::Envelope::kOutput:
       HandleOutput(from, envelope.mutable_output());
@@ -708,14 +710,15 @@ void Router::SendReply(uint64_t dst, uint64_t call_id, const absl::StatusOr<std:
   Send(std::move(route), std::move(envelope));
 }
 
-void Router::HandleCancel(uint64_t src, uint64_t call_id) {
+void Router::HandleCancel(uint64_t src, const v1::Cancel& cancel) {
   std::shared_ptr<CallContext> context;
   {
     absl::MutexLock lock(&mu_);
-    auto it = incoming_.find({src, call_id});
+    auto it = incoming_.find({src, cancel.id()});
     if (it == incoming_.end()) return;
     context = it->second;
   }
+  if (cancel.deadline_exceeded()) context->MarkDeadlineExceeded();
   context->cancel_source().Cancel();
 }
 

@@ -178,7 +178,7 @@ class Router : public LinkDelegate {
   // this context). Dropped unless it came on the link the call went out on.
   void HandleReply(Link* from, const v1::Reply& reply);
   void HandleOutput(Link* from, v1::Output* output);
-  void HandleCancel(uint64_t src, uint64_t call_id);
+  void HandleCancel(uint64_t src, const v1::Cancel& cancel);
   void HandleAdded(Link* from, v1::Envelope envelope);
   void HandleRemoved(Link* from, v1::Envelope envelope);
   // A ContextRefused from the parent: drops the routes and records it names.

@@ -1094,6 +1094,35 @@ TEST_F(RouterTest, DeadlineExceededFailsTheCallAndCancelsTheCallee) {
   EXPECT_THAT(c1_->Ping(past), StatusIs(absl::StatusCode::kDeadlineExceeded, HasSubstr("c1")));
 }
 
+TEST_F(RouterTest, ACancelSentForAPassedDeadlineIsDeadlineExceededAtTheCallee) {
+  ASSERT_NO_FATAL_FAILURE(SpawnTree());
+  // The caller's clock reaches a deadline before the callee's does (the callee starts its clock
+  // when the call arrives), so the caller's cancel can arrive first. It says why it was sent.
+  std::shared_ptr<ReplyGate> gate = ReplyGate::Install(*launcher_->parent_end(c1_->id()));
+  gate->Release();
+  std::shared_ptr<InMemoryLink> down = launcher_->parent_end(c1_->id());
+  const uint64_t c1 = c1_->id().value();
+  auto call_then_cancel = [&](uint64_t id, bool deadline_exceeded) {
+    v1::Envelope call = CallEnvelope(0, c1, id, "grove.sleep", Ms(30000));
+    call.mutable_call()->set_timeout_us(absl::ToInt64Microseconds(absl::Seconds(30)));
+    down->Send(call);
+    v1::Envelope cancel;
+    cancel.set_src(0);
+    cancel.set_dst(c1);
+    cancel.mutable_cancel()->set_id(id);
+    cancel.mutable_cancel()->set_deadline_exceeded(deadline_exceeded);
+    down->Send(cancel);
+  };
+  call_then_cancel(101, true);
+  ASSERT_TRUE(gate->WaitForReplies(1));
+  EXPECT_EQ(gate->replies()[0].code(), static_cast<int>(absl::StatusCode::kDeadlineExceeded));
+  EXPECT_THAT(gate->replies()[0].message(), HasSubstr("ran past its deadline"));
+  // A cancel for any other reason stays a cancel.
+  call_then_cancel(102, false);
+  ASSERT_TRUE(gate->WaitForReplies(2));
+  EXPECT_EQ(gate->replies()[1].code(), static_cast<int>(absl::StatusCode::kCancelled));
+}
+
 TEST_F(RouterTest, DeadlineCarriesOverToNestedCalls) {
   ASSERT_NO_FATAL_FAILURE(SpawnTree());
   std::shared_ptr<ReplyGate> gate = ReplyGate::Install(*launcher_->parent_end(c1_->id()));
