@@ -12,6 +12,7 @@
 
 #include <cstring>
 #include <deque>
+#include <optional>
 #include <thread>
 
 #include "absl/strings/match.h"
@@ -321,6 +322,43 @@ void* EndContext(void* arg) {
   _exit(0);
 }
 
+// The agent's gRPC server, started before it has its socket. Intentionally leaked: the
+// process ends with _exit.
+struct AgentServer {
+  int64_t max_message_bytes = 0;
+  AgentService* service = nullptr;
+  grpc::Server* server = nullptr;
+};
+
+AgentServer StartAgentServer(int64_t max_message_bytes) {
+  AgentServer started;
+  started.max_message_bytes = max_message_bytes;
+  started.service = new AgentService(max_message_bytes);
+  grpc::ServerBuilder builder;
+  started.service->AddTo(&builder);
+  builder.SetOption(WithoutServerPlugins());  // No reflection (and its threads) here.
+  builder.SetMaxReceiveMessageSize(LinkReceiveLimit(max_message_bytes));
+  builder.SetMaxSendMessageSize(-1);
+  started.server = builder.BuildAndStart().release();
+  if (started.server == nullptr) {
+    fprintf(stderr, "grove agent: cannot start the gRPC server\n");
+    _exit(2);
+  }
+  return started;
+}
+
+// In a spare fork child, once its Entry::prepare has run: the server it started for the
+// child it becomes. Main thread only.
+std::optional<AgentServer> prepared_server;
+
+// An argv for RunAgent (pointing into `args`).
+std::vector<char*> ArgvOf(const std::vector<std::string>& args) {
+  std::vector<char*> argv;
+  for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  return argv;
+}
+
 // What a fork child of this program runs. Also does, before the zygote starts, work every
 // context does at startup anyway, so that fork children inherit it: the descriptors of
 // grove's messages (one message per .proto file builds the file: the router's built-ins,
@@ -330,13 +368,23 @@ Zygote::Entry ForkChildEntry(const Functions& functions) {
   v1::InfoReply::descriptor();
   v1::ChunkRequest::descriptor();
   v1::GrpcOpenRequest::descriptor();
-  return [&functions](const std::vector<std::string>& args) {
+  Zygote::Entry entry;
+  // A spare: the user's fork hooks (while it has one thread, as they expect), then gRPC's
+  // start and the server, for the limit the fork child before it had.
+  entry.prepare = [&functions](const std::vector<std::string>& hint) {
     functions.RunForkHooks();
-    std::vector<char*> argv;
-    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
+    std::vector<char*> argv = ArgvOf(hint);
+    AgentFlags flags;
+    std::string error;
+    ParseFlags(static_cast<int>(hint.size()), argv.data(), &flags, &error);
+    prepared_server = StartAgentServer(flags.max_message_bytes);
+  };
+  entry.run = [&functions](const std::vector<std::string>& args) {
+    if (!prepared_server.has_value()) functions.RunForkHooks();
+    std::vector<char*> argv = ArgvOf(args);
     RunAgent(static_cast<int>(args.size()), argv.data(), functions);
   };
+  return entry;
 }
 
 }  // namespace
@@ -364,7 +412,8 @@ void RunAgent(int argc, char** argv, const Functions& functions) {
     _exit(1);
   }
   ::signal(SIGPIPE, SIG_IGN);
-  CloseInheritedFds(flags.fd, InheritedZygoteSocket());
+  // (A spare closed them before gRPC opened its own.)
+  if (!prepared_server.has_value()) CloseInheritedFds(flags.fd, InheritedZygoteSocket());
   // Commands this context runs must not inherit its link: a copy in a process that outlives
   // it would hide its death from its parent.
   if (flags.fd >= 0) SetCloseOnExec(flags.fd, true).IgnoreError();
@@ -453,31 +502,26 @@ void RunAgent(int argc, char** argv, const Functions& functions) {
   for (int s = 0; s < google::NUM_SEVERITIES; ++s) google::SetLogDestination(s, "");
   google::AddLogSink(io);
 
-  auto* service = new AgentService(
-      absl::StrCat("link to the parent of ", info.name()), flags.max_message_bytes,
-      [router, info](std::shared_ptr<GrpcServerLink> link) {
-        v1::Envelope hello;
-        hello.set_src(info.id());
-        hello.set_dst(info.parent());
-        *hello.mutable_hello()->mutable_info() = info;
-        link->Send(std::move(hello));
-        router->SetParentLink(std::move(link));
-      });
-  grpc::ServerBuilder builder;
-  service->AddTo(&builder);
-  builder.SetOption(WithoutServerPlugins());  // No reflection (and its threads) here.
-  builder.SetMaxReceiveMessageSize(LinkReceiveLimit(flags.max_message_bytes));
-  builder.SetMaxSendMessageSize(-1);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (server == nullptr) {
-    fprintf(stderr, "grove agent: cannot start the gRPC server\n");
-    _exit(2);
-  }
+  // A spare's server was built for the limit of the fork child before it; another limit
+  // (rare: contexts of one fork subtree pass theirs down) needs a server of its own, and the
+  // spare's stays unused.
+  AgentServer server =
+      prepared_server.has_value() && prepared_server->max_message_bytes == flags.max_message_bytes
+          ? *prepared_server
+          : StartAgentServer(flags.max_message_bytes);
   // Its queue becomes this process's link queue, also for the links to children.
-  service->Start();
+  server.service->Start(absl::StrCat("link to the parent of ", info.name()),
+                        [router, info](std::shared_ptr<GrpcServerLink> link) {
+                          v1::Envelope hello;
+                          hello.set_src(info.id());
+                          hello.set_dst(info.parent());
+                          *hello.mutable_hello()->mutable_info() = info;
+                          link->Send(std::move(hello));
+                          router->SetParentLink(std::move(link));
+                        });
   // The server side does not set O_NONBLOCK itself; without it every call hangs.
   if (!SetNonBlocking(flags.fd, true).ok()) _exit(2);
-  grpc::AddInsecureChannelFromFd(server.get(), flags.fd);
+  grpc::AddInsecureChannelFromFd(server.server, flags.fd);
 
   io->Run();
   for (;;) ::pause();  // EndContext ends the process.

@@ -51,11 +51,13 @@ constexpr int kRuntimeThreads = 1;
 constexpr int kRuntimeThreads = 0;
 #endif
 
-// Message kinds. Context -> zygote: kFork. Zygote -> context: the others.
+// Message kinds. Context -> zygote: kFork. Zygote -> context: kForked, kFailed, kExited.
+// Zygote -> spare: kBecome.
 constexpr char kFork = 'F';     // seq, argv joined by '\0'; fds: link, output
 constexpr char kForked = 'P';   // seq, pid; fd: pidfd
 constexpr char kFailed = 'E';   // seq, errno, text
 constexpr char kExited = 'X';   // pid, wait status
+constexpr char kBecome = 'B';   // argv joined by '\0'; fds: link, output
 
 // Fixed-size fields of a message, after its kind byte.
 void PutInt(std::string* out, int32_t v) { out->append(reinterpret_cast<const char*>(&v), 4); }
@@ -121,6 +123,18 @@ ssize_t ReceiveMessage(int socket, std::string* data, std::vector<UniqueFd>* fds
   return n;
 }
 
+// The argv joined by '\0' in `data` from `at` on.
+std::vector<std::string> SplitArgv(const std::string& data, size_t at) {
+  std::vector<std::string> argv;
+  for (size_t start = at; start < data.size();) {
+    size_t end = data.find('\0', start);
+    if (end == std::string::npos) end = data.size();
+    argv.emplace_back(data, start, end - start);
+    start = end + 1;
+  }
+  return argv;
+}
+
 int CountThreads() {
   DIR* dir = ::opendir("/proc/self/task");
   if (dir == nullptr) return -1;  // No /proc: cannot tell.
@@ -153,16 +167,31 @@ pid_t inherited_zygote_pid = -1;
 
 // ---- In the fork child, on its only thread, right after fork() ----
 
-[[noreturn]] void RunForkChild(UniqueFd link, UniqueFd output, int zygote_end, pid_t zygote,
-                               const std::vector<std::string>& argv,
-                               const Zygote::Entry& entry) {
-  // The signal state of a new process: default dispositions, nothing blocked.
+// The signal state of a new process: default dispositions, nothing blocked.
+void ResetSignals() {
   for (int sig = 1; sig < NSIG; ++sig) {
     if (sig != SIGKILL && sig != SIGSTOP) ::signal(sig, SIG_DFL);
   }
   sigset_t none;
   sigemptyset(&none);
   ::sigprocmask(SIG_SETMASK, &none, nullptr);
+}
+
+// libc's generator was copied from the zygote like everything else: re-seed it, so that
+// siblings differ. (Generators of the program re-seed in Functions::OnFork hooks.)
+void Reseed() {
+  unsigned int seed = 0;
+  if (::getrandom(&seed, sizeof(seed), 0) != sizeof(seed)) {
+    seed = static_cast<unsigned int>(::getpid()) ^ static_cast<unsigned int>(::time(nullptr));
+  }
+  ::srandom(seed);
+  ::srand48(seed);
+}
+
+[[noreturn]] void RunForkChild(UniqueFd link, UniqueFd output, int zygote_end, pid_t zygote,
+                               const std::vector<std::string>& argv,
+                               const Zygote::Entry& entry) {
+  ResetSignals();
   // Stdio and the link in place (above 3 first, so that no dup2 overwrites a source; dup2
   // clears close-on-exec on its target). Stdin is already /dev/null, as in the zygote.
   int link_fd = ::fcntl(link.get(), F_DUPFD_CLOEXEC, 10);
@@ -179,24 +208,55 @@ pid_t inherited_zygote_pid = -1;
   CloseAllFdsExcept({kChildLinkFd, zygote_fd});
   inherited_zygote_socket = zygote_fd;
   inherited_zygote_pid = zygote;
-  // libc's generator was copied from the zygote like everything else: re-seed it, so that
-  // siblings differ. (Generators of the program re-seed in Functions::OnFork hooks.)
-  unsigned int seed = 0;
-  if (::getrandom(&seed, sizeof(seed), 0) != sizeof(seed)) {
-    seed = static_cast<unsigned int>(::getpid()) ^ static_cast<unsigned int>(::time(nullptr));
+  Reseed();
+  entry.run(argv);
+  _exit(1);
+}
+
+// A spare: prepares, then waits on its socket to be told which child it is.
+[[noreturn]] void RunSpare(int zygote_end, pid_t zygote, const std::vector<std::string>& hint,
+                           const Zygote::Entry& entry) {
+  // Until it is handed out, a spare is the zygote's alone: it dies with it.
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (::getppid() != zygote) _exit(0);
+  char name[16] = {};
+  ::prctl(PR_GET_NAME, name);
+  ::prctl(PR_SET_NAME, "grove-spare");
+  ResetSignals();
+  int zygote_fd = ::fcntl(zygote_end, F_DUPFD_CLOEXEC, 10);
+  if (zygote_fd < 0) _exit(127);
+  CloseAllFdsExcept({zygote_fd});
+  // Fd 3 is where the link goes: held, so that nothing `prepare` opens takes it.
+  int null = ::open("/dev/null", O_RDWR);
+  if (null < 0 || (null != kChildLinkFd && ::dup2(null, kChildLinkFd) < 0)) _exit(127);
+  if (null != kChildLinkFd) ::close(null);
+  inherited_zygote_socket = zygote_fd;
+  inherited_zygote_pid = zygote;
+  Reseed();
+  entry.prepare(hint);
+  std::string data;
+  std::vector<UniqueFd> fds;
+  bool truncated = false;
+  ssize_t n = ReceiveMessage(zygote_fd, &data, &fds, &truncated, 0);
+  // The end of file: the zygote is done with it.
+  if (n <= 0 || truncated || data[0] != kBecome || fds.size() != 2) _exit(0);
+  ::prctl(PR_SET_PDEATHSIG, 0);
+  ::prctl(PR_SET_NAME, name);
+  if (::dup2(fds[1].get(), 1) < 0 || ::dup2(fds[1].get(), 2) < 0 ||
+      ::dup2(fds[0].get(), kChildLinkFd) < 0) {
+    _exit(127);
   }
-  ::srandom(seed);
-  ::srand48(seed);
-  entry(argv);
+  fds.clear();
+  entry.run(SplitArgv(data, 1));
   _exit(1);
 }
 
 // ---- In the zygote ----
 
-// A message waiting to be sent, with the fd that goes with it (closed once sent).
+// A message waiting to be sent, with the fds that go with it (closed once sent).
 struct Outgoing {
   std::string data;
-  UniqueFd fd;
+  std::vector<UniqueFd> fds;
 };
 
 // A socket the zygote serves: its context's, or a fork child's (each fork child gets one, to
@@ -247,6 +307,51 @@ constexpr int kContextPeer = 0;
   // Live children -> the peer that asked for them, which hears of their exit. A child whose
   // peer is gone (or that nobody learnt of) is reaped without a report.
   absl::flat_hash_map<pid_t, int> requested_by;
+  // A child forked with a socket of its own (a new peer), `in_child` running in it.
+  struct Child {
+    pid_t pid = -1;
+    UniqueFd pidfd;
+    int err = 0;  // Or how forking it failed, with `what`.
+    const char* what = "";
+  };
+  auto fork_child = [&](const std::function<void(int zygote_end)>& in_child) {
+    Child child;
+    int pair[2];
+    if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0) {
+      child.err = errno;
+      child.what = "socketpair for a fork child";
+      return child;
+    }
+    UniqueFd ours(pair[0]);
+    UniqueFd theirs(pair[1]);
+    child.pid = ::fork();
+    if (child.pid == 0) {
+      in_child(theirs.get());
+      _exit(1);
+    }
+    if (child.pid < 0) {
+      child.err = errno;
+      child.what = "fork";
+      return child;
+    }
+    // Opened before this process reaps the child, so it can never name a reused pid.
+    child.pidfd.Reset(static_cast<int>(::syscall(SYS_pidfd_open, child.pid, 0)));
+    if (!child.pidfd.valid()) {
+      child.err = errno;
+      child.what = "pidfd_open";
+      ::kill(child.pid, SIGKILL);  // Reaped like any other, unreported.
+      child.pid = -1;
+      return child;
+    }
+    SetNonBlocking(ours.get(), true).IgnoreError();
+    peers[next_peer++].socket = std::move(ours);
+    return child;
+  };
+  // The spare (see fork_launcher.h), and the peer its socket is; the argv of the last
+  // request, once the spare is to be replaced.
+  std::optional<Child> spare;
+  int spare_peer = -1;
+  std::optional<std::vector<std::string>> refill;
   std::vector<struct pollfd> fds;
   std::vector<int> ids;
   std::string data;
@@ -269,6 +374,7 @@ constexpr int kContextPeer = 0;
       int status;
       pid_t pid;
       while ((pid = ::waitpid(-1, &status, WNOHANG)) > 0) {
+        if (spare.has_value() && spare->pid == pid) spare.reset();  // Killed: not handed out.
         auto asked = requested_by.find(pid);
         if (asked == requested_by.end()) continue;
         auto peer = peers.find(asked->second);
@@ -300,51 +406,38 @@ constexpr int kContextPeer = 0;
         int32_t seq = 0;
         if (data[0] != kFork || !GetInt(data.data(), data.size(), &at, &seq)) continue;
         if (truncated || received.size() != 2) {
-          outbox.push_back({Failed(seq, EINVAL, "malformed fork request"), UniqueFd()});
+          outbox.push_back({Failed(seq, EINVAL, "malformed fork request")});
           continue;
         }
-        std::vector<std::string> argv;
-        for (size_t start = at; start < data.size();) {
-          size_t end = data.find('\0', start);
-          if (end == std::string::npos) end = data.size();
-          argv.emplace_back(data, start, end - start);
-          start = end + 1;
+        std::vector<std::string> argv = SplitArgv(data, at);
+        Child child;
+        if (spare.has_value()) {
+          // The spare becomes the child: it gets the argv, link and output.
+          Outgoing become;
+          become.data.assign(1, kBecome);
+          become.data.append(data, at, std::string::npos);
+          become.fds = std::move(received);
+          peers[spare_peer].outbox.push_back(std::move(become));
+          child = *std::move(spare);
+          spare.reset();
+        } else {
+          child = fork_child([&](int zygote_end) {
+            RunForkChild(std::move(received[0]), std::move(received[1]), zygote_end, self, argv,
+                         entry);
+          });
+          received.clear();  // The child's copies are the only ones.
         }
-        int pair[2];
-        if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0) {
-          outbox.push_back({Failed(seq, errno, "socketpair for a fork child"), UniqueFd()});
+        refill = std::move(argv);
+        if (child.pid < 0) {
+          outbox.push_back({Failed(seq, child.err, child.what)});
           continue;
         }
-        UniqueFd ours(pair[0]);
-        UniqueFd theirs(pair[1]);
-        pid_t pid = ::fork();
-        if (pid == 0) {
-          RunForkChild(std::move(received[0]), std::move(received[1]), theirs.get(), self, argv,
-                       entry);
-        }
-        int err = errno;
-        received.clear();  // The child's copies are the only ones.
-        theirs.Reset();
-        if (pid < 0) {
-          outbox.push_back({Failed(seq, err, "fork"), UniqueFd()});
-          continue;
-        }
-        // Opened before this process reaps the child, so it can never name a reused pid.
-        UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
-        if (!pidfd.valid()) {
-          err = errno;
-          ::kill(pid, SIGKILL);  // Reaped like any other, unreported.
-          outbox.push_back({Failed(seq, err, "pidfd_open"), UniqueFd()});
-          continue;
-        }
-        requested_by[pid] = id;
-        SetNonBlocking(ours.get(), true).IgnoreError();
-        peers[next_peer++].socket = std::move(ours);
+        requested_by[child.pid] = id;
         Outgoing forked;
         forked.data.assign(1, kForked);
         PutInt(&forked.data, seq);
-        PutInt(&forked.data, pid);
-        forked.fd = std::move(pidfd);
+        PutInt(&forked.data, child.pid);
+        forked.fds.push_back(std::move(child.pidfd));
         outbox.push_back(std::move(forked));
       }
     }
@@ -352,7 +445,7 @@ constexpr int kContextPeer = 0;
       while (!peer.outbox.empty()) {
         Outgoing& next = peer.outbox.front();
         std::vector<int> fds_out;
-        if (next.fd.valid()) fds_out.push_back(next.fd.get());
+        for (const UniqueFd& fd : next.fds) fds_out.push_back(fd.get());
         int err = SendMessage(peer.socket.get(), next.data, fds_out, MSG_DONTWAIT);
         if (err == EAGAIN) break;  // Full: wait for POLLOUT.
         if (err != 0) {            // That end is gone.
@@ -363,7 +456,24 @@ constexpr int kContextPeer = 0;
         peer.outbox.pop_front();
       }
     }
-    for (int id : closed) peers.erase(id);
+    for (int id : closed) {
+      peers.erase(id);
+      if (spare.has_value() && id == spare_peer) {  // A spare that cannot be told: useless.
+        ::kill(spare->pid, SIGKILL);  // Reaped like any other, unreported.
+        spare.reset();
+      }
+    }
+    // Replaced after the replies went out, so that the child handed out starts first.
+    if (refill.has_value() && !spare.has_value()) {
+      const int peer = next_peer;
+      Child next = fork_child(
+          [&](int zygote_end) { RunSpare(zygote_end, self, *refill, entry); });
+      if (next.pid > 0) {
+        spare = std::move(next);
+        spare_peer = peer;
+      }
+      refill.reset();
+    }
   }
 }
 

@@ -16,6 +16,13 @@
 //         └─────────────────── link (gRPC) ───────────────────────── fork child
 //                                        its own socket to the same zygote ┘
 //
+// Once it has forked a child, a zygote keeps a spare: a fork child forked ahead of the next
+// request, which has done what every fork child does at its start whichever child it becomes
+// (Entry::prepare: gRPC's start and the agent's server), and waits on its socket. A request
+// hands the spare its argv, link and output instead of forking (then forks the next spare):
+// the child is up about twice as fast (README, "Benchmarks"). A spare is named grove-spare
+// (its comm) until it is handed out, and dies with its zygote (PDEATHSIG until then).
+//
 // The fork child is the zygote's child, not its context's: the zygote reaps it and reports
 // its wait status over the socket; the context watches it through the pidfd (which the
 // zygote opened before the child could be reaped, so it never names a reused pid) and
@@ -53,11 +60,20 @@ namespace grove {
 // children, so that it outlives them.
 class Zygote {
  public:
-  // What a fork child runs, with the argv its context asked for (argv[0] is this program);
-  // it must not return (the child exits with status 1 if it does). Runs in the child, on
-  // its only thread, with stdin /dev/null, stdout and stderr on the output pipe, the link
-  // on fd 3 and no other fd open.
-  using Entry = std::function<void(const std::vector<std::string>& argv)>;
+  // What a fork child runs.
+  struct Entry {
+    // In a spare (see above), right after its fork, on its only thread, with stdio
+    // /dev/null, fd 3 (where its link will be) held by /dev/null and no other fd but its
+    // socket to the zygote: the work every fork child does whichever child it becomes.
+    // `hint` is the argv of the request before (the next one is most likely alike). May
+    // start threads; returns when done.
+    std::function<void(const std::vector<std::string>& hint)> prepare;
+    // With the argv its context asked for (argv[0] is this program); must not return (the
+    // child exits with status 1 if it does). Runs with stdin /dev/null, stdout and stderr on
+    // the output pipe and the link on fd 3: in a spare, after `prepare`, on the thread that
+    // ran it; in a child forked on request, on its only thread, with no other fd open.
+    std::function<void(const std::vector<std::string>& argv)> run;
+  };
 
   // Forks the zygote. This process must still be single-threaded: a zygote forked after a
   // thread started would copy whatever that thread held. That is a programmer error (CHECK,

@@ -187,24 +187,28 @@ TEST_F(ForkTest, ForkChildHoldsOnlyItsLinkAndStdio) {
     }
     EXPECT_EQ(child_sockets.size(), 2u);
     // The zygote itself holds its context's socket, one per fork child it forked that is
-    // still there (dropped when the child's end closes), and its signalfd besides /dev/null
-    // stdio.
+    // still there (dropped when the child's end closes), one to its spare (it has one once
+    // it has forked) and the spare's pidfd (for whoever gets the spare), and its signalfd
+    // besides /dev/null stdio.
     auto zygote_sockets = [&] {
-      int sockets = 0;
+      int sockets = 0, pidfds = 0;
       for (const auto& [fd, target] : FdsOf(zygote)) {
         if (SanitizerRuntimeFd(zygote, target)) continue;
         if (fd <= 2) {
           EXPECT_EQ(target, "/dev/null");
         } else if (absl::StartsWith(target, "socket:")) {
           ++sockets;
+        } else if (target == "anon_inode:[pidfd]") {
+          ++pidfds;
         } else {
           EXPECT_EQ(target, "anon_inode:[signalfd]") << "zygote fd " << fd;
         }
       }
+      EXPECT_LE(pidfds, 1) << "pidfds of fork children handed out are the zygote's no more";
       return sockets;
     };
-    EXPECT_TRUE(WaitUntil([&] { return zygote_sockets() == 2; }))
-        << "the zygote holds " << zygote_sockets() << " sockets, not 2";
+    EXPECT_TRUE(WaitUntil([&] { return zygote_sockets() == 3; }))
+        << "the zygote holds " << zygote_sockets() << " sockets, not 3";
     // A command it runs inherits no link: only stdio (and the listing's own directory).
     for (const Context& c : {*child, context}) {
       if (c.id() == kMasterId) continue;  // The test process holds what its runner gave it.
@@ -217,8 +221,8 @@ TEST_F(ForkTest, ForkChildHoldsOnlyItsLinkAndStdio) {
     }
     ASSERT_TRUE(child->Shutdown().ok());
     // The child's socket is dropped with it.
-    EXPECT_TRUE(WaitUntil([&] { return zygote_sockets() == 1; }))
-        << "the zygote holds " << zygote_sockets() << " sockets, not 1";
+    EXPECT_TRUE(WaitUntil([&] { return zygote_sockets() == 2; }))
+        << "the zygote holds " << zygote_sockets() << " sockets, not 2";
   }
 }
 
@@ -413,6 +417,61 @@ TEST_F(ForkTest, AChildContextStartsItsZygoteOnItsFirstFork) {
   EXPECT_EQ(ChildrenOf(host_pid), zygotes);
 }
 
+// The processes whose parent is `pid` and whose name (comm) is "grove-spare".
+std::vector<pid_t> SparesOf(pid_t pid) {
+  std::vector<pid_t> out;
+  for (pid_t child : ChildrenOf(pid)) {
+    if (ReadFile(absl::StrCat("/proc/", child, "/comm")) == "grove-spare\n") out.push_back(child);
+  }
+  return out;
+}
+
+TEST_F(ForkTest, TheNextForkChildIsTheZygotesSpare) {
+  Master master(TestFunctions(), Options());
+  absl::StatusOr<Context> host = master.Spawn("local,name=host");
+  ASSERT_TRUE(host.ok()) << host.status();
+  absl::StatusOr<Context> first = host->Spawn("fork,name=first");
+  ASSERT_TRUE(first.ok()) << first.status();
+  const pid_t zygote = ParentOf(static_cast<pid_t>(first->Info()->pid()));
+  // Forked once, the zygote keeps one spare (forked on no request: the first fork child
+  // was forked on its request).
+  std::vector<pid_t> spares;
+  ASSERT_TRUE(WaitUntil([&] { return (spares = SparesOf(zygote)).size() == 1; }))
+      << SparesOf(zygote).size() << " spares";
+  const pid_t spare = spares[0];
+  // The next fork child is that spare, named and numbered like any other child; the zygote
+  // forks a new spare.
+  absl::StatusOr<Context> second = host->Spawn("fork,name=second");
+  ASSERT_TRUE(second.ok()) << second.status();
+  absl::StatusOr<v1::InfoReply> info = second->Info();
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->pid(), spare);
+  EXPECT_EQ(info->name(), "second");
+  EXPECT_NE(info->id(), first->id().value());
+  EXPECT_EQ(ReadFile(absl::StrCat("/proc/", spare, "/comm")),
+            ReadFile(absl::StrCat("/proc/", first->Info()->pid(), "/comm")));
+  EXPECT_EQ(second->Call<test::Echo>("echo", MakeEcho("s"))->text(), "second: s");
+  ASSERT_TRUE(WaitUntil([&] { return (spares = SparesOf(zygote)).size() == 1; }));
+  EXPECT_NE(spares[0], spare);
+  // It starts fork children of its own (the zygote's next spare).
+  absl::StatusOr<Context> nested = second->Spawn("fork,name=nested");
+  ASSERT_TRUE(nested.ok()) << nested.status();
+  EXPECT_EQ(nested->Call<test::Echo>("echo", MakeEcho("n"))->text(), "nested: n");
+  // A spare killed before it is handed out costs only its speed: the next child is forked
+  // on request, and a new spare follows.
+  ASSERT_TRUE(WaitUntil([&] { return (spares = SparesOf(zygote)).size() == 1; }));
+  UniqueFd killed(static_cast<int>(::syscall(SYS_pidfd_open, spares[0], 0)));
+  ASSERT_TRUE(killed.valid());
+  ASSERT_EQ(::kill(spares[0], SIGKILL), 0);
+  struct pollfd p = {killed.get(), POLLIN, 0};
+  ASSERT_EQ(::poll(&p, 1, 10000), 1);  // Dead (its zygote hears of it first).
+  absl::StatusOr<Context> third = host->Spawn("fork,name=third");
+  ASSERT_TRUE(third.ok()) << third.status();
+  EXPECT_NE(third->Info()->pid(), spares[0]);
+  EXPECT_TRUE(third->Ping().ok());
+  EXPECT_TRUE(WaitUntil([&] { return SparesOf(zygote).size() == 1; }));
+}
+
 TEST_F(ForkTest, ZygoteEndsWithItsContext) {
   Master master(TestFunctions(), Options());
   for (bool kill : {false, true}) {
@@ -426,6 +485,10 @@ TEST_F(ForkTest, ZygoteEndsWithItsContext) {
     ASSERT_EQ(ParentOf(zygote), info->pid());
     UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, zygote, 0)));
     ASSERT_TRUE(pidfd.valid());
+    std::vector<pid_t> spares;
+    ASSERT_TRUE(WaitUntil([&] { return (spares = SparesOf(zygote)).size() == 1; }));
+    UniqueFd spare(static_cast<int>(::syscall(SYS_pidfd_open, spares[0], 0)));
+    ASSERT_TRUE(spare.valid());
     if (!kill) {
       // A clean exit: the context stops its zygote and reaps it before it exits.
       ASSERT_TRUE(host->Shutdown().ok());
@@ -436,6 +499,9 @@ TEST_F(ForkTest, ZygoteEndsWithItsContext) {
       struct pollfd p = {pidfd.get(), POLLIN, 0};
       EXPECT_EQ(::poll(&p, 1, 2000), 1) << "the zygote outlived its context by 2 s";
     }
+    // Its spare goes with it.
+    struct pollfd p = {spare.get(), POLLIN, 0};
+    EXPECT_EQ(::poll(&p, 1, 2000), 1) << "the spare outlived its zygote by 2 s";
   }
 }
 

@@ -85,6 +85,12 @@ ProcessState CaptureState() {
     std::string stat = ReadFile(absl::StrCat("/proc/", pid, "/stat"));
     size_t close = stat.rfind(')');
     if (close == std::string::npos) continue;
+    // A zygote's spare fork child (launch/fork_launcher.h) is its zygote's, which outlives
+    // tests (the master's) or ends with its context, and the spare with it (fork_test
+    // checks both).
+    if (stat.compare(stat.find('(') + 1, close - stat.find('(') - 1, "grove-spare") == 0) {
+      continue;
+    }
     std::istringstream rest(stat.substr(close + 2));
     std::string st;
     int ppid = 0, pgrp = 0, session = 0;

@@ -524,11 +524,7 @@ void GrpcServerLink::OnFinished(bool) {
 // ---------------------------------------------------------------------------------------
 // AgentService
 
-AgentService::AgentService(std::string debug_name, int64_t max_message_bytes,
-                           std::function<void(std::shared_ptr<GrpcServerLink>)> on_attach)
-    : debug_name_(std::move(debug_name)),
-      max_message_bytes_(max_message_bytes),
-      on_attach_(std::move(on_attach)) {}
+AgentService::AgentService(int64_t max_message_bytes) : max_message_bytes_(max_message_bytes) {}
 
 AgentService::~AgentService() {
   if (adopted_) {
@@ -544,13 +540,15 @@ void AgentService::AddTo(grpc::ServerBuilder* builder) {
   cq_ = builder->AddCompletionQueue();
 }
 
-void AgentService::Start() {
+void AgentService::Start(std::string debug_name,
+                         std::function<void(std::shared_ptr<GrpcServerLink>)> on_attach) {
+  on_attach_ = std::move(on_attach);
   adopted_ = LinkQueue::Adopt(cq_.get());
   if (!adopted_) {
     grpc::CompletionQueue* cq = cq_.get();
     own_thread_ = std::make_unique<std::thread>([cq] { LinkQueue::Serve(cq); });
   }
-  pending_ = std::make_shared<GrpcServerLink>(debug_name_, max_message_bytes_);
+  pending_ = std::make_shared<GrpcServerLink>(std::move(debug_name), max_message_bytes_);
   {
     absl::MutexLock lock(&pending_->mu_);
     pending_->self_ = pending_;  // Until the link is down (or the request fails).

@@ -257,32 +257,35 @@ class GrpcServerLink : public Link, public Corkable {
 // to `on_attach` (before anything is read from it). Only the first Attach is taken: the
 // socket is private to the parent, which attaches once. Thread-safe.
 //
-//   AgentService service(name, max, on_attach);
+//   AgentService service(max);
 //   grpc::ServerBuilder builder;
 //   service.AddTo(&builder);
 //   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-//   service.Start();   // then grpc::AddInsecureChannelFromFd(server.get(), fd)
+//   service.Start(name, on_attach);   // then grpc::AddInsecureChannelFromFd(server.get(), fd)
+//
+// The server can be built before anyone knows what the link will be called (a spare fork
+// child builds it before it is told who it is).
 //
 // Its server queue becomes the process's link queue when there is none yet (the agent);
 // otherwise (a test serving links in a process that has its own) it gets a thread of its
 // own, which ends after the server's Shutdown, in the destructor.
 class AgentService {
  public:
-  AgentService(std::string debug_name, int64_t max_message_bytes,
-               std::function<void(std::shared_ptr<GrpcServerLink>)> on_attach);
+  explicit AgentService(int64_t max_message_bytes);
   ~AgentService();
 
   // Registers the service and its completion queue. Before BuildAndStart.
   void AddTo(grpc::ServerBuilder* builder);
-  // Waits for the Attach. After BuildAndStart, before the server gets its socket.
-  void Start();
+  // Waits for the Attach, which makes a link named `debug_name` and hands it to `on_attach`.
+  // After BuildAndStart, before the server gets its socket; once.
+  void Start(std::string debug_name,
+             std::function<void(std::shared_ptr<GrpcServerLink>)> on_attach);
 
  private:
   void OnAttached(bool ok);
 
-  const std::string debug_name_;
   const int64_t max_message_bytes_;
-  std::function<void(std::shared_ptr<GrpcServerLink>)> on_attach_;
+  std::function<void(std::shared_ptr<GrpcServerLink>)> on_attach_;  // Set by Start.
   v1::Router::AsyncService service_;
   std::unique_ptr<grpc::ServerCompletionQueue> cq_;
   std::shared_ptr<GrpcServerLink> pending_;  // Set in Start, taken by OnAttached.

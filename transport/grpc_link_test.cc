@@ -71,20 +71,19 @@ class LinkPair {
     auto fds = SocketPair();
     CHECK(fds.ok());
     raw_client_fd_ = ::dup(fds->first.get());  // For writing garbage into the link.
-    service_ = std::make_unique<AgentService>(
-        "test server", kLimit, [this](std::shared_ptr<GrpcServerLink> link) {
-          v1::Envelope hello;
-          hello.mutable_hello()->mutable_info()->set_name("server");
-          link->Send(std::move(hello));
-          link->Start(&server_recorder);
-          server_link_ = std::move(link);
-          attached_.Notify();
-        });
+    service_ = std::make_unique<AgentService>(kLimit);
     grpc::ServerBuilder builder;
     service_->AddTo(&builder);
     builder.SetMaxReceiveMessageSize(LinkReceiveLimit(kLimit));
     server_ = builder.BuildAndStart();
-    service_->Start();
+    service_->Start("test server", [this](std::shared_ptr<GrpcServerLink> link) {
+      v1::Envelope hello;
+      hello.mutable_hello()->mutable_info()->set_name("server");
+      link->Send(std::move(hello));
+      link->Start(&server_recorder);
+      server_link_ = std::move(link);
+      attached_.Notify();
+    });
     CHECK(SetNonBlocking(fds->second.get(), true).ok());
     grpc::AddInsecureChannelFromFd(server_.get(), fds->second.Release());
     client = GrpcClientLink::Connect(std::move(fds->first), "test client", kLimit);
