@@ -334,6 +334,7 @@ AgentServer StartAgentServer(int64_t max_message_bytes) {
   AgentServer started;
   started.max_message_bytes = max_message_bytes;
   started.service = new AgentService(max_message_bytes);
+  NoServerPluginsScope no_plugins;  // Not even made: see mesh.h.
   grpc::ServerBuilder builder;
   started.service->AddTo(&builder);
   builder.SetOption(WithoutServerPlugins());  // No reflection (and its threads) here.

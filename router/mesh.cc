@@ -238,6 +238,83 @@ std::unique_ptr<grpc::ServerBuilderOption> WithoutServerPlugins() {
   return std::make_unique<NoPluginsOption>();
 }
 
+// ---- Plugins registered process-wide, passed on to gRPC by the first ServerBuilder made
+// outside a NoServerPluginsScope (see mesh.h).
+
+namespace {
+
+using PluginFactory = std::unique_ptr<grpc::ServerBuilderPlugin> (*)();
+ABSL_CONST_INIT absl::Mutex plugins_mu(absl::kConstInit);
+// Registered, not passed on yet (null: none).
+std::vector<PluginFactory>* waiting_plugins ABSL_GUARDED_BY(plugins_mu) = nullptr;
+bool plugins_passed_on ABSL_GUARDED_BY(plugins_mu) = false;
+thread_local int no_plugins_scopes = 0;
+
+}  // namespace
+
+NoServerPluginsScope::NoServerPluginsScope() { ++no_plugins_scopes; }
+NoServerPluginsScope::~NoServerPluginsScope() { --no_plugins_scopes; }
+
+}  // namespace grove
+
+// What the link's --wrap routes to (the real ones are __real_*): gRPC 1.51's
+// grpc::ServerBuilder::InternalAddPluginFactory and its constructors (complete, base).
+extern "C" {
+void __real__ZN4grpc13ServerBuilder24InternalAddPluginFactoryEPFSt10unique_ptrINS_19ServerBuilderPluginESt14default_deleteIS2_EEvE(
+    grove::PluginFactory factory);
+void __real__ZN4grpc13ServerBuilderC1Ev(grpc::ServerBuilder* self);
+void __real__ZN4grpc13ServerBuilderC2Ev(grpc::ServerBuilder* self);
+
+void __wrap__ZN4grpc13ServerBuilder24InternalAddPluginFactoryEPFSt10unique_ptrINS_19ServerBuilderPluginESt14default_deleteIS2_EEvE(
+    grove::PluginFactory factory) {
+  absl::MutexLock lock(&grove::plugins_mu);
+  if (grove::plugins_passed_on) {
+    __real__ZN4grpc13ServerBuilder24InternalAddPluginFactoryEPFSt10unique_ptrINS_19ServerBuilderPluginESt14default_deleteIS2_EEvE(
+        factory);
+    return;
+  }
+  if (grove::waiting_plugins == nullptr) {
+    grove::waiting_plugins = new std::vector<grove::PluginFactory>();
+  }
+  grove::waiting_plugins->push_back(factory);
+}
+}  // extern "C"
+
+namespace grove {
+namespace {
+
+// Before a ServerBuilder is made (under plugins_mu, so that no list of plugins changes while
+// one is read): outside a NoServerPluginsScope, the waiting plugins reach gRPC, once.
+void PassOnPluginsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(plugins_mu) {
+  if (no_plugins_scopes > 0 || plugins_passed_on) return;
+  plugins_passed_on = true;
+  if (waiting_plugins == nullptr) return;
+  for (PluginFactory factory : *waiting_plugins) {
+    __real__ZN4grpc13ServerBuilder24InternalAddPluginFactoryEPFSt10unique_ptrINS_19ServerBuilderPluginESt14default_deleteIS2_EEvE(
+        factory);
+  }
+  delete waiting_plugins;
+  waiting_plugins = nullptr;
+}
+
+}  // namespace
+}  // namespace grove
+
+extern "C" {
+void __wrap__ZN4grpc13ServerBuilderC1Ev(grpc::ServerBuilder* self) {
+  absl::MutexLock lock(&grove::plugins_mu);
+  grove::PassOnPluginsLocked();
+  __real__ZN4grpc13ServerBuilderC1Ev(self);
+}
+void __wrap__ZN4grpc13ServerBuilderC2Ev(grpc::ServerBuilder* self) {
+  absl::MutexLock lock(&grove::plugins_mu);
+  grove::PassOnPluginsLocked();
+  __real__ZN4grpc13ServerBuilderC2Ev(self);
+}
+}  // extern "C"
+
+namespace grove {
+
 namespace {
 
 // ---------------------------------------------------------------------------------------
@@ -889,6 +966,7 @@ class ProxyServer {
  public:
   explicit ProxyServer(Router* router) : router_(router), name_(router->name()), service_(this) {
     HoldCallbackQueue();  // The callback API's queue must never be torn down and rebuilt.
+    NoServerPluginsScope no_plugins;
     grpc::ServerBuilder builder;
     builder.RegisterCallbackGenericService(&service_);
     // It forwards everything: no health service or plugin of its own.

@@ -47,7 +47,7 @@
 // target in the metadata entry "grove-target" of each call (an interceptor adds it), which
 // is not forwarded, nor are gRPC's own headers. Async (completion-queue) services are not
 // supported. Linking the mesh registers gRPC's reflection plugin for every server the
-// program builds (see WithoutServerPlugins).
+// program builds (see NoServerPluginsScope).
 #ifndef GROVE_ROUTER_MESH_H_
 #define GROVE_ROUTER_MESH_H_
 
@@ -89,6 +89,23 @@ void RegisterMeshFunctions(Router* router, const Functions* program, Functions* 
 // builds, and with it a sync thread pool. grove's own servers (the agent's) serve only what
 // they register.
 std::unique_ptr<grpc::ServerBuilderOption> WithoutServerPlugins();
+
+// While one lives, ServerBuilders that its thread makes do not even create the process-wide
+// plugins (which the option above would drop): a ServerBuilder creates every registered
+// plugin as it is made, and creating the reflection plugin builds the descriptors of
+// descriptor.proto (80 KB of heap, 0.4 ms), for nothing on the agent's own server. Plugins
+// registered (gRPC's reflection library does, as the program starts) reach gRPC only when a
+// ServerBuilder is made outside such a scope; until then they wait, in order, and from then
+// on every ServerBuilder makes them, scope or not (an agent makes its own server first).
+// (The link routes ServerBuilder's constructors and InternalAddPluginFactory through
+// mesh.cc: router/BUILD.bazel, --wrap.) Nestable.
+class NoServerPluginsScope {
+ public:
+  NoServerPluginsScope();
+  ~NoServerPluginsScope();
+  NoServerPluginsScope(const NoServerPluginsScope&) = delete;
+  NoServerPluginsScope& operator=(const NoServerPluginsScope&) = delete;
+};
 
 }  // namespace grove
 

@@ -27,6 +27,8 @@
 #include "grpcpp/client_context.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/impl/rpc_method.h"
+#include "grpcpp/impl/server_builder_plugin.h"
+#include "grpcpp/server_builder.h"
 #include "grpcpp/support/byte_buffer.h"
 #include "grpcpp/support/sync_stream.h"
 #include "gtest/gtest.h"
@@ -183,12 +185,38 @@ absl::StatusOr<Reply> MeshCall(const Request& in, CallContext& call) {
   return out;
 }
 
+// A server plugin that counts how often it is made, registered for every server as the
+// program starts, the way gRPC's reflection library registers its own.
+std::atomic<int> plugins_made{0};
+
+class CountingPlugin : public grpc::ServerBuilderPlugin {
+ public:
+  CountingPlugin() { ++plugins_made; }
+  std::string name() override { return "grove_test_counting"; }
+  void InitServer(grpc::ServerInitializer*) override {}
+  void Finish(grpc::ServerInitializer*) override {}
+  void ChangeArguments(const std::string&, void*) override {}
+  bool has_async_methods() const override { return false; }
+  bool has_sync_methods() const override { return false; }
+};
+
+const bool counting_plugin_registered = [] {
+  grpc::ServerBuilder::InternalAddPluginFactory(
+      [] { return std::unique_ptr<grpc::ServerBuilderPlugin>(new CountingPlugin()); });
+  return true;
+}();
+
 const Functions& MeshFunctions() {
   static Functions* functions = [] {
     auto* f = new Functions();
     static MeshService* service = new MeshService();
     f->AddService(service);
     f->Register<Request, Reply>("mesh_call", MeshCall);
+    f->Register<Request, Reply>("plugins_made", [](const Request&, CallContext&) {
+      Reply reply;
+      reply.set_index(plugins_made.load());
+      return absl::StatusOr<Reply>(reply);
+    });
     return f;
   }();
   return *functions;
@@ -586,6 +614,39 @@ TEST_F(MeshTest, ReflectionListsAndDescribesTheServices) {
 
 // The CLI (tools/grpc_cli.cc): the services of a context two hops away, and a health check
 // (the CLI knows the health service's descriptors, which reflection cannot give).
+TEST_F(MeshTest, OnlyServersOfTheProgramsServicesMakeServerPlugins) {
+  ASSERT_TRUE(counting_plugin_registered);
+  Master master(MeshFunctions(), Options());
+  absl::StatusOr<Context> leaf = master.Spawn("local,name=leaf");
+  ASSERT_TRUE(leaf.ok()) << leaf.status();
+  absl::StatusOr<Context> below = leaf->Spawn("local,name=below");
+  ASSERT_TRUE(below.ok()) << below.status();
+  auto made = [&] {
+    absl::StatusOr<Reply> reply = leaf->Call<Reply>("plugins_made", Request());
+    EXPECT_TRUE(reply.ok()) << reply.status();
+    return reply.ok() ? reply->index() : -1;
+  };
+  // Its link server, and the proxy server a channel from it makes: none (NoServerPluginsScope).
+  Request down;
+  down.set_count(static_cast<int32_t>(below->id().value()));
+  down.set_text("down");
+  absl::StatusOr<Reply> called = leaf->Call<Reply>("mesh_call", down);
+  ASSERT_TRUE(called.ok()) << called.status();
+  EXPECT_EQ(called->index(), 0) << called->text();
+  EXPECT_EQ(made(), 0);
+  // The server of its services (made on the first call to them): every plugin registered,
+  // server reflection included.
+  std::unique_ptr<Mesh::Stub> stub = Mesh::NewStub(ChannelTo(*leaf));
+  grpc::ClientContext context;
+  context.set_deadline(In(absl::Seconds(10)));
+  Request request;
+  request.set_text("down");
+  Reply reply;
+  grpc::Status status = stub->Unary(&context, request, &reply);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(made(), 1);
+}
+
 TEST_F(MeshTest, CliListsServicesAndChecksHealth) {
   const char* srcdir = ::getenv("TEST_SRCDIR");
   const std::string grove =
