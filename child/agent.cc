@@ -325,14 +325,12 @@ void* EndContext(void* arg) {
 // The agent's gRPC server, started before it has its socket. Intentionally leaked: the
 // process ends with _exit.
 struct AgentServer {
-  int64_t max_message_bytes = 0;
   AgentService* service = nullptr;
   grpc::Server* server = nullptr;
 };
 
 AgentServer StartAgentServer(int64_t max_message_bytes) {
   AgentServer started;
-  started.max_message_bytes = max_message_bytes;
   started.service = new AgentService(max_message_bytes);
   NoServerPluginsScope no_plugins;  // Not even made: see mesh.h.
   grpc::ServerBuilder builder;
@@ -351,6 +349,19 @@ AgentServer StartAgentServer(int64_t max_message_bytes) {
 // In a spare fork child, once its Entry::prepare has run: the server it started for the
 // child it becomes. Main thread only.
 std::optional<AgentServer> prepared_server;
+
+// Where a fork child's link is (its --grove-fd).
+constexpr int kForkChildLinkFd = 3;
+
+// The --grove-max-message of an agent's argv (the default when it has none).
+int64_t MaxMessageBytesOf(const std::vector<std::string>& args) {
+  constexpr absl::string_view kFlag = "--grove-max-message=";
+  int64_t n = kDefaultMaxMessageBytes;
+  for (const std::string& arg : args) {
+    if (absl::StartsWith(arg, kFlag) && absl::SimpleAtoi(arg.substr(kFlag.size()), &n)) break;
+  }
+  return n;
+}
 
 // An argv for RunAgent (pointing into `args`).
 std::vector<char*> ArgvOf(const std::vector<std::string>& args) {
@@ -374,11 +385,15 @@ Zygote::Entry ForkChildEntry(const Functions& functions) {
   // start and the server, for the limit the fork child before it had.
   entry.prepare = [&functions](const std::vector<std::string>& hint) {
     functions.RunForkHooks();
-    std::vector<char*> argv = ArgvOf(hint);
-    AgentFlags flags;
-    std::string error;
-    ParseFlags(static_cast<int>(hint.size()), argv.data(), &flags, &error);
-    prepared_server = StartAgentServer(flags.max_message_bytes);
+    prepared_server = StartAgentServer(MaxMessageBytesOf(hint));
+    // Its link is served from now on: its parent's first messages wait until the agent
+    // takes the link (AgentService::Start), not for the server.
+    if (!SetNonBlocking(kForkChildLinkFd, true).ok()) _exit(2);
+    grpc::AddInsecureChannelFromFd(prepared_server->server, kForkChildLinkFd);
+  };
+  // What prepare built depends on the limit alone.
+  entry.fits = [](const std::vector<std::string>& hint, const std::vector<std::string>& argv) {
+    return MaxMessageBytesOf(hint) == MaxMessageBytesOf(argv);
   };
   entry.run = [&functions](const std::vector<std::string>& args) {
     if (!prepared_server.has_value()) functions.RunForkHooks();
@@ -503,13 +518,9 @@ void RunAgent(int argc, char** argv, const Functions& functions) {
   for (int s = 0; s < google::NUM_SEVERITIES; ++s) google::SetLogDestination(s, "");
   google::AddLogSink(io);
 
-  // A spare's server was built for the limit of the fork child before it; another limit
-  // (rare: contexts of one fork subtree pass theirs down) needs a server of its own, and the
-  // spare's stays unused.
-  AgentServer server =
-      prepared_server.has_value() && prepared_server->max_message_bytes == flags.max_message_bytes
-          ? *prepared_server
-          : StartAgentServer(flags.max_message_bytes);
+  // A spare serves its link already, with this limit (Entry::fits).
+  const bool prepared = prepared_server.has_value();
+  AgentServer server = prepared ? *prepared_server : StartAgentServer(flags.max_message_bytes);
   // Its queue becomes this process's link queue, also for the links to children.
   server.service->Start(absl::StrCat("link to the parent of ", info.name()),
                         [router, info](std::shared_ptr<GrpcServerLink> link) {
@@ -520,9 +531,11 @@ void RunAgent(int argc, char** argv, const Functions& functions) {
                           link->Send(std::move(hello));
                           router->SetParentLink(std::move(link));
                         });
-  // The server side does not set O_NONBLOCK itself; without it every call hangs.
-  if (!SetNonBlocking(flags.fd, true).ok()) _exit(2);
-  grpc::AddInsecureChannelFromFd(server.server, flags.fd);
+  if (!prepared) {
+    // The server side does not set O_NONBLOCK itself; without it every call hangs.
+    if (!SetNonBlocking(flags.fd, true).ok()) _exit(2);
+    grpc::AddInsecureChannelFromFd(server.server, flags.fd);
+  }
 
   io->Run();
   for (;;) ::pause();  // EndContext ends the process.

@@ -53,11 +53,11 @@ constexpr int kRuntimeThreads = 0;
 
 // Message kinds. Context -> zygote: kFork. Zygote -> context: kForked, kFailed, kExited.
 // Zygote -> spare: kBecome.
-constexpr char kFork = 'F';     // seq, argv joined by '\0'; fds: link, output
-constexpr char kForked = 'P';   // seq, pid; fd: pidfd
+constexpr char kFork = 'F';     // seq, argv joined by '\0'; fd: output
+constexpr char kForked = 'P';   // seq, pid; fds: pidfd, the link's other end
 constexpr char kFailed = 'E';   // seq, errno, text
 constexpr char kExited = 'X';   // pid, wait status
-constexpr char kBecome = 'B';   // argv joined by '\0'; fds: link, output
+constexpr char kBecome = 'B';   // argv joined by '\0'; fd: output
 
 // Fixed-size fields of a message, after its kind byte.
 void PutInt(std::string* out, int32_t v) { out->append(reinterpret_cast<const char*>(&v), 4); }
@@ -214,8 +214,8 @@ void Reseed() {
 }
 
 // A spare: prepares, then waits on its socket to be told which child it is.
-[[noreturn]] void RunSpare(int zygote_end, pid_t zygote, const std::vector<std::string>& hint,
-                           const Zygote::Entry& entry) {
+[[noreturn]] void RunSpare(UniqueFd link, int zygote_end, pid_t zygote,
+                           const std::vector<std::string>& hint, const Zygote::Entry& entry) {
   // Until it is handed out, a spare is the zygote's alone: it dies with it.
   ::prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (::getppid() != zygote) _exit(0);
@@ -223,13 +223,11 @@ void Reseed() {
   ::prctl(PR_GET_NAME, name);
   ::prctl(PR_SET_NAME, "grove-spare");
   ResetSignals();
+  int link_fd = ::fcntl(link.get(), F_DUPFD_CLOEXEC, 10);
   int zygote_fd = ::fcntl(zygote_end, F_DUPFD_CLOEXEC, 10);
-  if (zygote_fd < 0) _exit(127);
-  CloseAllFdsExcept({zygote_fd});
-  // Fd 3 is where the link goes: held, so that nothing `prepare` opens takes it.
-  int null = ::open("/dev/null", O_RDWR);
-  if (null < 0 || (null != kChildLinkFd && ::dup2(null, kChildLinkFd) < 0)) _exit(127);
-  if (null != kChildLinkFd) ::close(null);
+  link.Reset();
+  if (link_fd < 0 || zygote_fd < 0 || ::dup2(link_fd, kChildLinkFd) < 0) _exit(127);
+  CloseAllFdsExcept({kChildLinkFd, zygote_fd});
   inherited_zygote_socket = zygote_fd;
   inherited_zygote_pid = zygote;
   Reseed();
@@ -239,13 +237,10 @@ void Reseed() {
   bool truncated = false;
   ssize_t n = ReceiveMessage(zygote_fd, &data, &fds, &truncated, 0);
   // The end of file: the zygote is done with it.
-  if (n <= 0 || truncated || data[0] != kBecome || fds.size() != 2) _exit(0);
+  if (n <= 0 || truncated || data[0] != kBecome || fds.size() != 1) _exit(0);
   ::prctl(PR_SET_PDEATHSIG, 0);
   ::prctl(PR_SET_NAME, name);
-  if (::dup2(fds[1].get(), 1) < 0 || ::dup2(fds[1].get(), 2) < 0 ||
-      ::dup2(fds[0].get(), kChildLinkFd) < 0) {
-    _exit(127);
-  }
+  if (::dup2(fds[0].get(), 1) < 0 || ::dup2(fds[0].get(), 2) < 0) _exit(127);
   fds.clear();
   entry.run(SplitArgv(data, 1));
   _exit(1);
@@ -307,14 +302,16 @@ constexpr int kContextPeer = 0;
   // Live children -> the peer that asked for them, which hears of their exit. A child whose
   // peer is gone (or that nobody learnt of) is reaped without a report.
   absl::flat_hash_map<pid_t, int> requested_by;
-  // A child forked with a socket of its own (a new peer), `in_child` running in it.
+  // A child forked with a socket of its own (a new peer) and its link (the other end of which
+  // goes to whoever asked for it), `in_child` running in it.
   struct Child {
     pid_t pid = -1;
     UniqueFd pidfd;
+    UniqueFd link;
     int err = 0;  // Or how forking it failed, with `what`.
     const char* what = "";
   };
-  auto fork_child = [&](const std::function<void(int zygote_end)>& in_child) {
+  auto fork_child = [&](const std::function<void(UniqueFd link, int zygote_end)>& in_child) {
     Child child;
     int pair[2];
     if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0) {
@@ -324,9 +321,15 @@ constexpr int kContextPeer = 0;
     }
     UniqueFd ours(pair[0]);
     UniqueFd theirs(pair[1]);
+    absl::StatusOr<std::pair<UniqueFd, UniqueFd>> link = SocketPair();
+    if (!link.ok()) {
+      child.err = EMFILE;
+      child.what = "socketpair for a fork child's link";
+      return child;
+    }
     child.pid = ::fork();
     if (child.pid == 0) {
-      in_child(theirs.get());
+      in_child(std::move(link->second), theirs.get());
       _exit(1);
     }
     if (child.pid < 0) {
@@ -345,12 +348,14 @@ constexpr int kContextPeer = 0;
     }
     SetNonBlocking(ours.get(), true).IgnoreError();
     peers[next_peer++].socket = std::move(ours);
+    child.link = std::move(link->first);
     return child;
   };
   // The spare (see fork_launcher.h), and the peer its socket is; the argv of the last
   // request, once the spare is to be replaced.
   std::optional<Child> spare;
   int spare_peer = -1;
+  std::vector<std::string> spare_hint;
   std::optional<std::vector<std::string>> refill;
   std::vector<struct pollfd> fds;
   std::vector<int> ids;
@@ -405,14 +410,20 @@ constexpr int kContextPeer = 0;
         size_t at = 1;
         int32_t seq = 0;
         if (data[0] != kFork || !GetInt(data.data(), data.size(), &at, &seq)) continue;
-        if (truncated || received.size() != 2) {
+        if (truncated || received.size() != 1) {
           outbox.push_back({Failed(seq, EINVAL, "malformed fork request")});
           continue;
         }
         std::vector<std::string> argv = SplitArgv(data, at);
         Child child;
+        if (spare.has_value() && !entry.fits(spare_hint, argv)) {
+          // Prepared for another kind of child: replaced (it ends on the end of file).
+          ::kill(spare->pid, SIGKILL);
+          closed.push_back(spare_peer);
+          spare.reset();
+        }
         if (spare.has_value()) {
-          // The spare becomes the child: it gets the argv, link and output.
+          // The spare becomes the child: it gets the argv and the output.
           Outgoing become;
           become.data.assign(1, kBecome);
           become.data.append(data, at, std::string::npos);
@@ -421,9 +432,8 @@ constexpr int kContextPeer = 0;
           child = *std::move(spare);
           spare.reset();
         } else {
-          child = fork_child([&](int zygote_end) {
-            RunForkChild(std::move(received[0]), std::move(received[1]), zygote_end, self, argv,
-                         entry);
+          child = fork_child([&](UniqueFd link, int zygote_end) {
+            RunForkChild(std::move(link), std::move(received[0]), zygote_end, self, argv, entry);
           });
           received.clear();  // The child's copies are the only ones.
         }
@@ -438,6 +448,7 @@ constexpr int kContextPeer = 0;
         PutInt(&forked.data, seq);
         PutInt(&forked.data, child.pid);
         forked.fds.push_back(std::move(child.pidfd));
+        forked.fds.push_back(std::move(child.link));
         outbox.push_back(std::move(forked));
       }
     }
@@ -466,11 +477,13 @@ constexpr int kContextPeer = 0;
     // Replaced after the replies went out, so that the child handed out starts first.
     if (refill.has_value() && !spare.has_value()) {
       const int peer = next_peer;
-      Child next = fork_child(
-          [&](int zygote_end) { RunSpare(zygote_end, self, *refill, entry); });
+      Child next = fork_child([&](UniqueFd link, int zygote_end) {
+        RunSpare(std::move(link), zygote_end, self, *refill, entry);
+      });
       if (next.pid > 0) {
         spare = std::move(next);
         spare_peer = peer;
+        spare_hint = std::move(*refill);
       }
       refill.reset();
     }
@@ -695,11 +708,12 @@ void Zygote::ReadAvailable() {
     if (ok && data[0] == kExited && GetInt(data.data(), data.size(), &at, &b)) {
       if (forgotten_.erase(a) == 0) exits_[a] = b;
     } else if (ok && data[0] == kForked && GetInt(data.data(), data.size(), &at, &b) &&
-               fds.size() == 1) {
+               fds.size() == 2) {
       if (a != 0 && a == awaiting_ && !reply_) {
         reply_.emplace();
         reply_->pid = b;
         reply_->pidfd = std::move(fds[0]);
+        reply_->link = std::move(fds[1]);
       } else {
         // The answer to a request that gave up waiting: nobody owns that child.
         ::syscall(SYS_pidfd_send_signal, fds[0].get(), SIGKILL, nullptr, 0);
@@ -744,8 +758,8 @@ bool Zygote::WaitUntil(const std::function<bool()>& ready, absl::Time deadline) 
   return result;
 }
 
-absl::StatusOr<Zygote::Forked> Zygote::Fork(const std::vector<std::string>& argv, int link_fd,
-                                            int output_fd, absl::Time deadline) {
+absl::StatusOr<Zygote::Forked> Zygote::Fork(const std::vector<std::string>& argv, int output_fd,
+                                            absl::Time deadline) {
   absl::MutexLock fork_lock(&fork_mu_);
   StartNow();
   int32_t seq;
@@ -771,7 +785,7 @@ absl::StatusOr<Zygote::Forked> Zygote::Fork(const std::vector<std::string>& argv
   }
   absl::Time wait_until = std::min(deadline, absl::Now() + kForkTimeout);
   for (;;) {
-    int err = SendMessage(socket_.get(), request, {link_fd, output_fd}, MSG_DONTWAIT);
+    int err = SendMessage(socket_.get(), request, {output_fd}, MSG_DONTWAIT);
     if (err == 0) break;
     if (err == EAGAIN && absl::Now() < wait_until) {
       struct pollfd p = {socket_.get(), POLLOUT, 0};
@@ -806,6 +820,7 @@ absl::StatusOr<Zygote::Forked> Zygote::Fork(const std::vector<std::string>& argv
   Forked forked;
   forked.pid = reply->pid;
   forked.pidfd = std::move(reply->pidfd);
+  forked.link = std::move(reply->link);
   return forked;
 }
 
@@ -844,20 +859,16 @@ absl::StatusOr<LaunchedChild> ForkLauncher::Launch(const Hop& hop, const LaunchR
         absl::StrCat("hop '", hop.DebugString(), "': fork takes no target"));
   }
   if (zygote_ == nullptr) return absl::FailedPreconditionError(why_none_);
-  auto link_fds = SocketPair();
-  if (!link_fds.ok()) return link_fds.status();
   auto output = Pipe();
   if (!output.ok()) return output.status();
   std::vector<std::string> argv = {program_invocation_name};
   for (std::string& arg : AgentArguments(request, kChildLinkFd)) argv.push_back(std::move(arg));
-  absl::StatusOr<Zygote::Forked> forked =
-      zygote_->Fork(argv, link_fds->second.get(), output->second.get(), request.deadline);
+  absl::StatusOr<Zygote::Forked> forked = zygote_->Fork(argv, output->second.get(), request.deadline);
   if (!forked.ok()) return forked.status();
-  // The child's copies must be the only ones: a leaked copy would hide its death.
-  link_fds->second.Reset();
+  // The child's copy must be the only one: a leaked copy would hide its death.
   output->second.Reset();
   auto process = std::make_unique<ForkChild>(zygote_, forked->pid, std::move(forked->pidfd));
-  return LinkUp(std::move(link_fds->first), std::move(process), std::move(output->first),
+  return LinkUp(std::move(forked->link), std::move(process), std::move(output->first),
                 absl::StrCat("fork child ", request.info.id()), "", request);
 }
 

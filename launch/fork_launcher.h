@@ -11,17 +11,20 @@
 // child/agent.h, which supplies that entry point).
 //
 //      context ── SOCK_SEQPACKET socketpair ──> zygote (single-threaded, reaps)
-//         │  request: agent argv + {link end, output pipe} (SCM_RIGHTS)    │ fork()
-//         │  reply: pid + pidfd (SCM_RIGHTS); later: "pid exited: status"  ▼
+//         │  request: agent argv + output pipe (SCM_RIGHTS)          │ fork()
+//         │  reply: pid + {pidfd, link end} (SCM_RIGHTS);             │
+//         │  later: "pid exited: status"                              ▼
 //         └─────────────────── link (gRPC) ───────────────────────── fork child
 //                                        its own socket to the same zygote ┘
 //
-// Once it has forked a child, a zygote keeps a spare: a fork child forked ahead of the next
-// request, which has done what every fork child does at its start whichever child it becomes
-// (Entry::prepare: gRPC's start and the agent's server), and waits on its socket. A request
-// hands the spare its argv, link and output instead of forking (then forks the next spare):
-// the child is up about twice as fast (README, "Benchmarks"). A spare is named grove-spare
-// (its comm) until it is handed out, and dies with its zygote (PDEATHSIG until then).
+// The zygote makes each child's link (a socketpair: the child's end on its fd 3, the other
+// to the context that asked). Once it has forked a child, a zygote keeps a spare: a fork
+// child forked ahead of the next request, which has done what every fork child does at its
+// start whichever child it becomes (Entry::prepare: gRPC's start, the agent's server, its
+// link served) and waits on its socket. A request that fits the spare (Entry::fits) hands it
+// its argv and output instead of forking, and the context connects to a child that is
+// already serving; then the zygote forks the next spare. A spare is named grove-spare (its
+// comm) until it is handed out, and dies with its zygote (PDEATHSIG until then).
 //
 // The fork child is the zygote's child, not its context's: the zygote reaps it and reports
 // its wait status over the socket; the context watches it through the pidfd (which the
@@ -63,8 +66,9 @@ class Zygote {
   // What a fork child runs.
   struct Entry {
     // In a spare (see above), right after its fork, on its only thread, with stdio
-    // /dev/null, fd 3 (where its link will be) held by /dev/null and no other fd but its
-    // socket to the zygote: the work every fork child does whichever child it becomes.
+    // /dev/null, its link on fd 3 (whose other end goes to whoever gets the spare) and no
+    // other fd but its socket to the zygote: the work every fork child does whichever child
+    // it becomes.
     // `hint` is the argv of the request before (the next one is most likely alike). May
     // start threads; returns when done.
     std::function<void(const std::vector<std::string>& hint)> prepare;
@@ -73,6 +77,10 @@ class Zygote {
     // the output pipe and the link on fd 3: in a spare, after `prepare`, on the thread that
     // ran it; in a child forked on request, on its only thread, with no other fd open.
     std::function<void(const std::vector<std::string>& argv)> run;
+    // In the zygote: whether a spare prepared with `hint` can run `argv`.
+    std::function<bool(const std::vector<std::string>& hint,
+                       const std::vector<std::string>& argv)>
+        fits;
   };
 
   // Forks the zygote. This process must still be single-threaded: a zygote forked after a
@@ -108,13 +116,15 @@ class Zygote {
     pid_t pid = -1;
     // Readable once the child has exited; valid for pidfd_send_signal until it is reaped.
     UniqueFd pidfd;
+    // This end of its link (a socketpair the zygote made; the child has the other on fd 3).
+    UniqueFd link;
   };
-  // Forks a child that runs the entry with `argv`, `link_fd` as its fd 3 and `output_fd` as
-  // its stdout and stderr. The fds are copied (this process keeps its own). Requests are
+  // A child that runs the entry with `argv` and `output_fd` as its stdout and stderr (copied:
+  // this process keeps its own): the spare, if it fits, or one forked now. Requests are
   // served one at a time. FAILED_PRECONDITION when the zygote is gone (saying how it
   // ended), DEADLINE_EXCEEDED when it does not answer before `deadline`, the fork's errno
   // when it fails.
-  absl::StatusOr<Forked> Fork(const std::vector<std::string>& argv, int link_fd, int output_fd,
+  absl::StatusOr<Forked> Fork(const std::vector<std::string>& argv, int output_fd,
                               absl::Time deadline);
 
   // The wait status of fork child `pid` once the zygote has reaped it and said so; waits
@@ -138,9 +148,10 @@ class Zygote {
   struct Reply {
     // Declared, so that clang sees a default constructor before the class is complete.
     Reply() {}
-    absl::Status status;  // OK: `pid` and `pidfd` are set.
+    absl::Status status;  // OK: `pid`, `pidfd` and `link` are set.
     pid_t pid = -1;
     UniqueFd pidfd;
+    UniqueFd link;
   };
   // Waits until `ready` holds (evaluated with mu_ held), reading from the socket meanwhile
   // (one thread at a time does). False at `deadline`.

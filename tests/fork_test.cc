@@ -188,8 +188,8 @@ TEST_F(ForkTest, ForkChildHoldsOnlyItsLinkAndStdio) {
     EXPECT_EQ(child_sockets.size(), 2u);
     // The zygote itself holds its context's socket, one per fork child it forked that is
     // still there (dropped when the child's end closes), one to its spare (it has one once
-    // it has forked) and the spare's pidfd (for whoever gets the spare), and its signalfd
-    // besides /dev/null stdio.
+    // it has forked), and the spare's pidfd and its link's other end (for whoever gets the
+    // spare), and its signalfd besides /dev/null stdio.
     auto zygote_sockets = [&] {
       int sockets = 0, pidfds = 0;
       for (const auto& [fd, target] : FdsOf(zygote)) {
@@ -207,8 +207,8 @@ TEST_F(ForkTest, ForkChildHoldsOnlyItsLinkAndStdio) {
       EXPECT_LE(pidfds, 1) << "pidfds of fork children handed out are the zygote's no more";
       return sockets;
     };
-    EXPECT_TRUE(WaitUntil([&] { return zygote_sockets() == 3; }))
-        << "the zygote holds " << zygote_sockets() << " sockets, not 3";
+    EXPECT_TRUE(WaitUntil([&] { return zygote_sockets() == 4; }))
+        << "the zygote holds " << zygote_sockets() << " sockets, not 4";
     // A command it runs inherits no link: only stdio (and the listing's own directory).
     for (const Context& c : {*child, context}) {
       if (c.id() == kMasterId) continue;  // The test process holds what its runner gave it.
@@ -221,8 +221,8 @@ TEST_F(ForkTest, ForkChildHoldsOnlyItsLinkAndStdio) {
     }
     ASSERT_TRUE(child->Shutdown().ok());
     // The child's socket is dropped with it.
-    EXPECT_TRUE(WaitUntil([&] { return zygote_sockets() == 2; }))
-        << "the zygote holds " << zygote_sockets() << " sockets, not 2";
+    EXPECT_TRUE(WaitUntil([&] { return zygote_sockets() == 3; }))
+        << "the zygote holds " << zygote_sockets() << " sockets, not 3";
   }
 }
 
