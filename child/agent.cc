@@ -523,13 +523,15 @@ void RunAgent(int argc, char** argv, const Functions& functions) {
   AgentServer server = prepared ? *prepared_server : StartAgentServer(flags.max_message_bytes);
   // Its queue becomes this process's link queue, also for the links to children.
   server.service->Start(absl::StrCat("link to the parent of ", info.name()),
-                        [router, info](std::shared_ptr<GrpcServerLink> link) {
+                        [router, info, zygote = ending->zygote](
+                            std::shared_ptr<GrpcServerLink> link) {
                           v1::Envelope hello;
                           hello.set_src(info.id());
                           hello.set_dst(info.parent());
                           *hello.mutable_hello()->mutable_info() = info;
                           link->Send(std::move(hello));
                           router->SetParentLink(std::move(link));
+                          if (zygote != nullptr) zygote->SayStarted();
                         });
   if (!prepared) {
     // The server side does not set O_NONBLOCK itself; without it every call hangs.

@@ -58,6 +58,8 @@ constexpr char kForked = 'P';   // seq, pid; fds: pidfd, the link's other end
 constexpr char kFailed = 'E';   // seq, errno, text
 constexpr char kExited = 'X';   // pid, wait status
 constexpr char kBecome = 'B';   // argv joined by '\0'; fd: output
+// Fork child -> zygote.
+constexpr char kStarted = 'S';  // (nothing): it is up
 
 // Fixed-size fields of a message, after its kind byte.
 void PutInt(std::string* out, int32_t v) { out->append(reinterpret_cast<const char*>(&v), 4); }
@@ -306,6 +308,7 @@ constexpr int kContextPeer = 0;
   // goes to whoever asked for it), `in_child` running in it.
   struct Child {
     pid_t pid = -1;
+    int peer = -1;
     UniqueFd pidfd;
     UniqueFd link;
     int err = 0;  // Or how forking it failed, with `what`.
@@ -347,16 +350,18 @@ constexpr int kContextPeer = 0;
       return child;
     }
     SetNonBlocking(ours.get(), true).IgnoreError();
-    peers[next_peer++].socket = std::move(ours);
+    child.peer = next_peer++;
+    peers[child.peer].socket = std::move(ours);
     child.link = std::move(link->first);
     return child;
   };
-  // The spare (see fork_launcher.h), and the peer its socket is; the argv of the last
-  // request, once the spare is to be replaced.
+  // The spare (see fork_launcher.h) and the argv it was prepared with; the argv of the last
+  // request, once the spare is to be replaced, which is done when the child asked for last
+  // (the peer `refill_after`) is up, so that the two do not compete for the CPU.
   std::optional<Child> spare;
-  int spare_peer = -1;
   std::vector<std::string> spare_hint;
   std::optional<std::vector<std::string>> refill;
+  int refill_after = -1;
   std::vector<struct pollfd> fds;
   std::vector<int> ids;
   std::string data;
@@ -409,6 +414,10 @@ constexpr int kContextPeer = 0;
         std::deque<Outgoing>& outbox = peers[id].outbox;
         size_t at = 1;
         int32_t seq = 0;
+        if (data[0] == kStarted) {
+          if (id == refill_after) refill_after = -1;
+          continue;
+        }
         if (data[0] != kFork || !GetInt(data.data(), data.size(), &at, &seq)) continue;
         if (truncated || received.size() != 1) {
           outbox.push_back({Failed(seq, EINVAL, "malformed fork request")});
@@ -419,7 +428,7 @@ constexpr int kContextPeer = 0;
         if (spare.has_value() && !entry.fits(spare_hint, argv)) {
           // Prepared for another kind of child: replaced (it ends on the end of file).
           ::kill(spare->pid, SIGKILL);
-          closed.push_back(spare_peer);
+          closed.push_back(spare->peer);
           spare.reset();
         }
         if (spare.has_value()) {
@@ -428,7 +437,7 @@ constexpr int kContextPeer = 0;
           become.data.assign(1, kBecome);
           become.data.append(data, at, std::string::npos);
           become.fds = std::move(received);
-          peers[spare_peer].outbox.push_back(std::move(become));
+          peers[spare->peer].outbox.push_back(std::move(become));
           child = *std::move(spare);
           spare.reset();
         } else {
@@ -438,6 +447,7 @@ constexpr int kContextPeer = 0;
           received.clear();  // The child's copies are the only ones.
         }
         refill = std::move(argv);
+        refill_after = child.peer;
         if (child.pid < 0) {
           outbox.push_back({Failed(seq, child.err, child.what)});
           continue;
@@ -469,20 +479,18 @@ constexpr int kContextPeer = 0;
     }
     for (int id : closed) {
       peers.erase(id);
-      if (spare.has_value() && id == spare_peer) {  // A spare that cannot be told: useless.
+      if (id == refill_after) refill_after = -1;  // It will never say it is up.
+      if (spare.has_value() && id == spare->peer) {  // A spare that cannot be told: useless.
         ::kill(spare->pid, SIGKILL);  // Reaped like any other, unreported.
         spare.reset();
       }
     }
-    // Replaced after the replies went out, so that the child handed out starts first.
-    if (refill.has_value() && !spare.has_value()) {
-      const int peer = next_peer;
+    if (refill.has_value() && !spare.has_value() && refill_after < 0) {
       Child next = fork_child([&](UniqueFd link, int zygote_end) {
         RunSpare(std::move(link), zygote_end, self, *refill, entry);
       });
       if (next.pid > 0) {
         spare = std::move(next);
-        spare_peer = peer;
         spare_hint = std::move(*refill);
       }
       refill.reset();
@@ -587,8 +595,10 @@ absl::StatusOr<std::shared_ptr<Zygote>> Zygote::Start(Entry entry) {
   if (int inherited = std::exchange(inherited_zygote_socket, -1); inherited >= 0) {
     // A fork child: a copy of its zygote as that zygote was, so a zygote of its own would
     // be one more identical copy. It asks the one it came from.
-    return std::shared_ptr<Zygote>(
+    std::shared_ptr<Zygote> zygote(
         new Zygote(UniqueFd(inherited), inherited_zygote_pid, std::nullopt));
+    zygote->fork_child_ = true;
+    return zygote;
   }
   CheckSingleThreaded();
   ::fflush(nullptr);
@@ -822,6 +832,13 @@ absl::StatusOr<Zygote::Forked> Zygote::Fork(const std::vector<std::string>& argv
   forked.pidfd = std::move(reply->pidfd);
   forked.link = std::move(reply->link);
   return forked;
+}
+
+void Zygote::SayStarted() {
+  if (!fork_child_) return;
+  // Lost if the socket is full or gone: the zygote then forks its next spare when the next
+  // request comes, or this child ends.
+  SendMessage(socket_.get(), std::string(1, kStarted), {}, MSG_DONTWAIT);
 }
 
 absl::StatusOr<int> Zygote::WaitStatus(pid_t pid, absl::Time deadline) {

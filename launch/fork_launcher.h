@@ -23,8 +23,9 @@
 // start whichever child it becomes (Entry::prepare: gRPC's start, the agent's server, its
 // link served) and waits on its socket. A request that fits the spare (Entry::fits) hands it
 // its argv and output instead of forking, and the context connects to a child that is
-// already serving; then the zygote forks the next spare. A spare is named grove-spare (its
-// comm) until it is handed out, and dies with its zygote (PDEATHSIG until then).
+// already serving. Once that child is up (SayStarted), the zygote forks the next spare (not
+// earlier: the two would compete for the CPU). A spare is named grove-spare (its comm) until
+// it is handed out, and dies with its zygote (PDEATHSIG until then).
 //
 // The fork child is the zygote's child, not its context's: the zygote reaps it and reports
 // its wait status over the socket; the context watches it through the pidfd (which the
@@ -127,6 +128,10 @@ class Zygote {
   absl::StatusOr<Forked> Fork(const std::vector<std::string>& argv, int output_fd,
                               absl::Time deadline);
 
+  // In a fork child, once it is linked up: tells the zygote it came from, which forks its
+  // next spare then (not while this child starts). Elsewhere a no-op. Never blocks.
+  void SayStarted();
+
   // The wait status of fork child `pid` once the zygote has reaped it and said so; waits
   // until `deadline` for that. DEADLINE_EXCEEDED when no report came by then; UNAVAILABLE
   // when the zygote is gone (its exit then goes unreported).
@@ -168,6 +173,8 @@ class Zygote {
   // Constant until destruction: shut down (not closed) by Stop, so that it may be used
   // without the lock.
   const UniqueFd socket_;
+  // Set by Start before it shares this: a fork child's, attached to the zygote it came from.
+  bool fork_child_ = false;
 
   // Serialises fork requests: at most one reply is awaited at a time.
   absl::Mutex fork_mu_ ABSL_ACQUIRED_BEFORE(mu_);
