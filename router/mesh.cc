@@ -6,6 +6,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -751,11 +752,14 @@ class ProxyState {
     return finish_queued_;
   }
 
-  // Called by the reactor's OnDone before it drops its reference: waits out a Pump that is
-  // still between its last unlock and its return on another thread (it touches nothing after
-  // Finish, but the lock makes that ordering visible to ThreadSanitizer, which cannot see the
-  // hand-off from Finish to OnDone inside gRPC).
-  void Settle() const { absl::MutexLock lock(&mu_); }
+  // Called by the reactor's OnDone before it deletes the reactor: waits until a Pump on
+  // another thread has returned from its call into the reactor (the Finish that led to
+  // OnDone, which gRPC may complete before that call has returned). gRPC orders the two
+  // inside its core, where ThreadSanitizer cannot see it; this makes the order grove's own.
+  void Settle() const {
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(this, &ProxyState::OutOfTheReactor));
+  }
 
   // A write-side operation completed (OnWriteDone, OnSendInitialMetadataDone). Returns the
   // credit to send to the target when it is time (responses delivered to the client).
@@ -839,6 +843,7 @@ class ProxyState {
         item = std::move(queue_.front());
         queue_.pop_front();
         busy_ = true;  // After Finish, for good.
+        in_reactor_ = std::this_thread::get_id();
       }
       switch (item.kind) {
         case Item::kHeaders:
@@ -846,7 +851,7 @@ class ProxyState {
           AddInitialMetadata(item.initial_metadata);
           headers_sent_ = true;
           reactor_->StartSendInitialMetadata();
-          return;
+          return LeaveTheReactor();
         case Item::kMessage:
           headers_sent_ = true;  // The first write carries them.
           {
@@ -855,7 +860,7 @@ class ProxyState {
           }
           write_ = ToByteBuffer(std::move(item.message));
           reactor_->StartWrite(&write_);
-          return;
+          return LeaveTheReactor();
         case Item::kFinish:
           if (!headers_sent_) AddInitialMetadata(item.initial_metadata);
           for (const v1::GrpcMetadataEntry& e : item.trailers) {
@@ -865,13 +870,25 @@ class ProxyState {
             write_ = ToByteBuffer(std::move(*item.response));
             reactor_->StartWriteAndFinish(&write_, grpc::WriteOptions(), std::move(item.status));
           } else {
-            reactor_->Finish(std::move(item.status));  // May delete the reactor.
+            reactor_->Finish(std::move(item.status));  // OnDone may follow at once.
           }
-          return;
+          return LeaveTheReactor();
       }
       absl::MutexLock lock(&mu_);
       busy_ = false;
+      in_reactor_ = std::thread::id();
     }
+  }
+
+  // Pump has returned from its call into the reactor (this object outlives the reactor: the
+  // caller of Pump holds it).
+  void LeaveTheReactor() {
+    absl::MutexLock lock(&mu_);
+    in_reactor_ = std::thread::id();
+  }
+  // No Pump is in a call into the reactor, or only this thread's (OnDone run from within it).
+  bool OutOfTheReactor() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return in_reactor_ == std::thread::id() || in_reactor_ == std::this_thread::get_id();
   }
 
   // Valid until Finish; touched only by the thread that set busy_.
@@ -887,6 +904,8 @@ class ProxyState {
   bool busy_ ABSL_GUARDED_BY(mu_) = false;
   bool finish_queued_ ABSL_GUARDED_BY(mu_) = false;
   bool finish_issued_ ABSL_GUARDED_BY(mu_) = false;
+  // The thread of a Pump that is in a call into the reactor (none: the default id).
+  std::thread::id in_reactor_ ABSL_GUARDED_BY(mu_);
   // Bytes of the response being written, -1 when the operation in flight is not one.
   int64_t write_bytes_ ABSL_GUARDED_BY(mu_) = -1;
   // Responses written to the client.
