@@ -284,10 +284,10 @@ void __wrap__ZN4grpc13ServerBuilder24InternalAddPluginFactoryEPFSt10unique_ptrIN
 namespace grove {
 namespace {
 
-// Before a ServerBuilder is made (under plugins_mu, so that no list of plugins changes while
-// one is read): outside a NoServerPluginsScope, the waiting plugins reach gRPC, once.
+// Before a ServerBuilder is made outside a NoServerPluginsScope: the waiting plugins reach
+// gRPC, once.
 void PassOnPluginsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(plugins_mu) {
-  if (no_plugins_scopes > 0 || plugins_passed_on) return;
+  if (plugins_passed_on) return;
   plugins_passed_on = true;
   if (waiting_plugins == nullptr) return;
   for (PluginFactory factory : *waiting_plugins) {
@@ -298,19 +298,33 @@ void PassOnPluginsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(plugins_mu) {
   waiting_plugins = nullptr;
 }
 
+// Makes a ServerBuilder with `construct` (a real constructor). The constructor creates every
+// plugin on gRPC's list. In a scope, before the plugins are passed on, that list is empty (no
+// plugin factory runs): it is made under plugins_mu, so that no pass-on changes the list
+// meanwhile. Otherwise the plugins are passed on first, and the list changes no more (gRPC
+// wants registrations before any ServerBuilder), so the constructor, which runs the plugins'
+// factories, runs without the lock.
+void MakeServerBuilder(grpc::ServerBuilder* self, void (*construct)(grpc::ServerBuilder*)) {
+  {
+    absl::MutexLock lock(&plugins_mu);
+    if (no_plugins_scopes > 0 && !plugins_passed_on) {
+      construct(self);
+      return;
+    }
+    PassOnPluginsLocked();
+  }
+  construct(self);
+}
+
 }  // namespace
 }  // namespace grove
 
 extern "C" {
 void __wrap__ZN4grpc13ServerBuilderC1Ev(grpc::ServerBuilder* self) {
-  absl::MutexLock lock(&grove::plugins_mu);
-  grove::PassOnPluginsLocked();
-  __real__ZN4grpc13ServerBuilderC1Ev(self);
+  grove::MakeServerBuilder(self, &__real__ZN4grpc13ServerBuilderC1Ev);
 }
 void __wrap__ZN4grpc13ServerBuilderC2Ev(grpc::ServerBuilder* self) {
-  absl::MutexLock lock(&grove::plugins_mu);
-  grove::PassOnPluginsLocked();
-  __real__ZN4grpc13ServerBuilderC2Ev(self);
+  grove::MakeServerBuilder(self, &__real__ZN4grpc13ServerBuilderC2Ev);
 }
 }  // extern "C"
 
