@@ -350,25 +350,21 @@ AgentServer StartAgentServer(int64_t max_message_bytes) {
 // child it becomes. Main thread only.
 std::optional<AgentServer> prepared_server;
 
-// Where a fork child's link is (its --grove-fd).
-constexpr int kForkChildLinkFd = 3;
-
-// The --grove-max-message of an agent's argv (the default when it has none).
-int64_t MaxMessageBytesOf(const std::vector<std::string>& args) {
-  constexpr absl::string_view kFlag = "--grove-max-message=";
-  int64_t n = kDefaultMaxMessageBytes;
-  for (const std::string& arg : args) {
-    if (absl::StartsWith(arg, kFlag) && absl::SimpleAtoi(arg.substr(kFlag.size()), &n)) break;
-  }
-  return n;
-}
-
 // An argv for RunAgent (pointing into `args`).
 std::vector<char*> ArgvOf(const std::vector<std::string>& args) {
   std::vector<char*> argv;
   for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
   return argv;
+}
+
+// The message limit an agent run with `args` has (the default when they do not parse).
+int64_t MaxMessageBytesOf(const std::vector<std::string>& args) {
+  std::vector<char*> argv = ArgvOf(args);
+  AgentFlags flags;
+  std::string error;
+  ParseFlags(static_cast<int>(args.size()), argv.data(), &flags, &error);
+  return flags.max_message_bytes;
 }
 
 // What a fork child of this program runs. Also does, before the zygote starts, work every

@@ -32,10 +32,10 @@
 namespace grove {
 namespace {
 
+// Where a zygote run again (Zygote::StartOnFirstFork) finds its socket.
+constexpr int kExecutedZygoteSocketFd = 3;
 // Largest request (the agent's argv); SEQPACKET carries it as one datagram.
 constexpr size_t kMaxMessage = 60000;
-// Where a fork child finds its link, as the agent's --grove-fd says.
-constexpr int kChildLinkFd = 3;
 // How long the zygote may take to answer a request when the launch has no deadline.
 constexpr absl::Duration kForkTimeout = absl::Seconds(30);
 // How long a fork child whose link went down may take to finish exiting.
@@ -202,12 +202,12 @@ void Reseed() {
   link.Reset();
   output.Reset();
   if (link_fd < 0 || output_fd < 0 || zygote_fd < 0 || ::dup2(output_fd, 1) < 0 ||
-      ::dup2(output_fd, 2) < 0 || ::dup2(link_fd, kChildLinkFd) < 0) {
+      ::dup2(output_fd, 2) < 0 || ::dup2(link_fd, kForkChildLinkFd) < 0) {
     _exit(127);
   }
   // Only the link and stdio survive, and this child's own socket to the zygote (close-on-
   // exec), through which it forks its own fork children.
-  CloseAllFdsExcept({kChildLinkFd, zygote_fd});
+  CloseAllFdsExcept({kForkChildLinkFd, zygote_fd});
   inherited_zygote_socket = zygote_fd;
   inherited_zygote_pid = zygote;
   Reseed();
@@ -228,8 +228,8 @@ void Reseed() {
   int link_fd = ::fcntl(link.get(), F_DUPFD_CLOEXEC, 10);
   int zygote_fd = ::fcntl(zygote_end, F_DUPFD_CLOEXEC, 10);
   link.Reset();
-  if (link_fd < 0 || zygote_fd < 0 || ::dup2(link_fd, kChildLinkFd) < 0) _exit(127);
-  CloseAllFdsExcept({kChildLinkFd, zygote_fd});
+  if (link_fd < 0 || zygote_fd < 0 || ::dup2(link_fd, kForkChildLinkFd) < 0) _exit(127);
+  CloseAllFdsExcept({kForkChildLinkFd, zygote_fd});
   inherited_zygote_socket = zygote_fd;
   inherited_zygote_pid = zygote;
   Reseed();
@@ -638,7 +638,7 @@ absl::StatusOr<std::shared_ptr<Zygote>> Zygote::StartOnFirstFork() {
 
 void Zygote::RunExecuted(Entry entry) {
   CheckSingleThreaded();
-  RunZygote(kChildLinkFd, ::getppid(), /*forked=*/false, entry);
+  RunZygote(kExecutedZygoteSocketFd, ::getppid(), /*forked=*/false, entry);
 }
 
 void Zygote::StartNow() {
@@ -654,7 +654,10 @@ void Zygote::StartNow() {
   if (null.valid()) {
     // Stderr stays this context's until the zygote's loop starts: a failure to get there
     // shows in its log.
-    spawn.fds = {{0, null.get()}, {1, null.get()}, {2, 2}, {kChildLinkFd, unstarted_end_.get()}};
+    spawn.fds = {{0, null.get()},
+                 {1, null.get()},
+                 {2, 2},
+                 {kExecutedZygoteSocketFd, unstarted_end_.get()}};
     process = Process::Spawn(spawn);
   }
   unstarted_end_.Reset();
@@ -879,8 +882,9 @@ absl::StatusOr<LaunchedChild> ForkLauncher::Launch(const Hop& hop, const LaunchR
   auto output = Pipe();
   if (!output.ok()) return output.status();
   std::vector<std::string> argv = {program_invocation_name};
-  for (std::string& arg : AgentArguments(request, kChildLinkFd)) argv.push_back(std::move(arg));
-  absl::StatusOr<Zygote::Forked> forked = zygote_->Fork(argv, output->second.get(), request.deadline);
+  for (std::string& arg : AgentArguments(request, kForkChildLinkFd)) argv.push_back(std::move(arg));
+  absl::StatusOr<Zygote::Forked> forked =
+      zygote_->Fork(argv, output->second.get(), request.deadline);
   if (!forked.ok()) return forked.status();
   // The child's copy must be the only one: a leaked copy would hide its death.
   output->second.Reset();

@@ -199,6 +199,9 @@ class Zygote {
 // argv[1] of a program run to be a zygote (Zygote::StartOnFirstFork).
 inline constexpr char kZygoteFlag[] = "--grove-zygote";
 
+// Where a fork child has its link (its agent's --grove-fd); a spare serves it there.
+inline constexpr int kForkChildLinkFd = 3;
+
 // In a fork child whose agent has not taken it yet (Zygote::Start does): its socket to the
 // zygote it came from. Otherwise -1.
 int InheritedZygoteSocket();
