@@ -190,27 +190,36 @@ void Reseed() {
   ::srand48(seed);
 }
 
-[[noreturn]] void RunForkChild(UniqueFd link, UniqueFd output, int zygote_end, pid_t zygote,
-                               const std::vector<std::string>& argv,
-                               const Zygote::Entry& entry) {
+// What every fork child does first: a new process's signal state, its link on fd 3, stdout
+// and stderr on `output` (when given; stdin is already /dev/null, as in the zygote), nothing
+// else of the zygote's but its own socket to it; libc's generator re-seeded. Returns that
+// socket's fd.
+int StartForkChild(UniqueFd link, UniqueFd output, int zygote_end, pid_t zygote) {
   ResetSignals();
-  // Stdio and the link in place (above 3 first, so that no dup2 overwrites a source; dup2
-  // clears close-on-exec on its target). Stdin is already /dev/null, as in the zygote.
+  // Above 3 first, so that no dup2 overwrites a source (dup2 clears close-on-exec on its
+  // target).
   int link_fd = ::fcntl(link.get(), F_DUPFD_CLOEXEC, 10);
-  int output_fd = ::fcntl(output.get(), F_DUPFD_CLOEXEC, 10);
   int zygote_fd = ::fcntl(zygote_end, F_DUPFD_CLOEXEC, 10);
+  int output_fd = output.valid() ? ::fcntl(output.get(), F_DUPFD_CLOEXEC, 10) : -1;
   link.Reset();
-  output.Reset();
-  if (link_fd < 0 || output_fd < 0 || zygote_fd < 0 || ::dup2(output_fd, 1) < 0 ||
-      ::dup2(output_fd, 2) < 0 || ::dup2(link_fd, kForkChildLinkFd) < 0) {
+  if (link_fd < 0 || zygote_fd < 0 || ::dup2(link_fd, kForkChildLinkFd) < 0 ||
+      (output.valid() && (output_fd < 0 || ::dup2(output_fd, 1) < 0 || ::dup2(output_fd, 2) < 0))) {
     _exit(127);
   }
+  output.Reset();
   // Only the link and stdio survive, and this child's own socket to the zygote (close-on-
   // exec), through which it forks its own fork children.
   CloseAllFdsExcept({kForkChildLinkFd, zygote_fd});
   inherited_zygote_socket = zygote_fd;
   inherited_zygote_pid = zygote;
   Reseed();
+  return zygote_fd;
+}
+
+[[noreturn]] void RunForkChild(UniqueFd link, UniqueFd output, int zygote_end, pid_t zygote,
+                               const std::vector<std::string>& argv,
+                               const Zygote::Entry& entry) {
+  StartForkChild(std::move(link), std::move(output), zygote_end, zygote);
   entry.run(argv);
   _exit(1);
 }
@@ -224,15 +233,8 @@ void Reseed() {
   char name[16] = {};
   ::prctl(PR_GET_NAME, name);
   ::prctl(PR_SET_NAME, "grove-spare");
-  ResetSignals();
-  int link_fd = ::fcntl(link.get(), F_DUPFD_CLOEXEC, 10);
-  int zygote_fd = ::fcntl(zygote_end, F_DUPFD_CLOEXEC, 10);
-  link.Reset();
-  if (link_fd < 0 || zygote_fd < 0 || ::dup2(link_fd, kForkChildLinkFd) < 0) _exit(127);
-  CloseAllFdsExcept({kForkChildLinkFd, zygote_fd});
-  inherited_zygote_socket = zygote_fd;
-  inherited_zygote_pid = zygote;
-  Reseed();
+  // Stdout and stderr stay /dev/null until it is handed out.
+  const int zygote_fd = StartForkChild(std::move(link), UniqueFd(), zygote_end, zygote);
   entry.prepare(hint);
   std::string data;
   std::vector<UniqueFd> fds;
