@@ -194,6 +194,9 @@ TEST_F(ForkTest, ForkChildHoldsOnlyItsLinkAndStdio) {
       int sockets = 0, pidfds = 0;
       for (const auto& [fd, target] : FdsOf(zygote)) {
         if (SanitizerRuntimeFd(zygote, target)) continue;
+        // Closed between the listing and its reading: the zygote is at work (forking its
+        // next spare, which it does once the child it handed out is up); counted again below.
+        if (target.empty()) continue;
         if (fd <= 2) {
           EXPECT_EQ(target, "/dev/null");
         } else if (absl::StartsWith(target, "socket:")) {
