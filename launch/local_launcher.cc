@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <signal.h>
 #include <unistd.h>
@@ -106,6 +107,23 @@ bool Drain(int fd, std::string* tail) {
   }
 }
 
+// The argv that starts a local child's agent: this program, or this program through the
+// command in $GROVE_AGENT_WRAPPER (words split on spaces: "strace -f -o /tmp/t", "valgrind
+// --tool=callgrind"), which is given this program and the agent's arguments to run. A wrapper
+// gets this program's path: /proc/self/exe would name the wrapper's own.
+absl::StatusOr<std::vector<std::string>> AgentProgram() {
+  const char* wrapper = ::getenv("GROVE_AGENT_WRAPPER");
+  if (wrapper == nullptr || *wrapper == '\0') return std::vector<std::string>{"/proc/self/exe"};
+  std::vector<std::string> argv = absl::StrSplit(wrapper, ' ', absl::SkipEmpty());
+  char path[PATH_MAX];
+  ssize_t n = ::readlink("/proc/self/exe", path, sizeof(path));
+  if (n < 0 || n == sizeof(path)) {
+    return ErrnoStatus(n < 0 ? errno : ENAMETOOLONG, "readlink /proc/self/exe");
+  }
+  argv.emplace_back(path, n);
+  return argv;
+}
+
 }  // namespace
 
 std::string QuoteTail(const std::string& tail) {
@@ -151,14 +169,20 @@ absl::StatusOr<LaunchedChild> LocalLauncher::Launch(const Hop& hop, const Launch
 
   constexpr int kChildLinkFd = 3;
   SpawnOptions options;
-  options.argv.push_back("/proc/self/exe");
+  absl::StatusOr<std::vector<std::string>> program = AgentProgram();
+  if (!program.ok()) return program.status();
+  options.argv = *std::move(program);
   for (std::string& arg : AgentArguments(request, kChildLinkFd)) options.argv.push_back(std::move(arg));
   options.fds = {{0, null.get()},
                  {1, output->second.get()},
                  {2, output->second.get()},
                  {kChildLinkFd, link_fds->second.get()}};
   absl::StatusOr<Process> process = Process::Spawn(options);
-  if (!process.ok()) return process.status();
+  if (!process.ok()) {
+    if (options.argv[0] == "/proc/self/exe") return process.status();
+    return absl::Status(process.status().code(),
+                        absl::StrCat(process.status().message(), " (GROVE_AGENT_WRAPPER)"));
+  }
   // The child's copies must be the only ones: a leaked copy would hide its death.
   link_fds->second.Reset();
   output->second.Reset();

@@ -1,5 +1,6 @@
 // The foundation, tested with real processes: links, calls, nesting, the registry,
 // disconnects, shutdown, stdio and logs, policy and bad input.
+#include <elf.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/syscall.h>
@@ -19,9 +20,11 @@
 #include "common/process.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
+#include "child/agent.h"
 #include "common/status_util.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "launch/payload.h"
 #include "master/master.h"
 #include "tests/leak_check.h"
 #include "tests/log_collector.h"
@@ -83,6 +86,82 @@ TEST_F(TreeTest, ChildIsThisBinaryAndHoldsOnlyItsLinkAndStdio) {
     }
   }
   ::close(leaky);
+}
+
+// $GROVE_AGENT_WRAPPER (strace, valgrind: README, "Hot text") starts local children through
+// a command given the agent's program and arguments.
+TEST_F(TreeTest, LocalChildrenStartThroughTheAgentWrapper) {
+  const std::string dir = ::testing::TempDir();
+  const std::string script = dir + "/agent_wrapper.sh";
+  const std::string seen = dir + "/agent_wrapper.argv";
+  {
+    std::ofstream out(script);
+    out << "#!/bin/sh\nprintf '%s\\n' \"$@\" > " << seen << "\nshift\nexec \"$@\"\n";
+  }
+  ASSERT_EQ(::chmod(script.c_str(), 0700), 0);
+  ::unlink(seen.c_str());
+  ASSERT_EQ(::setenv("GROVE_AGENT_WRAPPER", (script + "  first-word").c_str(), 1), 0);
+  {
+    Master master(TestFunctions(), Options());
+    absl::StatusOr<Context> child = master.Spawn("local");
+    ::unsetenv("GROVE_AGENT_WRAPPER");
+    ASSERT_TRUE(child.ok()) << child.status();
+    absl::StatusOr<v1::InfoReply> info = child->Info();
+    ASSERT_TRUE(info.ok()) << info.status();
+    // The wrapper ran the program itself (not /proc/self/exe, which was the shell), which is
+    // the child now.
+    EXPECT_EQ(Readlink(absl::StrCat("/proc/", info->pid(), "/exe")), Readlink("/proc/self/exe"));
+    std::ifstream argv_file(seen);
+    std::stringstream argv;
+    argv << argv_file.rdbuf();
+    EXPECT_THAT(argv.str(), ::testing::StartsWith("first-word\n" + Readlink("/proc/self/exe") +
+                                                  "\n--grove-agent\n"));
+  }
+  ASSERT_EQ(::setenv("GROVE_AGENT_WRAPPER", (dir + "/no-such-wrapper").c_str(), 1), 0);
+  {
+    Master master(TestFunctions(), Options());
+    absl::StatusOr<Context> child = master.Spawn("local");
+    ::unsetenv("GROVE_AGENT_WRAPPER");
+    ASSERT_FALSE(child.ok());
+    EXPECT_EQ(child.status().code(), absl::StatusCode::kNotFound) << child.status();
+    EXPECT_THAT(child.status().message(), HasSubstr("no-such-wrapper"));
+    EXPECT_THAT(child.status().message(), HasSubstr("GROVE_AGENT_WRAPPER"));
+  }
+}
+
+// The agent's start and call path is laid out in one place (child/hot_text.ld; README, "Hot
+// text"): every program that links //child, this test included, is linked with it.
+TEST_F(TreeTest, TheAgentsHotCodeIsLaidOutTogether) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  GTEST_SKIP() << "sanitizer builds link without child/hot_text.ld";
+#else
+  std::ifstream file("/proc/self/exe", std::ios::binary);
+  std::string elf((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+  ASSERT_GE(elf.size(), sizeof(Elf64_Ehdr));
+  const auto* header = reinterpret_cast<const Elf64_Ehdr*>(elf.data());
+  ASSERT_LE(header->e_shoff + uint64_t{header->e_shnum} * sizeof(Elf64_Shdr), elf.size());
+  const auto* sections = reinterpret_cast<const Elf64_Shdr*>(elf.data() + header->e_shoff);
+  const char* names = elf.data() + sections[header->e_shstrndx].sh_offset;
+  const Elf64_Shdr* hot = nullptr;
+  const Elf64_Shdr* text = nullptr;
+  for (int i = 0; i < header->e_shnum; ++i) {
+    const std::string name = names + sections[i].sh_name;
+    if (name == ".text.grove_hot") hot = &sections[i];
+    if (name == ".text") text = &sections[i];
+  }
+  ASSERT_NE(hot, nullptr) << "no .text.grove_hot section in " << Readlink("/proc/self/exe");
+  ASSERT_NE(text, nullptr);
+  auto in_hot = [hot](const void* f) {
+    const uint64_t address = reinterpret_cast<uint64_t>(f);
+    return address >= hot->sh_addr && address < hot->sh_addr + hot->sh_size;
+  };
+  // What every agent runs...
+  EXPECT_TRUE(in_hot(reinterpret_cast<const void*>(&IsAgentInvocation)));
+  EXPECT_TRUE(in_hot(reinterpret_cast<const void*>(&RunAgent)));
+  // ...and not what only a context that starts remote children runs.
+  EXPECT_FALSE(in_hot(reinterpret_cast<const void*>(&FirstStage)));
+  EXPECT_LT(hot->sh_size, text->sh_size);
+#endif
 }
 
 TEST_F(TreeTest, ManyCallsInFlightOnOneLink) {

@@ -139,13 +139,19 @@ def _system_libraries_impl(ctx):
     # libgcc_eh first, so that C++'s _Unwind_* come from it and not from libunwind (whose
     # copies would clash with it); glog takes only libunwind's own unw_* calls.
     grpc = ["-l:libgcc_eh.a"] + grpc
-    static = ["-Wl,-Bstatic", "-Wl,--start-group"] + grpc + ["-Wl,--end-group", "-Wl,-Bdynamic"]
+    # --push-state/--pop-state, not -Bstatic/-Bdynamic: a fully static program (//child links
+    # with -static, through ld.lld) must stay static after them, which -Bdynamic would undo
+    # (gold ignores it after -static; lld and ld.bfd do not).
+    static = ["-Wl,--push-state,-Bstatic", "-Wl,--start-group"] + grpc + [
+        "-Wl,--end-group",
+        "-Wl,--pop-state",
+    ]
 
     # A self-contained program: libstdc++ and libgcc static too (the -lstdc++ Bazel appends
     # then resolves nothing and, with --as-needed, is not recorded). libunwind.a is not
     # position-independent, hence -no-pie. Under a sanitizer, libstdc++ stays shared so that
     # the sanitizer's operator new/delete take effect.
-    self_contained = ["-no-pie", "-Wl,-Bstatic", "-l:libstdc++.a", "-Wl,-Bdynamic",
+    self_contained = ["-no-pie", "-Wl,--push-state,-Bstatic", "-l:libstdc++.a", "-Wl,--pop-state",
                       "-static-libgcc", "-Wl,--as-needed", "-Wl,--exclude-libs,ALL"]
     sanitized = ["-no-pie"]
 
@@ -192,7 +198,7 @@ cc_library(
 
 cc_library(
     name = "gtest",
-    linkopts = ["-Wl,-Bstatic", "-lgmock", "-lgtest", "-Wl,-Bdynamic"],
+    linkopts = ["-Wl,--push-state,-Bstatic", "-lgmock", "-lgtest", "-Wl,--pop-state"],
     deps = [":grpc"],
 )
 
