@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <string>
 
+#include "absl/synchronization/mutex.h"
 #include "child/agent.h"
 #include "master/master.h"
 #include "grpc/grpc.h"
@@ -39,6 +40,9 @@ int TreeMaster() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Abseil's lock-order checking, which programs on grove turn off (child/agent.cc): on in
+  // the tests, their agents included, as in Debian's (debug) build of Abseil.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kAbort);
   if (grove::IsAgentInvocation(argc, argv)) {
     grove::RunAgent(argc, argv, grove::testing::TestFunctions());
   }
