@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Writes child/hot_text.ld from a link map and callgrind profiles of an agent (README, "Hot text")."""
+"""Writes child/hot_text.ld from a link map and profiles of agents (README, "Hot text")."""
 import argparse, bisect, glob, os, re, subprocess, sys
 
-GENERIC = {".text", ".text.startup", ".text.unlikely", ".text.hot", ".text.exit", "__libc_freeres_fn",
-           "malloc_hook"}
+# Section names that many objects share: a rule for one names its file too.
+GENERIC = {".text", ".text.startup", ".text.unlikely", ".text.hot", ".text.exit"}
 
 
 def input_sections(map_path):
@@ -62,7 +62,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("map", help="the link map of the profiled program (-Wl,-Map=FILE)")
     parser.add_argument("--phase", action="append", required=True, metavar="GLOB",
-                        help="callgrind outputs of one phase; phases are laid out in order")
+                        help="profiles of one phase (callgrind outputs, perf *.data); "
+                        "phases are laid out in order")
     parser.add_argument("--keep", metavar="LD",
                         help="a script written before, whose rules go first, in their order")
     parser.add_argument("-o", "--output", required=True)
