@@ -125,6 +125,9 @@ def _libs(ctx, packages):
     return libs
 
 def _system_libraries_impl(ctx):
+    # Programs that link grove's agent link with ld.lld (//child: its hot_text.ld).
+    if ctx.which("ld.lld") == None:
+        fail("grove links agent programs with ld.lld, which is not installed (Debian: apt-get install lld)")
     grpc = _libs(ctx, ["grpc++_unsecure", "protobuf", "libglog"])
 
     # pkg-config's list for grpc++_unsecure misses a few of gRPC core's own dependencies.
