@@ -107,13 +107,16 @@ bool Drain(int fd, std::string* tail) {
   }
 }
 
+// This program, as a process it execs names it.
+constexpr char kThisProgram[] = "/proc/self/exe";
+
 // The argv that starts a local child's agent: this program, or this program through the
 // command in $GROVE_AGENT_WRAPPER (words split on spaces: "strace -f -o /tmp/t", "valgrind
 // --tool=callgrind"), which is given this program and the agent's arguments to run. A wrapper
 // gets this program's path: /proc/self/exe would name the wrapper's own.
 absl::StatusOr<std::vector<std::string>> AgentProgram() {
   const char* wrapper = ::getenv("GROVE_AGENT_WRAPPER");
-  if (wrapper == nullptr || *wrapper == '\0') return std::vector<std::string>{"/proc/self/exe"};
+  if (wrapper == nullptr || *wrapper == '\0') return std::vector<std::string>{kThisProgram};
   std::vector<std::string> argv = absl::StrSplit(wrapper, ' ', absl::SkipEmpty());
   char path[PATH_MAX];
   ssize_t n = ::readlink("/proc/self/exe", path, sizeof(path));
@@ -179,7 +182,7 @@ absl::StatusOr<LaunchedChild> LocalLauncher::Launch(const Hop& hop, const Launch
                  {kChildLinkFd, link_fds->second.get()}};
   absl::StatusOr<Process> process = Process::Spawn(options);
   if (!process.ok()) {
-    if (options.argv[0] == "/proc/self/exe") return process.status();
+    if (options.argv[0] == kThisProgram) return process.status();
     return absl::Status(process.status().code(),
                         absl::StrCat(process.status().message(), " (GROVE_AGENT_WRAPPER)"));
   }
