@@ -3,14 +3,17 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/sendfile.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <fstream>
 #include <future>
 #include <map>
 #include <memory>
+#include <set>
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
@@ -73,6 +76,58 @@ std::string DirName(const std::string& path) {
 
 int64_t MtimeNs(const struct stat& st) {
   return int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec;
+}
+
+int64_t CtimeNs(const struct stat& st) {
+  return int64_t{st.st_ctim.tv_sec} * 1000000000 + st.st_ctim.tv_nsec;
+}
+
+// This kernel's boot id ("" if unreadable: no kernel copies then).
+const std::string& BootId() {
+  static const std::string* id = [] {
+    std::string line;
+    std::ifstream in("/proc/sys/kernel/random/boot_id");
+    std::getline(in, line);
+    return new std::string(line);
+  }();
+  return *id;
+}
+
+// Where a target on this host can open the file `fd` of this process (grove.file_copy).
+absl::StatusOr<v1::Origin> OriginOf(int fd, const std::string& path, const std::string& where) {
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return PathError(errno, "read", path, where);
+  v1::Origin origin;
+  origin.set_boot_id(BootId());
+  origin.set_pid(::getpid());
+  origin.set_fd(fd);
+  origin.set_dev(st.st_dev);
+  origin.set_ino(st.st_ino);
+  origin.set_size(st.st_size);
+  origin.set_ctime_ns(CtimeNs(st));
+  return origin;
+}
+
+// True if the open file `fd` is still the one `origin` describes, unchanged.
+bool Matches(int fd, const v1::Origin& origin) {
+  struct stat st;
+  return ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_dev == origin.dev() &&
+         st.st_ino == origin.ino() && st.st_size == origin.size() &&
+         CtimeNs(st) == origin.ctime_ns();
+}
+
+// The sender's file named by `origin`, opened through /proc; invalid when this context cannot
+// open it (another host, user or pid namespace) or it is no longer that file, unchanged.
+UniqueFd OpenOrigin(const v1::Origin& origin) {
+  if (origin.boot_id().empty() || origin.boot_id() != BootId() || origin.pid() <= 0 ||
+      origin.fd() < 0) {
+    return UniqueFd();
+  }
+  // O_NONBLOCK: a fifo must not hold the open; it fails the check below.
+  UniqueFd fd(::open(absl::StrCat("/proc/", origin.pid(), "/fd/", origin.fd()).c_str(),
+                     O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK));
+  if (!fd.valid() || !Matches(fd.get(), origin)) return UniqueFd();
+  return fd;
 }
 
 struct timespec ToTimespec(int64_t ns) {
@@ -234,6 +289,40 @@ class FileWriter {
     return absl::OkStatus();
   }
 
+  // Copies the first `size` bytes of the open file `src` to the temporary file in the kernel
+  // (copy_file_range; sendfile where the filesystems refuse it). CANCELLED once Discard ran.
+  absl::Status CopyFrom(int src, int64_t size) {
+    constexpr int64_t kStep = int64_t{16} << 20;  // Between checks for a cancellation.
+    bool copy_file_range_works = true;
+    for (int64_t offset = 0; offset < size;) {
+      {
+        absl::MutexLock lock(&mu_);
+        if (discarded_) return absl::CancelledError(absl::StrCat("transfer to ", dest_, " dropped"));
+      }
+      const size_t step = static_cast<size_t>(std::min(kStep, size - offset));
+      ssize_t n;
+      if (copy_file_range_works) {
+        loff_t in = offset, out = offset;
+        n = ::copy_file_range(src, &in, fd_.get(), &out, step, 0);
+        if (n < 0 && (errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP)) {
+          copy_file_range_works = false;
+          continue;
+        }
+      } else {
+        off_t in = offset;
+        n = ::lseek(fd_.get(), offset, SEEK_SET) < 0 ? -1 : ::sendfile(fd_.get(), src, &in, step);
+      }
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return PathError(errno, "write", dest_, where_);
+      if (n == 0) {
+        return absl::DataLossError(absl::StrCat("the source of ", dest_, " in context ", where_,
+                                                " shrank while it was copied"));
+      }
+      offset += n;
+    }
+    return absl::OkStatus();
+  }
+
   // Verifies against the entry's SHA-256 (or, when it came without one, `late_sha256`, which
   // came with the last chunk), sets mode and time, renames into place.
   absl::Status Commit(const std::string& late_sha256 = "") {
@@ -253,6 +342,22 @@ class FileWriter {
                                               " did not verify: SHA-256 ", *digest, ", expected ",
                                               expected.empty() ? "(none sent)" : expected));
     }
+    return Install();
+  }
+
+  // Commits what CopyFrom wrote, which nothing carried and so needs no digest.
+  absl::Status CommitCopy() {
+    absl::MutexLock lock(&mu_);
+    if (committed_) return absl::OkStatus();
+    if (discarded_) return absl::CancelledError(absl::StrCat("transfer to ", dest_, " dropped"));
+    return Install();
+  }
+
+ private:
+  FileWriter(v1::FileEntry entry, std::string dest, std::string where)
+      : entry_(std::move(entry)), dest_(std::move(dest)), where_(std::move(where)) {}
+  // Sets mode and time and renames into place.
+  absl::Status Install() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (::fchmod(fd_.get(), entry_.mode()) != 0) return PathError(errno, "chmod", dest_, where_);
     struct timespec times[2] = {ToTimespec(entry_.mtime_ns()), ToTimespec(entry_.mtime_ns())};
     if (::futimens(fd_.get(), times) != 0) return PathError(errno, "set the time of", dest_, where_);
@@ -260,10 +365,6 @@ class FileWriter {
     committed_ = true;
     return absl::OkStatus();
   }
-
- private:
-  FileWriter(v1::FileEntry entry, std::string dest, std::string where)
-      : entry_(std::move(entry)), dest_(std::move(dest)), where_(std::move(where)) {}
   void MarkCommitted() {
     absl::MutexLock lock(&mu_);
     committed_ = true;
@@ -507,10 +608,11 @@ class Fanout {
   mutable absl::Mutex mu_;
 };
 
-// Bytes of chunks a context received and relayed (grove.file_stats).
+// Bytes of chunks a context received and relayed, and of files it copied (grove.file_stats).
 struct FileCounters {
   std::atomic<int64_t> received{0};
   std::atomic<int64_t> relayed{0};
+  std::atomic<int64_t> copied{0};
 };
 
 // One entry being received: written here when this context is a target, relayed to the
@@ -707,10 +809,44 @@ class FileService {
     return v1::Empty();
   }
 
+  // A push's kernel copy into this context (grove.file_copy in files.proto).
+  absl::StatusOr<v1::CopyReply> Copy(const v1::CopyRequest& request, CallContext& call) {
+    const std::string where = router_->name();
+    const std::string& dest = request.dest();
+    if (dest.empty() || dest[0] != '/') {
+      return absl::InvalidArgumentError(
+          absl::StrCat("'", dest, "' is not an absolute path (in context ", where, ")"));
+    }
+    v1::CopyReply reply;
+    UniqueFd src = OpenOrigin(request.origin());
+    if (!src.valid() || request.entry().kind() != v1::FileEntry::FILE ||
+        request.entry().size() != request.origin().size()) {
+      return reply;  // Not copied: the sender streams the bytes.
+    }
+    absl::StatusOr<std::unique_ptr<FileWriter>> begun =
+        FileWriter::Begin(request.entry(), dest, where, false);
+    if (!begun.ok()) return begun.status();
+    std::shared_ptr<FileWriter> writer = *std::move(begun);
+    // The sender gone or this context shutting down: the temporary file goes at once.
+    uint64_t id = call.cancel_source().AddCallback([writer] { writer->Discard(); });
+    absl::Status copied = writer->CopyFrom(src.get(), request.origin().size());
+    if (id) call.cancel_source().RemoveCallback(id);
+    if (copied.ok() && !Matches(src.get(), request.origin())) {
+      copied = absl::DataLossError(absl::StrCat("the source of ", dest, " in context ", where,
+                                                " changed while it was copied"));
+    }
+    if (copied.ok()) copied = writer->CommitCopy();
+    if (!copied.ok()) return copied;  // The writer removes its temporary file.
+    counters_.copied += request.origin().size();
+    reply.set_copied(true);
+    return reply;
+  }
+
   v1::FileStatsReply Stats() const {
     v1::FileStatsReply reply;
     reply.set_received_bytes(counters_.received.load());
     reply.set_relayed_bytes(counters_.relayed.load());
+    reply.set_copied_bytes(counters_.copied.load());
     return reply;
   }
 
@@ -763,6 +899,12 @@ void RegisterFileFunctions(Router* router, Functions* functions) {
       "grove.file_chunk",
       [service](const v1::ChunkRequest& request, CallContext& call) {
         return service->Chunk(request, call);
+      },
+      {}));
+  functions->Add(Functions::MakeFunction<v1::CopyRequest, v1::CopyReply>(
+      "grove.file_copy",
+      [service](const v1::CopyRequest& request, CallContext& call) {
+        return service->Copy(request, call);
       },
       {}));
   functions->Add(Functions::MakeFunction<v1::Empty, v1::FileStatsReply>(
@@ -846,6 +988,8 @@ absl::StatusOr<TransferSummary> PushFiles(Router& router, const std::vector<Cont
   const int64_t total = TotalBytes(entries) * static_cast<int64_t>(by_root.size());
   int64_t done = 0;
   Report(options, 0, total);
+  const uint64_t self = router.id().value();
+  std::set<uint64_t> streamed;  // Targets that cannot copy in the kernel (grove.file_copy).
   for (auto& [root, group] : by_root) {
     std::vector<uint64_t> live = group;
     auto drop_failed = [&summary, &live](std::vector<TargetResult> results) {
@@ -857,13 +1001,55 @@ absl::StatusOr<TransferSummary> PushFiles(Router& router, const std::vector<Cont
     };
     for (const v1::FileEntry& entry : entries) {
       if (live.empty()) break;
-      Fanout fanout(router, live, options, options.call.parent);
       const std::string path = Join(root, entry.path());
-      fanout.Open(entry, path, false);
-      if (entry.kind() == v1::FileEntry::FILE && entry.size() > 0) {
-        const std::string local = Join(src, entry.path());
-        UniqueFd fd(::open(local.c_str(), O_RDONLY | O_CLOEXEC));
+      const bool has_bytes = entry.kind() == v1::FileEntry::FILE && entry.size() > 0;
+      const std::string local = Join(src, entry.path());
+      UniqueFd fd;
+      std::vector<uint64_t> stream = live;
+      if (has_bytes) {
+        fd.Reset(::open(local.c_str(), O_RDONLY | O_CLOEXEC));
         if (!fd.valid()) return PathError(errno, "read", local, router.name());
+      }
+      if (has_bytes && options.kernel_copy) {
+        // Every target that can copies in the kernel, all at once; the rest get the bytes.
+        absl::StatusOr<v1::Origin> origin = OriginOf(fd.get(), local, router.name());
+        if (!origin.ok()) return origin.status();
+        v1::CopyRequest copy;
+        copy.set_dest(path);
+        *copy.mutable_entry() = entry;
+        *copy.mutable_origin() = *origin;
+        std::vector<std::pair<uint64_t, std::future<absl::StatusOr<v1::CopyReply>>>> copies;
+        stream.clear();
+        for (uint64_t t : live) {
+          if (t == self || streamed.count(t) != 0) {
+            stream.push_back(t);
+          } else {
+            copies.emplace_back(t, Context(&router, ContextId(t), "")
+                                       .CallAsync<v1::CopyReply>("grove.file_copy", copy,
+                                                                 options.call));
+          }
+        }
+        std::vector<TargetResult> failed;
+        for (auto& [t, future] : copies) {
+          absl::StatusOr<v1::CopyReply> reply = future.get();
+          if (!reply.ok()) {
+            failed.push_back({ContextId(t), reply.status()});
+          } else if (!reply->copied()) {
+            streamed.insert(t);
+            stream.push_back(t);
+          }
+        }
+        drop_failed(std::move(failed));
+        if (stream.empty()) {
+          summary.bytes += entry.size();
+          done += entry.size();
+          Report(options, done, total);
+          continue;
+        }
+      }
+      Fanout fanout(router, stream, options, options.call.parent);
+      fanout.Open(entry, path, false);
+      if (has_bytes) {
         std::string buffer;
         Sha256 sha;  // Sent with the last chunk (the entry went without it: see Scan).
         for (int64_t offset = 0; offset < entry.size();) {

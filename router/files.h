@@ -14,6 +14,15 @@
 // and modification time, and renamed into place; symlinks stay symlinks. A failure (missing
 // source, no permission, disk full, a context lost mid-transfer) names the path and the
 // context and leaves nothing partial under the final name: the temporary file is removed.
+//
+// A target on this host that may open the pushing process's files (it runs as the same user,
+// or as root) copies each file in the kernel instead: it opens the sender's open file through
+// /proc/<pid>/fd, copy_file_range()s it to the temporary name and renames it into place, and no
+// byte travels on the links (grove.file_copy). No digest is needed where nothing was in
+// transit: the copy is checked instead against the source's identity, size and change time,
+// before and after, so a source changed meanwhile fails with DATA_LOSS. Another host, another
+// user or another pid namespace cannot open the file; the sender learns so from the first
+// file and streams to that target as above.
 #ifndef GROVE_ROUTER_FILES_H_
 #define GROVE_ROUTER_FILES_H_
 
@@ -39,6 +48,8 @@ struct TransferOptions {
   int64_t chunk_bytes = int64_t{256} << 10;
   // Chunks in flight per link.
   int window = 8;
+  // Let targets on this host copy in the kernel (see above); false streams every byte.
+  bool kernel_copy = true;
 };
 
 struct TargetResult {
@@ -69,8 +80,8 @@ absl::StatusOr<TransferSummary> PullFiles(Router& router, ContextId from, const 
                                           const TransferOptions& options = {});
 
 // Installs the built-ins behind the two (grove.file_receive, grove.file_chunk,
-// grove.file_stat, grove.file_list, grove.file_read, and grove.file_stats: bytes received
-// and relayed; callable by ancestors only) into
+// grove.file_copy, grove.file_stat, grove.file_list, grove.file_read, and grove.file_stats:
+// bytes received, relayed and copied; callable by ancestors only) into
 // `functions`, which the router owns and which must not outlive it.
 void RegisterFileFunctions(Router* router, Functions* functions);
 
