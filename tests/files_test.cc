@@ -5,6 +5,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <sys/inotify.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -71,6 +72,24 @@ std::vector<std::string> Temporaries(const std::string& dir) {
     if (absl::StrContains(e.path().filename().string(), ".grove-")) found.push_back(e.path());
   }
   return found;
+}
+
+// Waits, on inotify, until `dir` holds none of our temporary files; false at `deadline`.
+bool WaitForNoTemporaries(const std::string& dir, absl::Time deadline) {
+  UniqueFd watch(::inotify_init1(IN_CLOEXEC | IN_NONBLOCK));
+  if (!watch.valid() || ::inotify_add_watch(watch.get(), dir.c_str(), IN_DELETE | IN_MOVED_FROM) < 0) {
+    return false;
+  }
+  while (!Temporaries(dir).empty()) {
+    const int64_t ms = absl::ToInt64Milliseconds(deadline - absl::Now());
+    if (ms <= 0) return false;
+    struct pollfd p = {watch.get(), POLLIN, 0};
+    if (::poll(&p, 1, static_cast<int>(ms)) <= 0) continue;
+    char events[4096];
+    while (::read(watch.get(), events, sizeof(events)) > 0) {
+    }
+  }
+  return true;
 }
 
 class FilesTest : public GroveTest {
@@ -485,6 +504,35 @@ TEST_F(FilesTest, AKernelCopyOpensOnlyTheFileItWasPromised) {
   absl::StatusOr<v1::CopyReply> refused = child->Call<v1::CopyReply>("grove.file_copy", relative);
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << refused.status();
   EXPECT_THAT(Temporaries(dir_), ::testing::IsEmpty());
+}
+
+// A kernel copy cut off by its deadline: the caller gets DEADLINE_EXCEEDED, the target drops
+// its temporary file and stays usable.
+TEST_F(FilesTest, AKernelCopyPastItsDeadlineLeavesNothing) {
+  if (::geteuid() != 0) GTEST_SKIP() << "mounting a tmpfs needs root";
+  const std::string disk = SmallDisk(4 << 20);  // 4 GiB of memory, used as far as the copy gets.
+  if (disk.empty()) GTEST_SKIP() << "cannot mount a tmpfs here";
+  Master master(TestFunctions());
+  absl::StatusOr<Context> child = master.Spawn("local,name=slow-copy");
+  ASSERT_TRUE(child.ok()) << child.status();
+  {
+    // 64 GiB without blocks: many seconds of copying, far past the deadline.
+    UniqueFd huge(::open((dir_ + "/huge").c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644));
+    ASSERT_TRUE(huge.valid());
+    ASSERT_EQ(::ftruncate(huge.get(), int64_t{64} << 30), 0);
+  }
+  TransferOptions options;
+  options.call.timeout = absl::Milliseconds(300);
+  absl::StatusOr<TransferSummary> pushed =
+      PushFiles(master.router(), {child->id()}, dir_ + "/huge", disk + "/huge", options);
+  ASSERT_TRUE(pushed.ok()) << pushed.status();
+  ASSERT_EQ(pushed->results.size(), 1u);
+  EXPECT_EQ(pushed->results[0].status.code(), absl::StatusCode::kDeadlineExceeded)
+      << pushed->results[0].status;
+  EXPECT_TRUE(WaitForNoTemporaries(disk, absl::Now() + absl::Seconds(10)));
+  EXPECT_FALSE(fs::exists(disk + "/huge"));
+  EXPECT_EQ(FileStats(*child).copied_bytes(), 0);
+  EXPECT_TRUE(child->Ping().ok());
 }
 
 TEST_F(FilesTest, AFullDiskLeavesNothingUnderTheFinalName) {
