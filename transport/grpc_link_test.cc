@@ -4,11 +4,15 @@
 #include "transport/grpc_link.h"
 
 #include <poll.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <thread>
 #include <vector>
 
@@ -129,6 +133,7 @@ class LinkPair {
       fds->second = std::move(server_side->second);
     }
     raw_client_fd_ = ::dup(fds->first.get());  // For writing garbage into the link.
+    client_fd_ = fds->first.get();
     service_ = std::make_unique<AgentService>(kLimit);
     grpc::ServerBuilder builder;
     service_->AddTo(&builder);
@@ -166,6 +171,7 @@ class LinkPair {
   Link& server_link() { return *server_link_; }
   int64_t server_to_client_bytes() const { return forwarder_->b_to_a(); }
   int raw_client_fd() const { return raw_client_fd_; }
+  int client_fd() const { return client_fd_; }
 
   Recorder client_recorder;
   Recorder server_recorder;
@@ -173,6 +179,7 @@ class LinkPair {
 
  private:
   int raw_client_fd_ = -1;
+  int client_fd_ = -1;  // The client link's socket, as gRPC's poller has it.
   std::unique_ptr<AgentService> service_;
   std::unique_ptr<grpc::Server> server_;
   absl::Notification attached_;
@@ -196,7 +203,7 @@ TEST(GrpcLinkTest, EnvelopesArriveInOrderBothWays) {
 }
 
 // gRPC 1.51 would answer every DATA frame with WINDOW_UPDATEs of 26 bytes when nothing else is
-// written (window_updates.cc). A relay's upstream link is such a link. 2000 envelopes, one
+// written (grpc_patches.cc). A relay's upstream link is such a link. 2000 envelopes, one
 // at a time, 260 KB in all (four times the stream's initial window: the updates that must
 // come still come, or the sender would stall).
 TEST(GrpcLinkTest, AReceiverThatDoesNotAnswerSendsFewWindowUpdates) {
@@ -209,6 +216,46 @@ TEST(GrpcLinkTest, AReceiverThatDoesNotAnswerSendsFewWindowUpdates) {
   }
   const int64_t back = pair.server_to_client_bytes() - before;
   EXPECT_LT(back, kEnvelopes * 26 / 20) << "bytes the receiving end sent back";
+}
+
+// The events an epoll set of this process watches on `fd` (from /proc/self/fdinfo), or -1.
+int64_t EpollEventsOf(int fd) {
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd", ec)) {
+    if (std::filesystem::read_symlink(entry.path(), ec).string() != "anon_inode:[eventpoll]") {
+      continue;
+    }
+    std::ifstream info("/proc/self/fdinfo/" + entry.path().filename().string());
+    for (std::string line; std::getline(info, line);) {
+      std::istringstream fields(line);
+      std::string tfd_label, events_label;
+      int tfd = -1;
+      std::string events_hex;
+      if (fields >> tfd_label >> tfd >> events_label >> events_hex && tfd_label == "tfd:" &&
+          tfd == fd) {
+        return std::stoll(events_hex, nullptr, 16);
+      }
+    }
+  }
+  return -1;
+}
+
+// gRPC's poller would wake this process each time the peer read what it wrote (EPOLLOUT on a
+// Unix socket; grpc_patches.cc): a link's socket is watched for room only once a write has
+// had to wait for it, and such a write completes.
+TEST(GrpcLinkTest, ASocketIsWatchedForRoomOnlyOnceAWriteWaited) {
+  LinkPair pair;
+  for (uint64_t i = 0; i < 100; ++i) pair.client->Send(Numbered(i));
+  ASSERT_TRUE(pair.server_recorder.WaitForCount(100));
+  const int64_t before = EpollEventsOf(pair.client_fd());
+  ASSERT_GE(before, 0) << "the client link's socket is in no epoll set";
+  EXPECT_EQ(before & EPOLLIN, EPOLLIN);
+  EXPECT_EQ(before & EPOLLOUT, 0);
+  // 7 MiB at once: far more than the socket's buffer holds.
+  for (uint64_t i = 0; i < 8; ++i) pair.client->Send(Numbered(100 + i, 900 << 10));
+  ASSERT_TRUE(pair.server_recorder.WaitForCount(108));
+  EXPECT_EQ(pair.server_recorder.received()[107].output().data().size(), size_t{900} << 10);
+  EXPECT_EQ(EpollEventsOf(pair.client_fd()) & EPOLLOUT, EPOLLOUT);
 }
 
 TEST(GrpcLinkTest, AnOversizedMessageDropsTheLinkWithAReason) {
