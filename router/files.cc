@@ -13,12 +13,14 @@
 #include <future>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "common/fd.h"
 #include "common/sha256.h"
 #include "common/status_util.h"
@@ -290,14 +292,19 @@ class FileWriter {
   }
 
   // Copies the first `size` bytes of the open file `src` to the temporary file in the kernel
-  // (copy_file_range; sendfile where the filesystems refuse it). CANCELLED once Discard ran.
-  absl::Status CopyFrom(int src, int64_t size) {
+  // (copy_file_range; sendfile where the filesystems refuse it). CANCELLED once Discard ran,
+  // DEADLINE_EXCEEDED after `deadline`.
+  absl::Status CopyFrom(int src, int64_t size, absl::Time deadline = absl::InfiniteFuture()) {
     constexpr int64_t kStep = int64_t{16} << 20;  // Between checks for a cancellation.
     bool copy_file_range_works = true;
     for (int64_t offset = 0; offset < size;) {
       {
         absl::MutexLock lock(&mu_);
         if (discarded_) return absl::CancelledError(absl::StrCat("transfer to ", dest_, " dropped"));
+      }
+      if (absl::Now() > deadline) {
+        return absl::DeadlineExceededError(
+            absl::StrCat("copy to ", dest_, " in context ", where_, " past its deadline"));
       }
       const size_t step = static_cast<size_t>(std::min(kStep, size - offset));
       ssize_t n;
@@ -608,11 +615,13 @@ class Fanout {
   mutable absl::Mutex mu_;
 };
 
-// Bytes of chunks a context received and relayed, and of files it copied (grove.file_stats).
+// Bytes of chunks a context received and relayed, of files it copied, and of files it sent
+// to pulls (grove.file_stats).
 struct FileCounters {
   std::atomic<int64_t> received{0};
   std::atomic<int64_t> relayed{0};
   std::atomic<int64_t> copied{0};
+  std::atomic<int64_t> served{0};
 };
 
 // One entry being received: written here when this context is a target, relayed to the
@@ -842,11 +851,55 @@ class FileService {
     return reply;
   }
 
+  // Holds a file open for a pull's kernel copy (grove.file_hold in files.proto).
+  absl::StatusOr<v1::Empty> Hold(const v1::HoldRequest& request, CallContext& call) {
+    const std::string where = router_->name();
+    const std::string& path = request.path();
+    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK));
+    if (!fd.valid()) return PathError(errno, "read", path, where);
+    struct stat st;
+    if (::fstat(fd.get(), &st) != 0) return PathError(errno, "read", path, where);
+    if (!S_ISREG(st.st_mode)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(path, " in context ", where, " is not a regular file"));
+    }
+    absl::StatusOr<v1::Origin> origin = OriginOf(fd.get(), path, where);
+    if (!origin.ok()) return origin.status();
+    call.Output(0, origin->SerializeAsString());
+    absl::Notification released;
+    uint64_t id = call.cancel_source().AddCallback([&released] { released.Notify(); });
+    released.WaitForNotificationWithDeadline(call.deadline());
+    if (id) call.cancel_source().RemoveCallback(id);
+    return v1::Empty();
+  }
+
+  absl::StatusOr<v1::ReadReply> Read(const v1::ReadRequest& request) {
+    const std::string& path = request.path();
+    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd.valid()) return PathError(errno, "read", path, router_->name());
+    v1::ReadReply reply;
+    std::string* data = reply.mutable_data();
+    data->resize(static_cast<size_t>(std::clamp<int64_t>(request.length(), 0, kMaxChunk)));
+    size_t done = 0;
+    while (done < data->size()) {
+      ssize_t n = ::pread(fd.get(), data->data() + done, data->size() - done,
+                          request.offset() + static_cast<int64_t>(done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return PathError(errno, "read", path, router_->name());
+      if (n == 0) break;
+      done += static_cast<size_t>(n);
+    }
+    data->resize(done);
+    counters_.served += static_cast<int64_t>(done);
+    return reply;
+  }
+
   v1::FileStatsReply Stats() const {
     v1::FileStatsReply reply;
     reply.set_received_bytes(counters_.received.load());
     reply.set_relayed_bytes(counters_.relayed.load());
     reply.set_copied_bytes(counters_.copied.load());
+    reply.set_served_bytes(counters_.served.load());
     return reply;
   }
 
@@ -876,6 +929,81 @@ int64_t TotalBytes(const std::vector<v1::FileEntry>& entries) {
   int64_t total = 0;
   for (const v1::FileEntry& e : entries) total += e.kind() == v1::FileEntry::FILE ? e.size() : 0;
   return total;
+}
+
+// A pull's kernel copy of `path` in context `from` into `writer`: the file is held open there
+// (grove.file_hold) while this context opens it through /proc and copies it. False, with
+// nothing written, when this context cannot open it (another host, user or pid namespace); an
+// error when the copy failed or the file could not be held (missing, unreadable).
+absl::StatusOr<bool> CopyHeldFile(Router& router, ContextId from, const std::string& path,
+                                  int64_t size, FileWriter& writer, const CallOptions& options) {
+  // What the hold call reports, on the link's thread.
+  struct Held {
+    absl::Mutex mu;
+    std::optional<v1::Origin> origin ABSL_GUARDED_BY(mu);
+    std::optional<absl::Status> ended ABSL_GUARDED_BY(mu);
+  };
+  auto held = std::make_shared<Held>();
+  CancelSource release;
+  // The pull cancelled: the hold ends and the copy stops.
+  uint64_t chained = options.cancel == nullptr ? 0 : options.cancel->AddCallback([&] {
+    release.Cancel();
+    writer.Discard();
+  });
+  CallOptions call;
+  call.parent = options.parent;
+  call.timeout = options.timeout;
+  call.deadline = options.deadline;
+  call.cancel = &release;
+  call.on_output = [held](int stream, const std::string& data) {
+    v1::Origin origin;
+    if (stream != 0 || !origin.ParseFromString(data)) return;
+    absl::MutexLock lock(&held->mu);
+    held->origin = std::move(origin);
+  };
+  v1::HoldRequest hold;
+  hold.set_path(path);
+  Context(&router, from, "")
+      .CallRaw("grove.file_hold", v1::HoldRequest::descriptor()->full_name(),
+               hold.SerializeAsString(), call, [held](absl::StatusOr<std::string> result) {
+                 absl::MutexLock lock(&held->mu);
+                 held->ended = result.status();
+               });
+  std::optional<v1::Origin> origin;
+  absl::Status ended;
+  {
+    absl::MutexLock lock(&held->mu);
+    auto ready = [&held]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(held->mu) {
+      return held->origin.has_value() || held->ended.has_value();
+    };
+    held->mu.Await(absl::Condition(&ready));
+    origin = held->origin;
+    if (held->ended.has_value()) ended = *held->ended;
+  }
+  absl::StatusOr<bool> copied = false;
+  if (!origin.has_value()) {
+    if (!ended.ok()) copied = ended;
+  } else if (UniqueFd src = OpenOrigin(*origin); src.valid() && origin->size() == size) {
+    const absl::Time deadline = std::min(options.deadline, absl::Now() + options.timeout);
+    absl::Status status = writer.CopyFrom(src.get(), size, deadline);
+    if (status.ok() && !Matches(src.get(), *origin)) {
+      status = absl::DataLossError(absl::StrCat(path, " in context ", router.name(),
+                                                " changed while it was copied"));
+    }
+    if (status.ok()) {
+      copied = true;
+    } else {
+      copied = status;
+    }
+  }
+  release.Cancel();
+  if (chained != 0) options.cancel->RemoveCallback(chained);
+  absl::MutexLock lock(&held->mu);
+  auto ended_now = [&held]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(held->mu) {
+    return held->ended.has_value();
+  };
+  held->mu.Await(absl::Condition(&ended_now));  // `release` outlives the call.
+  return copied;
 }
 
 }  // namespace
@@ -921,8 +1049,8 @@ void RegisterFileFunctions(Router* router, Functions* functions) {
       "grove.file_list",
       [router](const v1::ListRequest& request, CallContext&) -> absl::StatusOr<v1::ListReply> {
         std::vector<v1::FileEntry> entries;
-        absl::Status s = Scan(request.path(), "", request.recursive(), /*hash=*/true, 0,
-                              router->name(), &entries);
+        absl::Status s = Scan(request.path(), "", request.recursive(),
+                              /*hash=*/!request.without_digests(), 0, router->name(), &entries);
         if (!s.ok()) return s;
         v1::ListReply reply;
         for (v1::FileEntry& e : entries) *reply.add_entries() = std::move(e);
@@ -931,24 +1059,12 @@ void RegisterFileFunctions(Router* router, Functions* functions) {
       {}));
   functions->Add(Functions::MakeFunction<v1::ReadRequest, v1::ReadReply>(
       "grove.file_read",
-      [router](const v1::ReadRequest& request, CallContext&) -> absl::StatusOr<v1::ReadReply> {
-        const std::string& path = request.path();
-        UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-        if (!fd.valid()) return PathError(errno, "read", path, router->name());
-        v1::ReadReply reply;
-        std::string* data = reply.mutable_data();
-        data->resize(static_cast<size_t>(std::clamp<int64_t>(request.length(), 0, kMaxChunk)));
-        size_t done = 0;
-        while (done < data->size()) {
-          ssize_t n = ::pread(fd.get(), data->data() + done, data->size() - done,
-                              request.offset() + static_cast<int64_t>(done));
-          if (n < 0 && errno == EINTR) continue;
-          if (n < 0) return PathError(errno, "read", path, router->name());
-          if (n == 0) break;
-          done += static_cast<size_t>(n);
-        }
-        data->resize(done);
-        return reply;
+      [service](const v1::ReadRequest& request, CallContext&) { return service->Read(request); },
+      {}));
+  functions->Add(Functions::MakeFunction<v1::HoldRequest, v1::Empty>(
+      "grove.file_hold",
+      [service](const v1::HoldRequest& request, CallContext& call) {
+        return service->Hold(request, call);
       },
       {}));
 }
@@ -1090,9 +1206,12 @@ absl::StatusOr<TransferSummary> PullFiles(Router& router, ContextId from, const 
   v1::ListRequest list;
   list.set_path(src);
   list.set_recursive(options.recursive);
+  list.set_without_digests(options.kernel_copy);  // Asked for once a file must be streamed.
   absl::StatusOr<v1::ListReply> listed =
       remote.Call<v1::ListReply>("grove.file_list", list, options.call);
   if (!listed.ok()) return listed.status();
+  bool stream = !options.kernel_copy;
+  std::map<std::string, std::string> digests;  // By entry path, once streaming.
   struct stat st;
   const std::string root =
       ::stat(dest.c_str(), &st) == 0 && S_ISDIR(st.st_mode) ? Join(dest, BaseName(src)) : dest;
@@ -1112,6 +1231,24 @@ absl::StatusOr<TransferSummary> PullFiles(Router& router, ContextId from, const 
         FileWriter::Begin(entry, path, where, false);
     if (!writer.ok()) return fail(writer.status());
     if (entry.kind() != v1::FileEntry::FILE) continue;
+    if (!stream && entry.size() > 0) {
+      absl::StatusOr<bool> copied =
+          CopyHeldFile(router, from, Join(src, entry.path()), entry.size(), **writer, options.call);
+      absl::Status committed = copied.ok() && *copied ? (*writer)->CommitCopy() : copied.status();
+      if (!committed.ok()) return fail(committed);  // The writer removes its temporary file.
+      if (*copied) {
+        summary.bytes += entry.size();
+        Report(options, summary.bytes, total);
+        continue;
+      }
+      // This context cannot open the files there: stream this one and the rest, with digests.
+      stream = true;
+      list.set_without_digests(false);
+      absl::StatusOr<v1::ListReply> again =
+          remote.Call<v1::ListReply>("grove.file_list", list, options.call);
+      if (!again.ok()) return fail(again.status());
+      for (const v1::FileEntry& e : again->entries()) digests[e.path()] = e.sha256();
+    }
     // Reads with `window` chunks in flight; each reply is written at its offset.
     std::vector<std::pair<int64_t, std::future<absl::StatusOr<v1::ReadReply>>>> in_flight;
     absl::Status failed;
@@ -1139,7 +1276,7 @@ absl::StatusOr<TransferSummary> PullFiles(Router& router, ContextId from, const 
       next += read.length();
     }
     while (!in_flight.empty()) collect_one();
-    if (failed.ok()) failed = (*writer)->Commit();
+    if (failed.ok()) failed = (*writer)->Commit(digests[entry.path()]);
     if (!failed.ok()) return fail(failed);  // The writer removes its temporary file.
   }
   for (auto it = entries.rbegin(); it != entries.rend(); ++it) {

@@ -22,7 +22,9 @@
 // transit: the copy is checked instead against the source's identity, size and change time,
 // before and after, so a source changed meanwhile fails with DATA_LOSS. Another host, another
 // user or another pid namespace cannot open the file; the sender learns so from the first
-// file and streams to that target as above.
+// file and streams to that target as above. A pull does the same the other way: the source
+// holds its file open (grove.file_hold) while this context opens it through /proc and copies
+// it; where it cannot, the files are listed again with their digests and streamed.
 #ifndef GROVE_ROUTER_FILES_H_
 #define GROVE_ROUTER_FILES_H_
 
@@ -48,7 +50,7 @@ struct TransferOptions {
   int64_t chunk_bytes = int64_t{256} << 10;
   // Chunks in flight per link.
   int window = 8;
-  // Let targets on this host copy in the kernel (see above); false streams every byte.
+  // Copy in the kernel where both ends are on this host (see above); false streams every byte.
   bool kernel_copy = true;
 };
 
@@ -80,8 +82,9 @@ absl::StatusOr<TransferSummary> PullFiles(Router& router, ContextId from, const 
                                           const TransferOptions& options = {});
 
 // Installs the built-ins behind the two (grove.file_receive, grove.file_chunk,
-// grove.file_copy, grove.file_stat, grove.file_list, grove.file_read, and grove.file_stats:
-// bytes received, relayed and copied; callable by ancestors only) into
+// grove.file_copy, grove.file_stat, grove.file_list, grove.file_read, grove.file_hold, and
+// grove.file_stats: bytes received, relayed, copied and served; callable by ancestors only)
+// into
 // `functions`, which the router owns and which must not outlive it.
 void RegisterFileFunctions(Router* router, Functions* functions);
 

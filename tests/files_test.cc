@@ -182,6 +182,8 @@ TEST_F(FilesTest, PushAndPullATreeKeepingModesTimesAndSymlinks) {
   ASSERT_TRUE(pulled.ok()) << pulled.status();
   ASSERT_TRUE(pulled->ok()) << pulled->results[0].status;
   ExpectSameTree(src, dir_ + "/back");
+  EXPECT_EQ(pulled->bytes, (3 << 20) + 6);
+  EXPECT_EQ(FileStats(*deep).served_bytes(), 0);  // Copied in the kernel, here.
 
   // One file onto a new name; a directory without recursive is refused.
   absl::StatusOr<TransferSummary> one =
@@ -433,6 +435,33 @@ TEST_F(FilesTest, ATargetOnThisHostCopiesInTheKernel) {
   EXPECT_THAT(Temporaries(dir_), ::testing::IsEmpty());
 }
 
+// A pull from a context whose files this one cannot open (another pid namespace: its pid
+// means another process here) streams them, with digests; so does one with kernel_copy off.
+TEST_F(FilesTest, APullThatCannotCopyInTheKernelStreams) {
+  const std::string src = MakeTree();
+  Master master(TestFunctions());
+  absl::StatusOr<Context> child = master.Spawn("local,name=near");
+  ASSERT_TRUE(child.ok()) << child.status();
+  TransferOptions options;
+  options.recursive = true;
+  options.kernel_copy = false;
+  absl::StatusOr<TransferSummary> pulled =
+      PullFiles(master.router(), child->id(), src, dir_ + "/streamed", options);
+  ASSERT_TRUE(pulled.ok() && pulled->ok());
+  ExpectSameTree(src, dir_ + "/streamed");
+  EXPECT_EQ(FileStats(*child).served_bytes(), (3 << 20) + 6);
+
+  if (::geteuid() != 0) GTEST_SKIP() << "a pid namespace needs root";
+  absl::StatusOr<Context> apart = master.Spawn("command:unshare --pid --fork sh,name=apart");
+  ASSERT_TRUE(apart.ok()) << apart.status();
+  options.kernel_copy = true;
+  pulled = PullFiles(master.router(), apart->id(), src, dir_ + "/from-apart", options);
+  ASSERT_TRUE(pulled.ok()) << pulled.status();
+  ASSERT_TRUE(pulled->ok()) << pulled->results[0].status;
+  ExpectSameTree(src, dir_ + "/from-apart");
+  EXPECT_EQ(FileStats(*apart).served_bytes(), (3 << 20) + 6);
+}
+
 // grove.file_copy driven by hand, as a sender that misbehaves would: the receiver copies only
 // the file the origin describes, unchanged, on its own kernel; anything else is not copied
 // (the sender would stream) and leaves nothing behind.
@@ -603,6 +632,7 @@ TEST_F(FilesTest, AContextLostMidTransferLeavesNoTemporaryFile) {
   absl::StatusOr<v1::InfoReply> source_info = source->Info();
   ASSERT_TRUE(source_info.ok());
   TransferOptions pull_options;
+  pull_options.kernel_copy = false;  // Bytes flow from the source.
   pull_options.progress = [&](int64_t done, int64_t) {
     if (done >= (4 << 20) && done < (4 << 20) + pull_options.chunk_bytes) {
       ::kill(static_cast<pid_t>(source_info->pid()), SIGKILL);

@@ -110,7 +110,8 @@ double Throughput(const Context& c, int in_flight, absl::Duration duration) {
 
 // grove push of a 100 MiB file to one local child (MB/s), and to eight (seconds): as users
 // get it (the children are on this host: kernel copies), and streamed as it would be to
-// another host (chunked calls over the links, SHA-256 at both ends, temp + rename).
+// another host (chunked calls over the links, SHA-256 at both ends, temp + rename); and a
+// pull of it from a local child.
 int FileTransfers(Master& master, const Emitter& out) {
   char tmpl[] = "/tmp/grove-bench-files.XXXXXX";
   if (::mkdtemp(tmpl) == nullptr) return (perror("grove bench: mkdtemp"), 1);
@@ -176,6 +177,23 @@ int FileTransfers(Master& master, const Emitter& out) {
       status = push(8, kernel_copy, &seconds, nullptr);
       if (status == 0) out.Emit(eight, seconds, "s");
     }
+  }
+  if (status == 0 && out.Wants("pull_100MiB_MBps")) {
+    // The same file back from a local child (a kernel copy here).
+    absl::StatusOr<Context> child = master.Spawn("local");
+    if (!child.ok()) return (fprintf(stderr, "%s\n", child.status().ToString().c_str()), 1);
+    absl::Time t = absl::Now();
+    absl::StatusOr<TransferSummary> pulled =
+        PullFiles(master.router(), child->id(), src, dir + "/pulled");
+    seconds = absl::ToDoubleSeconds(absl::Now() - t);
+    master.router().StopAllChildren();
+    if (!pulled.ok() || !pulled->ok()) {
+      fprintf(stderr, "grove bench: pull failed: %s\n",
+              pulled.ok() ? pulled->results[0].status.ToString().c_str()
+                          : pulled.status().ToString().c_str());
+      return 1;
+    }
+    out.Emit("pull_100MiB_MBps", 104.8576 / seconds, "MB/s");
   }
   if (status == 0 && out.Wants("ping_during_transfer_p99_ms")) {
     std::vector<double> ping_ms;
@@ -418,7 +436,8 @@ int Bench(Master& master, const std::vector<std::string>& args) {
   }
   if (out.Wants("transfer_100MiB_MBps") || out.Wants("transfer_fanout_8x100MiB_s") ||
       out.Wants("transfer_streamed_100MiB_MBps") ||
-      out.Wants("transfer_streamed_fanout_8x100MiB_s") || out.Wants("ping_during_transfer_p99_ms")) {
+      out.Wants("transfer_streamed_fanout_8x100MiB_s") || out.Wants("pull_100MiB_MBps") ||
+      out.Wants("ping_during_transfer_p99_ms")) {
     int status = FileTransfers(master, out);
     if (status != 0) return status;
   }
