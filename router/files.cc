@@ -422,6 +422,31 @@ class FileWriter {
   size_t ahead_bytes_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
+// A ChunkRequest's wire bytes, with `data` copied once: its other fields, then field 3 (data)
+// by hand (what SerializeAsString would do after copying `data` into the message first, and
+// zero-filling its output).
+std::string SerializedChunk(uint64_t transfer, int64_t offset, const std::string& data,
+                            const std::string& sha256) {
+  v1::ChunkRequest head;
+  head.set_transfer(transfer);
+  head.set_offset(offset);
+  head.set_sha256(sha256);
+  std::string wire;
+  wire.reserve(head.ByteSizeLong() + 1 + 10 + data.size());
+  head.AppendToString(&wire);
+  constexpr char kDataTag = (3 << 3) | 2;  // Field 3, length-delimited.
+  wire.push_back(kDataTag);
+  for (uint64_t n = data.size(); ; n >>= 7) {
+    if (n < 0x80) {
+      wire.push_back(static_cast<char>(n));
+      break;
+    }
+    wire.push_back(static_cast<char>((n & 0x7f) | 0x80));
+  }
+  wire.append(data);
+  return wire;
+}
+
 uint64_t NextTransferId() {
   static std::atomic<uint64_t> next{1};
   return next.fetch_add(1);
@@ -498,15 +523,10 @@ class Fanout {
         ++g->in_flight;
       }
       sent += static_cast<int64_t>(data.size());
-      v1::ChunkRequest chunk;
-      chunk.set_transfer(group->transfer);
-      chunk.set_offset(offset);
-      chunk.set_data(data);
-      chunk.set_sha256(sha256);
       Group* g = group.get();
       Context(&router_, ContextId(g->root), "")
           .CallRaw("grove.file_chunk", v1::ChunkRequest::descriptor()->full_name(),
-                   chunk.SerializeAsString(), CallOptionsFor(g),
+                   SerializedChunk(group->transfer, offset, data, sha256), CallOptionsFor(g),
                    [this, g](absl::StatusOr<std::string> result) {
                      bool cancel = false;
                      {
