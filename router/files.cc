@@ -95,10 +95,15 @@ const std::string& BootId() {
   return *id;
 }
 
-// Where a target on this host can open the file `fd` of this process (grove.file_copy).
+// Where a context on this host can open the regular file `fd` of this process
+// (grove.file_copy, grove.file_hold).
 absl::StatusOr<v1::Origin> OriginOf(int fd, const std::string& path, const std::string& where) {
   struct stat st;
   if (::fstat(fd, &st) != 0) return PathError(errno, "read", path, where);
+  if (!S_ISREG(st.st_mode)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(path, " in context ", where, " is not a regular file"));
+  }
   v1::Origin origin;
   origin.set_boot_id(BootId());
   origin.set_pid(::getpid());
@@ -291,11 +296,14 @@ class FileWriter {
     return absl::OkStatus();
   }
 
-  // Copies the first `size` bytes of the open file `src` to the temporary file in the kernel
-  // (copy_file_range; sendfile where the filesystems refuse it). CANCELLED once Discard ran,
+  // Copies the file `src`, opened from `origin` (OpenOrigin), to the temporary file in the
+  // kernel (copy_file_range; sendfile where the filesystems refuse it), then checks that the
+  // source did not change meanwhile (DATA_LOSS). CANCELLED once Discard ran,
   // DEADLINE_EXCEEDED after `deadline`.
-  absl::Status CopyFrom(int src, int64_t size, absl::Time deadline = absl::InfiniteFuture()) {
+  absl::Status CopyFrom(int src, const v1::Origin& origin,
+                        absl::Time deadline = absl::InfiniteFuture()) {
     constexpr int64_t kStep = int64_t{16} << 20;  // Between checks for a cancellation.
+    const int64_t size = origin.size();
     bool copy_file_range_works = true;
     for (int64_t offset = 0; offset < size;) {
       {
@@ -326,6 +334,10 @@ class FileWriter {
                                                 " shrank while it was copied"));
       }
       offset += n;
+    }
+    if (!Matches(src, origin)) {
+      return absl::DataLossError(absl::StrCat("the source of ", dest_, " in context ", where_,
+                                              " changed while it was copied"));
     }
     return absl::OkStatus();
   }
@@ -858,12 +870,8 @@ class FileService {
     std::shared_ptr<FileWriter> writer = *std::move(begun);
     // The sender gone or this context shutting down: the temporary file goes at once.
     uint64_t id = call.cancel_source().AddCallback([writer] { writer->Discard(); });
-    absl::Status copied = writer->CopyFrom(src.get(), request.origin().size());
+    absl::Status copied = writer->CopyFrom(src.get(), request.origin());
     if (id) call.cancel_source().RemoveCallback(id);
-    if (copied.ok() && !Matches(src.get(), request.origin())) {
-      copied = absl::DataLossError(absl::StrCat("the source of ", dest, " in context ", where,
-                                                " changed while it was copied"));
-    }
     if (copied.ok()) copied = writer->CommitCopy();
     if (!copied.ok()) return copied;  // The writer removes its temporary file.
     counters_.copied += request.origin().size();
@@ -877,12 +885,6 @@ class FileService {
     const std::string& path = request.path();
     UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK));
     if (!fd.valid()) return PathError(errno, "read", path, where);
-    struct stat st;
-    if (::fstat(fd.get(), &st) != 0) return PathError(errno, "read", path, where);
-    if (!S_ISREG(st.st_mode)) {
-      return absl::FailedPreconditionError(
-          absl::StrCat(path, " in context ", where, " is not a regular file"));
-    }
     absl::StatusOr<v1::Origin> origin = OriginOf(fd.get(), path, where);
     if (!origin.ok()) return origin.status();
     call.Output(0, origin->SerializeAsString());
@@ -1005,11 +1007,7 @@ absl::StatusOr<bool> CopyHeldFile(Router& router, ContextId from, const std::str
     if (!ended.ok()) copied = ended;
   } else if (UniqueFd src = OpenOrigin(*origin); src.valid() && origin->size() == size) {
     const absl::Time deadline = std::min(options.deadline, absl::Now() + options.timeout);
-    absl::Status status = writer.CopyFrom(src.get(), size, deadline);
-    if (status.ok() && !Matches(src.get(), *origin)) {
-      status = absl::DataLossError(absl::StrCat(path, " in context ", router.name(),
-                                                " changed while it was copied"));
-    }
+    absl::Status status = writer.CopyFrom(src.get(), *origin, deadline);
     if (status.ok()) {
       copied = true;
     } else {
