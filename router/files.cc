@@ -9,7 +9,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <fstream>
+#include <functional>
 #include <future>
 #include <map>
 #include <memory>
@@ -18,6 +20,7 @@
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
@@ -33,6 +36,9 @@ namespace {
 
 constexpr int kMaxDepth = 4096;
 constexpr int64_t kMaxChunk = int64_t{4} << 20;
+// A kernel copy is done in steps of this many bytes: between two, it checks for a
+// cancellation and its deadline, and reports its progress.
+constexpr int64_t kCopyStep = int64_t{16} << 20;
 
 // "cannot create /x/y in context web1: Permission denied", with the errno's canonical code.
 absl::Status PathError(int err, absl::string_view what, const std::string& path,
@@ -299,10 +305,11 @@ class FileWriter {
   // Copies the file `src`, opened from `origin` (OpenOrigin), to the temporary file in the
   // kernel (copy_file_range; sendfile where the filesystems refuse it), then checks that the
   // source did not change meanwhile (DATA_LOSS). CANCELLED once Discard ran,
-  // DEADLINE_EXCEEDED after `deadline`.
+  // DEADLINE_EXCEEDED after `deadline`. `on_step`, when set, is called on this thread with
+  // the bytes copied so far, every kCopyStep bytes.
   absl::Status CopyFrom(int src, const v1::Origin& origin,
-                        absl::Time deadline = absl::InfiniteFuture()) {
-    constexpr int64_t kStep = int64_t{16} << 20;  // Between checks for a cancellation.
+                        absl::Time deadline = absl::InfiniteFuture(),
+                        const std::function<void(int64_t copied)>& on_step = nullptr) {
     const int64_t size = origin.size();
     bool copy_file_range_works = true;
     for (int64_t offset = 0; offset < size;) {
@@ -314,7 +321,7 @@ class FileWriter {
         return absl::DeadlineExceededError(
             absl::StrCat("copy to ", dest_, " in context ", where_, " past its deadline"));
       }
-      const size_t step = static_cast<size_t>(std::min(kStep, size - offset));
+      const size_t step = static_cast<size_t>(std::min(kCopyStep, size - offset));
       ssize_t n;
       if (copy_file_range_works) {
         loff_t in = offset, out = offset;
@@ -334,6 +341,7 @@ class FileWriter {
                                                 " shrank while it was copied"));
       }
       offset += n;
+      if (on_step) on_step(offset);
     }
     if (!Matches(src, origin)) {
       return absl::DataLossError(absl::StrCat("the source of ", dest_, " in context ", where_,
@@ -870,7 +878,10 @@ class FileService {
     std::shared_ptr<FileWriter> writer = *std::move(begun);
     // The sender gone or this context shutting down: the temporary file goes at once.
     uint64_t id = call.cancel_source().AddCallback([writer] { writer->Discard(); });
-    absl::Status copied = writer->CopyFrom(src.get(), request.origin());
+    // Progress, as the call's output on stream 0: the bytes copied so far, in decimal.
+    absl::Status copied =
+        writer->CopyFrom(src.get(), request.origin(), absl::InfiniteFuture(),
+                         [&call](int64_t n) { call.Output(0, absl::StrCat(n)); });
     if (id) call.cancel_source().RemoveCallback(id);
     if (copied.ok()) copied = writer->CommitCopy();
     if (!copied.ok()) return copied;  // The writer removes its temporary file.
@@ -943,9 +954,26 @@ absl::StatusOr<v1::StatReply> StatPath(const std::string& path) {
   return reply;
 }
 
-void Report(const TransferOptions& options, int64_t done, int64_t total) {
-  if (options.progress) options.progress(done, total);
-}
+// A transfer's progress, passed to TransferOptions::progress on the transferring thread. It
+// never goes back: a push whose kernel copies got part way before a target asked for the bytes
+// streams that file from its start, and is reported again only past where the copies were.
+// Thread-compatible.
+class Progress {
+ public:
+  Progress(const TransferOptions& options, int64_t total) : options_(options), total_(total) {
+    if (options_.progress) options_.progress(0, total_);
+  }
+  void Report(int64_t done) {
+    if (done <= shown_ || !options_.progress) return;
+    shown_ = done;
+    options_.progress(done, total_);
+  }
+
+ private:
+  const TransferOptions& options_;
+  const int64_t total_;
+  int64_t shown_ = 0;
+};
 
 int64_t TotalBytes(const std::vector<v1::FileEntry>& entries) {
   int64_t total = 0;
@@ -953,12 +981,77 @@ int64_t TotalBytes(const std::vector<v1::FileEntry>& entries) {
   return total;
 }
 
+// A push's kernel copies of one file (`copy`) into each of `targets` at once
+// (grove.file_copy); their replies, by target, once all came. Meanwhile `on_progress` is called
+// on this thread with the bytes that every copy still running has copied.
+std::vector<std::pair<uint64_t, absl::StatusOr<v1::CopyReply>>> KernelCopies(
+    Router& router, const std::vector<uint64_t>& targets, const v1::CopyRequest& copy,
+    const CallOptions& options, const std::function<void(int64_t least)>& on_progress) {
+  // What the calls report, on the links' thread.
+  struct State {
+    absl::Mutex mu;
+    std::map<uint64_t, int64_t> copied ABSL_GUARDED_BY(mu);  // Of the copies still running.
+    std::vector<std::pair<uint64_t, absl::StatusOr<v1::CopyReply>>> replies ABSL_GUARDED_BY(mu);
+  };
+  auto state = std::make_shared<State>();
+  {
+    absl::MutexLock lock(&state->mu);
+    for (uint64_t t : targets) state->copied[t] = 0;
+  }
+  const std::string bytes = copy.SerializeAsString();
+  for (uint64_t t : targets) {
+    CallOptions call = options;
+    call.on_output = [state, t](int stream, const std::string& data) {
+      int64_t n;
+      if (stream != 0 || !absl::SimpleAtoi(data, &n)) return;
+      absl::MutexLock lock(&state->mu);
+      if (auto it = state->copied.find(t); it != state->copied.end()) it->second = n;
+    };
+    Context(&router, ContextId(t), "")
+        .CallRaw("grove.file_copy", v1::CopyRequest::descriptor()->full_name(), bytes, call,
+                 [state, t](absl::StatusOr<std::string> result) {
+                   absl::StatusOr<v1::CopyReply> reply = v1::CopyReply();
+                   if (!result.ok()) {
+                     reply = result.status();
+                   } else if (!reply->ParseFromString(*result)) {
+                     reply = absl::InternalError(
+                         "cannot decode the result of 'grove.file_copy' as grove.v1.CopyReply");
+                   }
+                   absl::MutexLock lock(&state->mu);
+                   state->copied.erase(t);
+                   state->replies.emplace_back(t, std::move(reply));
+                 });
+  }
+  int64_t reported = 0;
+  absl::MutexLock lock(&state->mu);
+  auto least = [&state]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(state->mu) {
+    int64_t n = INT64_MAX;
+    for (const auto& [t, copied] : state->copied) n = std::min(n, copied);
+    return n;
+  };
+  auto moved = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(state->mu) {
+    return state->copied.empty() || least() > reported;
+  };
+  while (true) {
+    state->mu.Await(absl::Condition(&moved));
+    if (state->copied.empty()) break;
+    reported = least();
+    state->mu.Unlock();
+    on_progress(reported);
+    state->mu.Lock();
+  }
+  return std::move(state->replies);
+}
+
 // A pull's kernel copy of `path` in context `from` into `writer`: the file is held open there
 // (grove.file_hold) while this context opens it through /proc and copies it. False, with
 // nothing written, when this context cannot open it (another host, user or pid namespace); an
-// error when the copy failed or the file could not be held (missing, unreadable).
+// error when the copy failed or the file could not be held (missing, unreadable). `on_step` is
+// CopyFrom's. The copy stops, like the hold, when `options` cancel the pull (its own source,
+// or the function call it is part of) or its deadline (or that call's) passes.
 absl::StatusOr<bool> CopyHeldFile(Router& router, ContextId from, const std::string& path,
-                                  int64_t size, FileWriter& writer, const CallOptions& options) {
+                                  int64_t size, FileWriter& writer, const CallOptions& options,
+                                  const std::function<void(int64_t)>& on_step) {
   // What the hold call reports, on the link's thread.
   struct Held {
     absl::Mutex mu;
@@ -967,11 +1060,14 @@ absl::StatusOr<bool> CopyHeldFile(Router& router, ContextId from, const std::str
   };
   auto held = std::make_shared<Held>();
   CancelSource release;
-  // The pull cancelled: the hold ends and the copy stops.
-  uint64_t chained = options.cancel == nullptr ? 0 : options.cancel->AddCallback([&] {
+  // The pull cancelled, or the call it is part of: the hold ends and the copy stops.
+  auto stop = [&] {
     release.Cancel();
     writer.Discard();
-  });
+  };
+  uint64_t chained = options.cancel == nullptr ? 0 : options.cancel->AddCallback(stop);
+  uint64_t chained_parent =
+      options.parent == nullptr ? 0 : options.parent->cancel_source().AddCallback(stop);
   CallOptions call;
   call.parent = options.parent;
   call.timeout = options.timeout;
@@ -1006,8 +1102,12 @@ absl::StatusOr<bool> CopyHeldFile(Router& router, ContextId from, const std::str
   if (!origin.has_value()) {
     if (!ended.ok()) copied = ended;
   } else if (UniqueFd src = OpenOrigin(*origin); src.valid() && origin->size() == size) {
-    const absl::Time deadline = std::min(options.deadline, absl::Now() + options.timeout);
-    absl::Status status = writer.CopyFrom(src.get(), *origin, deadline);
+    absl::Time deadline = std::min(options.deadline, absl::Now() + options.timeout);
+    if (options.parent != nullptr) deadline = std::min(deadline, options.parent->deadline());
+    absl::Status status = writer.CopyFrom(src.get(), *origin, deadline, on_step);
+    if (!status.ok() && options.parent != nullptr && options.parent->deadline_exceeded()) {
+      status = absl::DeadlineExceededError(absl::StrCat("pull of ", path, " past its deadline"));
+    }
     if (status.ok()) {
       copied = true;
     } else {
@@ -1016,6 +1116,7 @@ absl::StatusOr<bool> CopyHeldFile(Router& router, ContextId from, const std::str
   }
   release.Cancel();
   if (chained != 0) options.cancel->RemoveCallback(chained);
+  if (chained_parent != 0) options.parent->cancel_source().RemoveCallback(chained_parent);
   absl::MutexLock lock(&held->mu);
   auto ended_now = [&held]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(held->mu) {
     return held->ended.has_value();
@@ -1121,7 +1222,7 @@ absl::StatusOr<TransferSummary> PushFiles(Router& router, const std::vector<Cont
   }
   const int64_t total = TotalBytes(entries) * static_cast<int64_t>(by_root.size());
   int64_t done = 0;
-  Report(options, 0, total);
+  Progress progress(options, total);
   const uint64_t self = router.id().value();
   std::set<uint64_t> streamed;  // Targets that cannot copy in the kernel (grove.file_copy).
   for (auto& [root, group] : by_root) {
@@ -1152,20 +1253,16 @@ absl::StatusOr<TransferSummary> PushFiles(Router& router, const std::vector<Cont
         copy.set_dest(path);
         *copy.mutable_entry() = entry;
         *copy.mutable_origin() = *origin;
-        std::vector<std::pair<uint64_t, std::future<absl::StatusOr<v1::CopyReply>>>> copies;
         stream.clear();
+        std::vector<uint64_t> copying;
         for (uint64_t t : live) {
-          if (t == self || streamed.count(t) != 0) {
-            stream.push_back(t);
-          } else {
-            copies.emplace_back(t, Context(&router, ContextId(t), "")
-                                       .CallAsync<v1::CopyReply>("grove.file_copy", copy,
-                                                                 options.call));
-          }
+          (t == self || streamed.count(t) != 0 ? stream : copying).push_back(t);
         }
         std::vector<TargetResult> failed;
-        for (auto& [t, future] : copies) {
-          absl::StatusOr<v1::CopyReply> reply = future.get();
+        for (auto& [t, reply] : KernelCopies(router, copying, copy, options.call,
+                                             [&](int64_t least) {
+                                               progress.Report(done + least);
+                                             })) {
           if (!reply.ok()) {
             failed.push_back({ContextId(t), reply.status()});
           } else if (!reply->copied()) {
@@ -1177,7 +1274,7 @@ absl::StatusOr<TransferSummary> PushFiles(Router& router, const std::vector<Cont
         if (stream.empty()) {
           summary.bytes += entry.size();
           done += entry.size();
-          Report(options, done, total);
+          progress.Report(done);
           continue;
         }
       }
@@ -1201,7 +1298,7 @@ absl::StatusOr<TransferSummary> PushFiles(Router& router, const std::vector<Cont
           offset += n;
           summary.bytes += n;
           done += n;
-          Report(options, done, total);
+          progress.Report(done);
         }
       }
       drop_failed(fanout.Finish());
@@ -1237,8 +1334,7 @@ absl::StatusOr<TransferSummary> PullFiles(Router& router, ContextId from, const 
   std::vector<v1::FileEntry> entries(listed->entries().begin(), listed->entries().end());
   TransferSummary summary;
   summary.entries = static_cast<int64_t>(entries.size());
-  const int64_t total = TotalBytes(entries);
-  Report(options, 0, total);
+  Progress progress(options, TotalBytes(entries));
   auto fail = [&summary, from](absl::Status status) {
     summary.results.push_back({from, std::move(status)});
     return summary;
@@ -1251,12 +1347,13 @@ absl::StatusOr<TransferSummary> PullFiles(Router& router, ContextId from, const 
     if (entry.kind() != v1::FileEntry::FILE) continue;
     if (!stream && entry.size() > 0) {
       absl::StatusOr<bool> copied =
-          CopyHeldFile(router, from, Join(src, entry.path()), entry.size(), **writer, options.call);
+          CopyHeldFile(router, from, Join(src, entry.path()), entry.size(), **writer, options.call,
+                       [&](int64_t n) { progress.Report(summary.bytes + n); });
       absl::Status committed = copied.ok() && *copied ? (*writer)->CommitCopy() : copied.status();
       if (!committed.ok()) return fail(committed);  // The writer removes its temporary file.
       if (*copied) {
         summary.bytes += entry.size();
-        Report(options, summary.bytes, total);
+        progress.Report(summary.bytes);
         continue;
       }
       // This context cannot open the files there: stream this one and the rest, with digests.
@@ -1281,7 +1378,7 @@ absl::StatusOr<TransferSummary> PullFiles(Router& router, ContextId from, const 
       }
       if (failed.ok()) failed = (*writer)->Write(offset, reply->data());
       summary.bytes += static_cast<int64_t>(reply->data().size());
-      Report(options, summary.bytes, total);
+      progress.Report(summary.bytes);
     };
     while (next < entry.size() && failed.ok()) {
       while (static_cast<int>(in_flight.size()) >= options.window) collect_one();

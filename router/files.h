@@ -43,9 +43,11 @@ namespace grove {
 struct TransferOptions {
   // Copy a directory and everything under it (otherwise a directory source is an error).
   bool recursive = false;
-  // Deadline and cancellation of the whole transfer.
+  // Deadline and cancellation of the whole transfer (with `call.parent`, a transfer made by a
+  // function ends with that function's call, kernel copies included).
   CallOptions call;
-  // Called with the bytes of file data done and the total, on the transferring thread.
+  // Called with the bytes of file data done and the total, on the transferring thread: 0
+  // first, then as chunks go or kernel copies advance (every 16 MiB), never backwards.
   std::function<void(int64_t done, int64_t total)> progress;
   int64_t chunk_bytes = int64_t{256} << 10;
   // Chunks in flight per link.

@@ -11,6 +11,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -25,6 +26,7 @@
 #include "master/master.h"
 #include "proto/files.pb.h"
 #include "router/files.h"
+#include "router/functions.h"
 #include "tests/leak_check.h"
 #include "tests/test_functions.h"
 
@@ -561,6 +563,84 @@ TEST_F(FilesTest, AKernelCopyPastItsDeadlineLeavesNothing) {
   EXPECT_TRUE(WaitForNoTemporaries(disk, absl::Now() + absl::Seconds(10)));
   EXPECT_FALSE(fs::exists(disk + "/huge"));
   EXPECT_EQ(FileStats(*child).copied_bytes(), 0);
+  EXPECT_TRUE(child->Ping().ok());
+}
+
+TEST_F(FilesTest, AKernelCopyReportsItsProgressAsItGoes) {
+  Master master(TestFunctions());
+  absl::StatusOr<Context> child = master.Spawn("local,name=progress");
+  ASSERT_TRUE(child.ok()) << child.status();
+  constexpr int64_t kSize = int64_t{64} << 20;  // Four steps of a kernel copy (16 MiB).
+  {
+    UniqueFd sparse(::open((dir_ + "/sparse").c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644));
+    ASSERT_TRUE(sparse.valid());
+    ASSERT_EQ(::ftruncate(sparse.get(), kSize), 0);
+  }
+  for (bool push : {true, false}) {
+    SCOPED_TRACE(push ? "push" : "pull");
+    std::vector<int64_t> seen;
+    TransferOptions options;
+    options.progress = [&seen, kSize](int64_t done, int64_t total) {
+      EXPECT_EQ(total, kSize);
+      seen.push_back(done);
+    };
+    const std::string dest = dir_ + (push ? "/pushed" : "/pulled");
+    absl::StatusOr<TransferSummary> moved =
+        push ? PushFiles(master.router(), {child->id()}, dir_ + "/sparse", dest, options)
+             : PullFiles(master.router(), child->id(), dir_ + "/sparse", dest, options);
+    ASSERT_TRUE(moved.ok()) << moved.status();
+    ASSERT_TRUE(moved->ok()) << moved->results[0].status;
+    EXPECT_EQ(Lstat(dest).st_size, kSize);
+    // From 0 to the whole file, never back, and part way on the way (not once, at the end).
+    ASSERT_GE(seen.size(), 3u);
+    EXPECT_EQ(seen.front(), 0);
+    EXPECT_EQ(seen.back(), kSize);
+    EXPECT_TRUE(std::is_sorted(seen.begin(), seen.end()));
+    EXPECT_GT(seen[1], 0);
+    EXPECT_LT(seen[1], kSize);
+  }
+  // Both were kernel copies: the child copied the push and served no byte of the pull.
+  v1::FileStatsReply stats = FileStats(*child);
+  EXPECT_EQ(stats.copied_bytes(), kSize);
+  EXPECT_EQ(stats.served_bytes(), 0);
+}
+
+TEST_F(FilesTest, APullsKernelCopyEndsWithTheCallItIsPartOf) {
+  if (::geteuid() != 0) GTEST_SKIP() << "mounting a tmpfs needs root";
+  const std::string disk = SmallDisk(4 << 20);  // 4 GiB of memory, used as far as the copy gets.
+  if (disk.empty()) GTEST_SKIP() << "cannot mount a tmpfs here";
+  Master master(TestFunctions());
+  absl::StatusOr<Context> child = master.Spawn("local,name=held");
+  ASSERT_TRUE(child.ok()) << child.status();
+  {
+    // 64 GiB without blocks: were the copy not stopped, it would fill the 4 GiB disk.
+    UniqueFd huge(::open((dir_ + "/huge").c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644));
+    ASSERT_TRUE(huge.valid());
+    ASSERT_EQ(::ftruncate(huge.get(), int64_t{64} << 30), 0);
+  }
+  for (bool by_deadline : {false, true}) {
+    SCOPED_TRACE(by_deadline ? "the call's deadline passes" : "the call is cancelled");
+    // The call of a function that pulls (CallOptions::parent), made by hand here.
+    CallContext call(&master.router(), master.router().id(), 1,
+                     by_deadline ? absl::Now() + absl::Milliseconds(300) : absl::InfiniteFuture());
+    TransferOptions options;
+    options.call.parent = &call;
+    if (!by_deadline) {
+      options.progress = [&call](int64_t done, int64_t) {
+        if (done > 0) call.cancel_source().Cancel();  // Once bytes were copied.
+      };
+    }
+    absl::StatusOr<TransferSummary> pulled =
+        PullFiles(master.router(), child->id(), dir_ + "/huge", disk + "/huge", options);
+    ASSERT_TRUE(pulled.ok()) << pulled.status();
+    ASSERT_EQ(pulled->results.size(), 1u);
+    EXPECT_EQ(pulled->results[0].status.code(),
+              by_deadline ? absl::StatusCode::kDeadlineExceeded : absl::StatusCode::kCancelled)
+        << pulled->results[0].status;
+    EXPECT_FALSE(fs::exists(disk + "/huge"));
+    EXPECT_THAT(Temporaries(disk), ::testing::IsEmpty());
+  }
+  EXPECT_EQ(FileStats(*child).served_bytes(), 0);
   EXPECT_TRUE(child->Ping().ok());
 }
 
