@@ -59,6 +59,12 @@ struct stat Lstat(const std::string& path) {
   return st;
 }
 
+// Makes `path` a file of `size` bytes with no blocks (reads as zeros); false when it cannot.
+bool MakeSparseFile(const std::string& path, int64_t size) {
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644));
+  return fd.valid() && ::ftruncate(fd.get(), size) == 0;
+}
+
 // What grove.file_stats says in `c`.
 v1::FileStatsReply FileStats(const Context& c) {
   absl::StatusOr<v1::FileStatsReply> s = c.Call<v1::FileStatsReply>("grove.file_stats", v1::Empty());
@@ -546,12 +552,8 @@ TEST_F(FilesTest, AKernelCopyPastItsDeadlineLeavesNothing) {
   Master master(TestFunctions());
   absl::StatusOr<Context> child = master.Spawn("local,name=slow-copy");
   ASSERT_TRUE(child.ok()) << child.status();
-  {
-    // 64 GiB without blocks: many seconds of copying, far past the deadline.
-    UniqueFd huge(::open((dir_ + "/huge").c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644));
-    ASSERT_TRUE(huge.valid());
-    ASSERT_EQ(::ftruncate(huge.get(), int64_t{64} << 30), 0);
-  }
+  // 64 GiB without blocks: many seconds of copying, far past the deadline.
+  ASSERT_TRUE(MakeSparseFile(dir_ + "/huge", int64_t{64} << 30));
   TransferOptions options;
   options.call.timeout = absl::Milliseconds(300);
   absl::StatusOr<TransferSummary> pushed =
@@ -571,11 +573,7 @@ TEST_F(FilesTest, AKernelCopyReportsItsProgressAsItGoes) {
   absl::StatusOr<Context> child = master.Spawn("local,name=progress");
   ASSERT_TRUE(child.ok()) << child.status();
   constexpr int64_t kSize = int64_t{64} << 20;  // Four steps of a kernel copy (16 MiB).
-  {
-    UniqueFd sparse(::open((dir_ + "/sparse").c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644));
-    ASSERT_TRUE(sparse.valid());
-    ASSERT_EQ(::ftruncate(sparse.get(), kSize), 0);
-  }
+  ASSERT_TRUE(MakeSparseFile(dir_ + "/sparse", kSize));
   for (bool push : {true, false}) {
     SCOPED_TRACE(push ? "push" : "pull");
     std::vector<int64_t> seen;
@@ -612,12 +610,8 @@ TEST_F(FilesTest, APullsKernelCopyEndsWithTheCallItIsPartOf) {
   Master master(TestFunctions());
   absl::StatusOr<Context> child = master.Spawn("local,name=held");
   ASSERT_TRUE(child.ok()) << child.status();
-  {
-    // 64 GiB without blocks: were the copy not stopped, it would fill the 4 GiB disk.
-    UniqueFd huge(::open((dir_ + "/huge").c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644));
-    ASSERT_TRUE(huge.valid());
-    ASSERT_EQ(::ftruncate(huge.get(), int64_t{64} << 30), 0);
-  }
+  // 64 GiB without blocks: were the copy not stopped, it would fill the 4 GiB disk.
+  ASSERT_TRUE(MakeSparseFile(dir_ + "/huge", int64_t{64} << 30));
   for (bool by_deadline : {false, true}) {
     SCOPED_TRACE(by_deadline ? "the call's deadline passes" : "the call is cancelled");
     // The call of a function that pulls (CallOptions::parent), made by hand here.
