@@ -15,6 +15,7 @@
 #include <utility>
 
 #include "absl/status/statusor.h"
+#include "absl/synchronization/notification.h"
 #include "common/context_id.h"
 #include "common/status_util.h"
 #include "proto/builtins.pb.h"
@@ -39,7 +40,17 @@ class Context {
   template <typename Out, typename In>
   absl::StatusOr<Out> Call(const std::string& function, const In& in,
                            const CallOptions& options = {}) const {
-    return CallAsync<Out>(function, in, options).get();
+    // Waits on a Notification, not CallAsync's future: no shared state to allocate, and no
+    // futex call from std::call_once in set_value.
+    absl::StatusOr<std::string> bytes = absl::UnknownError("no result");
+    absl::Notification done;
+    CallRaw(function, In::descriptor()->full_name(), in.SerializeAsString(), options,
+            [&bytes, &done](absl::StatusOr<std::string> result) {
+              bytes = std::move(result);
+              done.Notify();
+            });
+    done.WaitForNotification();
+    return Decode<Out>(function, std::move(bytes));
   }
 
   // Like Call, without waiting. Any number of calls may be in flight.
@@ -50,18 +61,7 @@ class Context {
     std::future<absl::StatusOr<Out>> future = promise->get_future();
     CallRaw(function, In::descriptor()->full_name(), in.SerializeAsString(), options,
             [promise, function](absl::StatusOr<std::string> bytes) {
-              if (!bytes.ok()) {
-                promise->set_value(bytes.status());
-                return;
-              }
-              Out out;
-              if (!out.ParseFromString(*bytes)) {
-                promise->set_value(absl::InternalError(absl::StrCat(
-                    "cannot decode the result of '", function, "' as ",
-                    Out::descriptor()->full_name())));
-                return;
-              }
-              promise->set_value(std::move(out));
+              promise->set_value(Decode<Out>(function, std::move(bytes)));
             });
     return future;
   }
@@ -86,6 +86,19 @@ class Context {
   absl::Status Shutdown(const CallOptions& options = {}) const;
 
  private:
+  // A call's serialized result as `Out`.
+  template <typename Out>
+  static absl::StatusOr<Out> Decode(const std::string& function,
+                                    absl::StatusOr<std::string> bytes) {
+    if (!bytes.ok()) return bytes.status();
+    Out out;
+    if (!out.ParseFromString(*bytes)) {
+      return absl::InternalError(absl::StrCat("cannot decode the result of '", function,
+                                              "' as ", Out::descriptor()->full_name()));
+    }
+    return out;
+  }
+
   Router* router_;
   ContextId id_;
   std::string name_;
