@@ -66,6 +66,19 @@ class Context {
     return future;
   }
 
+  // A call's serialized result (what CallRaw's `done` gets) as `Out`.
+  template <typename Out>
+  static absl::StatusOr<Out> Decode(const std::string& function,
+                                    absl::StatusOr<std::string> bytes) {
+    if (!bytes.ok()) return bytes.status();
+    Out out;
+    if (!out.ParseFromString(*bytes)) {
+      return absl::InternalError(absl::StrCat("cannot decode the result of '", function,
+                                              "' as ", Out::descriptor()->full_name()));
+    }
+    return out;
+  }
+
   // The untyped form: `done` runs once with the serialized result.
   void CallRaw(const std::string& function, const std::string& argument_type,
                std::string argument, const CallOptions& options, Router::Done done) const {
@@ -86,19 +99,6 @@ class Context {
   absl::Status Shutdown(const CallOptions& options = {}) const;
 
  private:
-  // A call's serialized result as `Out`.
-  template <typename Out>
-  static absl::StatusOr<Out> Decode(const std::string& function,
-                                    absl::StatusOr<std::string> bytes) {
-    if (!bytes.ok()) return bytes.status();
-    Out out;
-    if (!out.ParseFromString(*bytes)) {
-      return absl::InternalError(absl::StrCat("cannot decode the result of '", function,
-                                              "' as ", Out::descriptor()->full_name()));
-    }
-    return out;
-  }
-
   Router* router_;
   ContextId id_;
   std::string name_;

@@ -1010,13 +1010,8 @@ std::vector<std::pair<uint64_t, absl::StatusOr<v1::CopyReply>>> KernelCopies(
     Context(&router, ContextId(t), "")
         .CallRaw("grove.file_copy", v1::CopyRequest::descriptor()->full_name(), bytes, call,
                  [state, t](absl::StatusOr<std::string> result) {
-                   absl::StatusOr<v1::CopyReply> reply = v1::CopyReply();
-                   if (!result.ok()) {
-                     reply = result.status();
-                   } else if (!reply->ParseFromString(*result)) {
-                     reply = absl::InternalError(
-                         "cannot decode the result of 'grove.file_copy' as grove.v1.CopyReply");
-                   }
+                   absl::StatusOr<v1::CopyReply> reply =
+                       Context::Decode<v1::CopyReply>("grove.file_copy", std::move(result));
                    absl::MutexLock lock(&state->mu);
                    state->copied.erase(t);
                    state->replies.emplace_back(t, std::move(reply));
