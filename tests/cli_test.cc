@@ -4,7 +4,9 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <filesystem>
 #include <fstream>
+#include <iterator>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -125,6 +127,30 @@ TEST_F(CliTest, RunJsonGivesOneObjectPerContext) {
   EXPECT_THAT(r.out, HasSubstr("{\"context\":\"web1\",\"path\":\"local,name=web1\",\"state\":"
                                "\"ok\",\"exit_status\":0,\"stdout\":\"hi\\n\",\"stderr\":\"\"}"));
   EXPECT_THAT(r.out, HasSubstr("\"state\":\"unreachable\""));
+}
+
+// The floors come from peer processes of their own (the program run again): each answers,
+// and each is gone when the bench ends (the fixture checks for leftover processes).
+TEST_F(CliTest, BenchMeasuresARoundTripBesideItsFloors) {
+  Ran r = Grove({"bench", "--json", "--only",
+                 "rtt_us,socketpair_rtt_us,grpc_stream_rtt_us,grpc_callback_rtt_us"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  for (const char* metric :
+       {"rtt_us", "socketpair_rtt_us", "grpc_stream_rtt_us", "grpc_callback_rtt_us"}) {
+    const std::string key = absl::StrCat("\"metric\":\"", metric, "\",\"value\":");
+    size_t at = r.out.find(key);
+    ASSERT_NE(at, std::string::npos) << metric << " in " << r.out;
+    double value = std::atof(r.out.c_str() + at + key.size());
+    EXPECT_GT(value, 0) << metric;
+    EXPECT_LT(value, 1e6) << metric;  // A second per round trip would mean a stall.
+  }
+  // The bench reaped its peers before it exited (they are not this test's children).
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    std::ifstream cmdline(entry.path() / "cmdline");
+    std::string argv((std::istreambuf_iterator<char>(cmdline)), std::istreambuf_iterator<char>());
+    EXPECT_FALSE(absl::StrContains(argv, "--grove-bench-peer")) << entry.path();
+  }
+  EXPECT_EQ(Grove({"--grove-bench-peer", "nonsense"}).status, 2);
 }
 
 TEST_F(CliTest, EveryVerbExplainsItself) {
