@@ -476,16 +476,15 @@ absl::StatusOr<double> GrpcCallbackFloorUs(int calls) {
       StartRead(&pong_);
       StartCall();
     }
+    // The next ping goes once both its reply and its write's completion are in (gRPC allows
+    // one write at a time, and the reply can come first); the two may run on two threads.
     void OnReadDone(bool ok) override {
-      if (!ok) return RemoveHold();
-      if (++received_ > 200) us_.push_back(absl::ToDoubleMicroseconds(absl::Now() - sent_));
-      if (received_ == calls_ + 200) {
-        StartWritesDone();
-        return RemoveHold();
+      if (ok && ++received_ > 200) {
+        us_.push_back(absl::ToDoubleMicroseconds(absl::Now() - sent_));
       }
-      Send();
-      StartRead(&pong_);
+      Next(ok);
     }
+    void OnWriteDone(bool ok) override { Next(ok); }
     void OnDone(const grpc::Status& status) override {
       status_ = status;
       done_.Notify();
@@ -499,14 +498,27 @@ absl::StatusOr<double> GrpcCallbackFloorUs(int calls) {
     }
 
    private:
+    void Next(bool ok) {
+      if (!ok) failed_.store(true, std::memory_order_relaxed);
+      if (pending_.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+      if (failed_.load(std::memory_order_relaxed) || received_ == calls_ + 200) {
+        if (!failed_.load(std::memory_order_relaxed)) StartWritesDone();
+        return RemoveHold();  // The stream ends: OnDone.
+      }
+      Send();
+      StartRead(&pong_);
+    }
     void Send() {
+      pending_.store(2, std::memory_order_relaxed);
       sent_ = absl::Now();
       StartWrite(&ping_);
     }
     const int calls_;
     grpc::ClientContext context_;
     grpc::ByteBuffer ping_, pong_;
-    int received_ = 0;
+    std::atomic<int> pending_{0};  // Of the ping in flight: its reply and its write.
+    std::atomic<bool> failed_{false};
+    int received_ = 0;  // Written by the read callback, read by the one that goes on.
     absl::Time sent_;
     std::vector<double> us_;
     grpc::Status status_;
