@@ -31,7 +31,6 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/context_id.h"
 #include "glog/logging.h"
@@ -42,6 +41,7 @@
 #include "router/launcher.h"
 #include "router/link.h"
 #include "router/router.h"
+#include "router/testing/fake_link.h"
 
 namespace grove {
 namespace {
@@ -50,74 +50,6 @@ constexpr uint64_t kParent = 0;  // The master: the parent in the middle run.
 constexpr uint64_t kChildA = 1;  // Sends the batch.
 constexpr uint64_t kChildB = 2;  // A's sibling.
 constexpr uint64_t kMiddle = 3;  // The router under test in the middle run.
-
-// One end of a link, as the router sees it. No thread: Send hands the envelope to `on_send`
-// on the caller's thread; Deliver calls the router. Thread-safe.
-class FakeLink final : public Link {
- public:
-  using OnSend = std::function<void(FakeLink* link, v1::Envelope envelope)>;
-
-  FakeLink(std::string name, OnSend on_send)
-      : name_(std::move(name)), on_send_(std::move(on_send)) {}
-
-  void Start(LinkDelegate* delegate) override {
-    absl::MutexLock lock(&mu_);
-    CHECK(delegate_ == nullptr) << name_ << ": started twice";
-    delegate_ = delegate;
-  }
-  void Send(v1::Envelope envelope) override {
-    {
-      absl::MutexLock lock(&mu_);
-      if (down_) return;
-    }
-    on_send_(this, std::move(envelope));
-  }
-  // OnLinkDown at once, on this thread (once, and only after Start).
-  void Close(const absl::Status& reason) override {
-    LinkDelegate* delegate;
-    {
-      absl::MutexLock lock(&mu_);
-      if (down_) return;
-      down_ = true;
-      delegate = delegate_;
-    }
-    if (delegate != nullptr) delegate->OnLinkDown(this, reason);
-  }
-  std::string DebugName() const override { return name_; }
-
-  // `envelope` as if the peer sent it. Never concurrently with itself or Close for one link
-  // (the callers make sure), as the Link contract says.
-  void Deliver(v1::Envelope envelope) {
-    LinkDelegate* delegate;
-    {
-      absl::MutexLock lock(&mu_);
-      if (down_ || delegate_ == nullptr) return;
-      delegate = delegate_;
-    }
-    delegate->OnEnvelope(this, std::move(envelope));
-  }
-
- private:
-  const std::string name_;
-  const OnSend on_send_;
-  absl::Mutex mu_;
-  LinkDelegate* delegate_ ABSL_GUARDED_BY(mu_) = nullptr;
-  bool down_ ABSL_GUARDED_BY(mu_) = false;
-};
-
-// The process behind a fake child: stopping it takes its link down.
-class FakeHandle final : public ChildHandle {
- public:
-  explicit FakeHandle(std::shared_ptr<FakeLink> link) : link_(std::move(link)) {}
-  std::string PollExit() override { return ""; }
-  std::string Stop(absl::Duration) override {
-    link_->Close(absl::UnavailableError("stopped"));
-    return "stopped";
-  }
-
- private:
-  const std::shared_ptr<FakeLink> link_;
-};
 
 // The links around one router under test, and the checks on what it sends.
 class Harness final : public Launcher {
@@ -159,7 +91,7 @@ class Harness final : public Launcher {
     launched.info = request.info;
     launched.info.set_host("fuzz");
     launched.info.set_pid(1000 + request.info.id());
-    launched.handle = std::make_unique<FakeHandle>(link);
+    launched.handle = std::make_unique<FakeChildHandle>(link);
     return launched;
   }
 

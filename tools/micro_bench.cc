@@ -1,16 +1,20 @@
 // Google Benchmark micro-benchmarks of grove's hot paths: envelope encoding and decoding,
-// batching, and a call through a router to itself. Run as programs on grove run: without
+// batching, routing an envelope down a subtree of 1 to 100 000 contexts, and a call through a
+// router to itself. Run as programs on grove run: without
 // Abseil's lock-order graph (see child/agent.cc).
 //
 //   bazel run -c opt //tools:micro_bench
+#include <atomic>
 #include <future>
 
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "benchmark/benchmark.h"
 #include "proto/builtins.pb.h"
 #include "proto/grove.pb.h"
 #include "router/context.h"
 #include "router/router.h"
+#include "router/testing/fake_link.h"
 #include "transport/grpc_link.h"
 
 namespace grove {
@@ -73,6 +77,102 @@ void BM_OutQueueFill(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations() * state.range(0));
 }
 BENCHMARK(BM_OutQueueFill)->Arg(1)->Arg(64);
+
+// A relay (id 3, under the master) with one child, A (id 1), below which A announced `routes`
+// contexts. The links are fakes without threads (router/testing/fake_link.h): what the
+// router sends is counted on the sending thread, so a benchmark loop measures the router alone.
+class Relay final : public Launcher {
+ public:
+  static constexpr uint64_t kMasterId = 0, kChildId = 1, kSelfId = 3, kFirstBehind = 1000;
+
+  explicit Relay(int routes) : router_(Options()) {
+    parent_ = std::make_shared<FakeLink>("parent link", [](FakeLink* link, v1::Envelope e) {
+      if (e.has_call() && e.call().function() == "grove.id_block") {  // The relay's ids.
+        v1::IdBlockReply block;
+        block.set_first(kChildId);
+        block.set_count(1);
+        v1::Envelope reply;
+        reply.set_src(kMasterId);
+        reply.set_dst(kSelfId);
+        reply.mutable_reply()->set_id(e.call().id());
+        reply.mutable_reply()->set_result(block.SerializeAsString());
+        link->Deliver(std::move(reply));
+      }
+    });
+    router_.AddLauncher("local", this);
+    router_.SetParentLink(parent_);
+    CHECK(router_.SpawnChild(*ParseHop("local,name=a"), absl::Now() + absl::Seconds(10)).ok());
+    for (int i = 0; i < routes; ++i) {
+      v1::Envelope added;
+      added.set_src(kChildId);
+      added.set_dst(kMasterId);
+      v1::ContextInfo* info = added.mutable_added()->mutable_info();
+      info->set_id(kFirstBehind + i);
+      info->set_parent(i < 10 ? kChildId : kFirstBehind + i / 10);  // Ten children each.
+      info->set_name(absl::StrCat("c", i));
+      info->set_method("fork");
+      child_->Deliver(std::move(added));
+    }
+    CHECK(router_.registry().Find(ContextId(kFirstBehind + routes - 1)).has_value());
+  }
+  ~Relay() override { router_.Shutdown(absl::CancelledError("benchmark over")); }
+
+  // Launcher: A, on a fake link that counts what reaches it.
+  absl::StatusOr<LaunchedChild> Launch(const Hop&, const LaunchRequest& request) override {
+    child_ = std::make_shared<FakeLink>("link to a",
+                                        [this](FakeLink*, v1::Envelope) { ++delivered_; });
+    LaunchedChild launched;
+    launched.link = child_;
+    launched.info = request.info;
+    launched.handle = std::make_unique<FakeChildHandle>(child_);
+    return launched;
+  }
+
+  FakeLink& parent() { return *parent_; }
+  int64_t delivered() const { return delivered_.load(); }
+
+ private:
+  static Router::Options Options() {
+    Router::Options options;
+    options.self.set_id(kSelfId);
+    options.self.set_name("relay");
+    options.self.set_parent(kMasterId);
+    options.self.set_method("local");
+    options.ancestors = {kMasterId};
+    options.stop_grace = absl::ZeroDuration();
+    return options;
+  }
+
+  Router router_;
+  std::shared_ptr<FakeLink> parent_, child_;
+  std::atomic<int64_t> delivered_{0};
+};
+
+// A call envelope from the parent link to a context `state.range(0)` deep in the relay's route
+// table, forwarded down to A's link: the lookup, the checks on the way and the send, plus a
+// copy of the small envelope per iteration (BM_CopySmallEnvelope alone).
+void BM_RouteDown(benchmark::State& state) {
+  const int routes = state.range(0);
+  Relay relay(routes);
+  v1::Envelope call = SmallCall();
+  uint64_t i = 0;
+  for (auto _ : state) {
+    call.set_dst(Relay::kFirstBehind + (i++ * 7919) % routes);  // Spread over the table.
+    relay.parent().Deliver(call);
+  }
+  CHECK_EQ(relay.delivered(), static_cast<int64_t>(i)) << "envelopes lost on the way";
+  state.SetItemsProcessed(i);
+}
+BENCHMARK(BM_RouteDown)->Arg(1)->Arg(1000)->Arg(100000);
+
+void BM_CopySmallEnvelope(benchmark::State& state) {
+  v1::Envelope call = SmallCall();
+  for (auto _ : state) {
+    v1::Envelope copy = call;
+    benchmark::DoNotOptimize(copy);
+  }
+}
+BENCHMARK(BM_CopySmallEnvelope);
 
 // A master router with no children, and itself as a Context to call.
 struct LoneMaster {
