@@ -61,17 +61,7 @@ class Harness final : public Launcher {
   std::shared_ptr<FakeLink> MakeParentLink() {
     parent_ = std::make_shared<FakeLink>("parent link", [this](FakeLink* link, v1::Envelope e) {
       CheckForwarded("the parent", e);
-      if (e.has_call() && e.src() == kMiddle && e.call().function() == "grove.id_block") {
-        v1::IdBlockReply block;
-        block.set_first(kChildA);
-        block.set_count(2);
-        v1::Envelope reply;
-        reply.set_src(kParent);
-        reply.set_dst(kMiddle);
-        reply.mutable_reply()->set_id(e.call().id());
-        reply.mutable_reply()->set_result(block.SerializeAsString());
-        link->Deliver(std::move(reply));
-      }
+      AnswerIdBlock(*link, e, kMiddle, kParent, kChildA, 2);
     });
     return parent_;
   }
@@ -91,7 +81,7 @@ class Harness final : public Launcher {
     launched.info = request.info;
     launched.info.set_host("fuzz");
     launched.info.set_pid(1000 + request.info.id());
-    launched.handle = std::make_unique<FakeChildHandle>(link);
+    launched.handle = std::make_unique<LinkChildHandle>(link);
     return launched;
   }
 

@@ -39,26 +39,13 @@
 #include "router/launcher.h"
 #include "router/registry.h"
 #include "router/router.h"
+#include "router/testing/fake_link.h"
 #include "router/testing/in_memory_link.h"
 
 namespace grove {
 namespace {
 
 constexpr absl::Duration kWait = absl::Seconds(20);
-
-// The "process" behind an in-process child: stopping it closes its link.
-class LinkHandle : public ChildHandle {
- public:
-  explicit LinkHandle(std::shared_ptr<Link> link) : link_(std::move(link)) {}
-  std::string PollExit() override { return ""; }
-  std::string Stop(absl::Duration) override {
-    link_->Close(absl::CancelledError("stopped by its parent"));
-    return "stopped";
-  }
-
- private:
-  const std::shared_ptr<Link> link_;
-};
 
 // Starts each child as a Router in this process, on an in-memory link, and is the "local"
 // launcher of every router it starts. Owns the child routers. Thread-safe.
@@ -88,7 +75,7 @@ class InProcessLauncher : public Launcher {
     LaunchedChild launched;
     launched.link = ends.a;
     launched.info = options.self;
-    launched.handle = std::make_unique<LinkHandle>(ends.a);
+    launched.handle = std::make_unique<LinkChildHandle>(ends.a);
     absl::MutexLock lock(&mu_);
     children_.push_back(std::move(child));
     return launched;

@@ -39,6 +39,7 @@
 #include "router/functions.h"
 #include "router/launcher.h"
 #include "router/registry.h"
+#include "router/testing/fake_link.h"
 #include "router/testing/in_memory_link.h"
 
 namespace grove {
@@ -256,20 +257,6 @@ class ReplyGate {
 // ---------------------------------------------------------------------------------------
 // A launcher that starts children as Routers in this process.
 
-// The "process" behind an in-process child: stopping it closes its link.
-class LinkHandle : public ChildHandle {
- public:
-  explicit LinkHandle(std::shared_ptr<Link> link) : link_(std::move(link)) {}
-  std::string PollExit() override { return ""; }
-  std::string Stop(absl::Duration) override {
-    link_->Close(absl::CancelledError("stopped by its parent"));
-    return "stopped";
-  }
-
- private:
-  const std::shared_ptr<Link> link_;
-};
-
 // Creates a Router for each child (id, name, parent, method from the LaunchRequest; the name
 // defaults to "mem.<id>"), links it to its parent with an in-memory link, and registers
 // itself as the "local" launcher of the new router so that children can spawn too. Owns the
@@ -324,7 +311,7 @@ class InProcessLauncher : public Launcher {
     LaunchedChild launched;
     launched.link = ends.a;  // Not started: the parent's router starts it.
     launched.info = options.self;
-    launched.handle = std::make_unique<LinkHandle>(ends.a);
+    launched.handle = std::make_unique<LinkChildHandle>(ends.a);
     absl::MutexLock lock(&mu_);
     children_.push_back(std::move(child));
     return launched;

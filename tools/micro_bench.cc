@@ -87,17 +87,7 @@ class Relay final : public Launcher {
 
   explicit Relay(int routes) : router_(Options()) {
     parent_ = std::make_shared<FakeLink>("parent link", [](FakeLink* link, v1::Envelope e) {
-      if (e.has_call() && e.call().function() == "grove.id_block") {  // The relay's ids.
-        v1::IdBlockReply block;
-        block.set_first(kChildId);
-        block.set_count(1);
-        v1::Envelope reply;
-        reply.set_src(kMasterId);
-        reply.set_dst(kSelfId);
-        reply.mutable_reply()->set_id(e.call().id());
-        reply.mutable_reply()->set_result(block.SerializeAsString());
-        link->Deliver(std::move(reply));
-      }
+      AnswerIdBlock(*link, e, kSelfId, kMasterId, kChildId, 1);  // The relay's ids.
     });
     router_.AddLauncher("local", this);
     router_.SetParentLink(parent_);
@@ -124,7 +114,7 @@ class Relay final : public Launcher {
     LaunchedChild launched;
     launched.link = child_;
     launched.info = request.info;
-    launched.handle = std::make_unique<FakeChildHandle>(child_);
+    launched.handle = std::make_unique<LinkChildHandle>(child_);
     return launched;
   }
 

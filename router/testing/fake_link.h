@@ -2,6 +2,7 @@
 // (fuzz/envelope_fuzzer.cc) and the routing micro-benchmark (tools/micro_bench.cc). A
 // FakeLink hands what the router sends to a function on the sender's thread, and delivers
 // to the router on the caller's, so a run is deterministic up to the router's own workers.
+// LinkChildHandle is also what the router tests' in-process children stop by.
 #ifndef GROVE_ROUTER_TESTING_FAKE_LINK_H_
 #define GROVE_ROUTER_TESTING_FAKE_LINK_H_
 
@@ -15,6 +16,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "glog/logging.h"
+#include "proto/builtins.pb.h"
 #include "proto/grove.pb.h"
 #include "router/launcher.h"
 #include "router/link.h"
@@ -75,19 +77,40 @@ class FakeLink final : public Link {
   bool down_ ABSL_GUARDED_BY(mu_) = false;
 };
 
-// The process behind a fake child: stopping it takes its link down. Thread-safe.
-class FakeChildHandle final : public ChildHandle {
+// The "process" behind a child that lives in this process (on a fake or an in-memory link):
+// stopping it closes its link. Thread-safe.
+class LinkChildHandle final : public ChildHandle {
  public:
-  explicit FakeChildHandle(std::shared_ptr<FakeLink> link) : link_(std::move(link)) {}
+  explicit LinkChildHandle(std::shared_ptr<Link> link) : link_(std::move(link)) {}
   std::string PollExit() override { return ""; }
   std::string Stop(absl::Duration) override {
-    link_->Close(absl::UnavailableError("stopped"));
+    link_->Close(absl::CancelledError("stopped by its parent"));
     return "stopped";
   }
 
  private:
-  const std::shared_ptr<FakeLink> link_;
+  const std::shared_ptr<Link> link_;
 };
+
+// Answers `e` on `link` as a router's parent answers "grove.id_block" (the block of ids a
+// router that is not the master asks for before its first spawn): `count` ids from `first`.
+// False, and nothing sent, when `e` is not that call from `router_id`.
+inline bool AnswerIdBlock(FakeLink& link, const v1::Envelope& e, uint64_t router_id,
+                          uint64_t parent_id, uint64_t first, uint64_t count) {
+  if (!e.has_call() || e.src() != router_id || e.call().function() != "grove.id_block") {
+    return false;
+  }
+  v1::IdBlockReply block;
+  block.set_first(first);
+  block.set_count(count);
+  v1::Envelope reply;
+  reply.set_src(parent_id);
+  reply.set_dst(router_id);
+  reply.mutable_reply()->set_id(e.call().id());
+  reply.mutable_reply()->set_result(block.SerializeAsString());
+  link.Deliver(std::move(reply));
+  return true;
+}
 
 }  // namespace grove
 
