@@ -492,7 +492,8 @@ absl::StatusOr<double> GrpcCallbackFloorUs(int calls) {
     absl::StatusOr<double> Wait() {
       done_.WaitForNotification();
       if (!status_.ok() || received_ != calls_ + 200) {
-        return absl::InternalError(absl::StrCat("the gRPC peer's stream: ", status_.error_message()));
+        return absl::InternalError(
+            absl::StrCat("the gRPC peer's stream: ", status_.error_message()));
       }
       return Percentile(us_, 0.5);
     }
@@ -618,7 +619,10 @@ int Bench(Master& master, const std::vector<std::string>& args) {
       absl::StatusOr<double> us = floor == "socketpair_rtt_us"    ? SocketFloorUs(2000)
                                   : floor == "grpc_stream_rtt_us" ? GrpcFloorUs(2000)
                                                                   : GrpcCallbackFloorUs(2000);
-      if (!us.ok()) return (fprintf(stderr, "%s: %s\n", floor.c_str(), us.status().ToString().c_str()), 1);
+      if (!us.ok()) {
+        fprintf(stderr, "grove bench: %s: %s\n", floor.c_str(), us.status().ToString().c_str());
+        return 1;
+      }
       out.Emit(floor, *us, "us");
     }
     if (out.Wants("calls_per_s_concurrent")) {
