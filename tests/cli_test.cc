@@ -144,6 +144,11 @@ TEST_F(CliTest, BenchMeasuresARoundTripBesideItsFloors) {
     EXPECT_GT(value, 0) << metric;
     EXPECT_LT(value, 1e6) << metric;  // A second per round trip would mean a stall.
   }
+  // Without --json, each figure comes with what it is held against.
+  Ran plain = Grove({"bench", "--only", "rtt_us,socketpair_rtt_us"});
+  ASSERT_EQ(plain.status, 0) << plain.err;
+  EXPECT_THAT(plain.out, HasSubstr(" us       target <= 60; mitogen 173, execnet 135\n"));
+  EXPECT_THAT(plain.out, HasSubstr(" us       floor: the kernel's round trip\n"));
   // The bench reaped its peers before it exited (they are not this test's children).
   for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
     std::ifstream cmdline(entry.path() / "cmdline");

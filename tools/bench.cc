@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <future>
+#include <map>
 #include <set>
 #include <thread>
 
@@ -32,6 +33,30 @@
 namespace grove::cli {
 namespace {
 
+// What a metric is held against, for the plain output: the speed issue's target, the Python
+// peers' figures on this machine (mitogen, execnet: measured with their own benchmarks, see
+// README "Benchmarks"), or what kind of floor it is.
+const char* Reference(const std::string& metric) {
+  static const auto* references = new std::map<std::string, const char*>{
+      {"rtt_us", "target <= 60; mitogen 173, execnet 135"},
+      {"calls_per_s_concurrent", "target >= 300000; mitogen 36700, execnet 57800"},
+      {"spawn_local_ms", "target <= 5; mitogen 99, execnet 30"},
+      {"spawn_fork_ms", "target <= 2"},
+      {"fanout_32_ms", "target <= 100; mitogen 3100, execnet 1100"},
+      {"nested_depth4_rtt_us", "target <= 250; mitogen 436, execnet 389"},
+      {"transfer_100MiB_MBps", "target >= 1500; mitogen 123, execnet 466"},
+      {"child_killed_detect_ms", "target <= 1.5"},
+      {"rss_per_child_kib", "target <= 8000; mitogen 19600, execnet 13800"},
+      {"ssh_first_contact_ms", "target <= ssh_true_ms + 300"},
+      {"ssh_bootstrap_ms", "target <= ssh_true_ms + 30"},
+      {"socketpair_rtt_us", "floor: the kernel's round trip"},
+      {"grpc_stream_rtt_us", "floor: raw gRPC, a blocking stream"},
+      {"grpc_callback_rtt_us", "floor: raw gRPC, callbacks only"},
+  };
+  auto it = references->find(metric);
+  return it == references->end() ? "" : it->second;
+}
+
 struct Emitter {
   bool json = false;
   std::set<std::string> only;
@@ -41,7 +66,7 @@ struct Emitter {
       printf("{\"peer\":\"grove\",\"metric\":\"%s\",\"value\":%.2f,\"unit\":\"%s\"}\n",
              metric.c_str(), value, unit.c_str());
     } else {
-      printf("%-36s %12.2f %s\n", metric.c_str(), value, unit.c_str());
+      printf("%-36s %12.2f %-8s %s\n", metric.c_str(), value, unit.c_str(), Reference(metric));
     }
     fflush(stdout);
   }
