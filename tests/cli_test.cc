@@ -129,8 +129,9 @@ TEST_F(CliTest, RunJsonGivesOneObjectPerContext) {
   EXPECT_THAT(r.out, HasSubstr("\"state\":\"unreachable\""));
 }
 
-// The floors come from peer processes of their own (the program run again): each answers,
-// and each is gone when the bench ends (the fixture checks for leftover processes).
+// The floors come from processes of their own (the program run again, measuring against a
+// peer): each answers, and each is gone when the bench ends (the fixture checks the bench's
+// own children; the scan below its descendants).
 TEST_F(CliTest, BenchMeasuresARoundTripBesideItsFloors) {
   Ran r = Grove({"bench", "--json", "--only",
                  "rtt_us,socketpair_rtt_us,grpc_stream_rtt_us,grpc_callback_rtt_us"});
@@ -153,9 +154,10 @@ TEST_F(CliTest, BenchMeasuresARoundTripBesideItsFloors) {
   for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
     std::ifstream cmdline(entry.path() / "cmdline");
     std::string argv((std::istreambuf_iterator<char>(cmdline)), std::istreambuf_iterator<char>());
-    EXPECT_FALSE(absl::StrContains(argv, "--grove-bench-peer")) << entry.path();
+    EXPECT_FALSE(absl::StrContains(argv, "--grove-bench-")) << entry.path() << ": " << argv;
   }
   EXPECT_EQ(Grove({"--grove-bench-peer", "nonsense"}).status, 2);
+  EXPECT_EQ(Grove({"--grove-bench-floor", "nonsense", "10"}).status, 1);
 }
 
 TEST_F(CliTest, EveryVerbExplainsItself) {

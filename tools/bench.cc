@@ -18,17 +18,11 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/notification.h"
 #include "google/protobuf/wrappers.pb.h"
-#include "grpcpp/create_channel_posix.h"
-#include "grpcpp/generic/async_generic_service.h"
-#include "grpcpp/generic/generic_stub.h"
-#include "grpcpp/server_builder.h"
-#include "grpcpp/server_posix.h"
-#include "common/fd.h"
 #include "common/process.h"
-#include "proto/grove.grpc.pb.h"
 #include "launch/remote_launcher.h"
 #include "router/files.h"
 #include "tools/cli.h"
+#include "tools/floors.h"
 
 namespace grove::cli {
 namespace {
@@ -71,13 +65,6 @@ struct Emitter {
     fflush(stdout);
   }
 };
-
-double Percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  size_t i = std::min(v.size() - 1, static_cast<size_t>(p * (v.size() - 1) + 0.5));
-  return v[i];
-}
 
 double Ms(absl::Duration d) { return absl::ToDoubleMilliseconds(d); }
 
@@ -347,219 +334,6 @@ int Scale(Master& master, const Emitter& out, int total) {
 
 }  // namespace
 
-// The floors a round trip is compared with, measured in the same run as `rtt_us` (this VM's
-// speed drifts by a third over hours, so only figures of one run compare). A peer process (this
-// program again, `--grove-bench-peer`) echoes on a socketpair, its fd 3, until its stdin ends.
-//   socket: a byte, read and written back: the kernel's round trip, two wake-ups.
-//   grpc:   a gRPC server with one generic callback service whose bidi streams echo each
-//           message: raw gRPC on the same transport as a link, without grove.
-int BenchPeer(const std::string& kind) {
-  if (kind == "socket") {
-    char buf[64];
-    for (;;) {
-      ssize_t n = ::read(3, buf, sizeof buf);
-      if (n <= 0 || ::write(3, buf, n) != n) return 0;
-    }
-  }
-  if (kind != "grpc") return 2;
-  class Echo final : public grpc::CallbackGenericService {
-    grpc::ServerGenericBidiReactor* CreateReactor(grpc::GenericCallbackServerContext*) override {
-      class Reactor final : public grpc::ServerGenericBidiReactor {
-       public:
-        Reactor() { StartRead(&message_); }
-        void OnReadDone(bool ok) override {
-          if (ok) {
-            StartWrite(&message_);
-          } else {
-            Finish(grpc::Status::OK);
-          }
-        }
-        void OnWriteDone(bool ok) override {
-          if (ok) {
-            StartRead(&message_);
-          } else {
-            Finish(grpc::Status::OK);
-          }
-        }
-        void OnDone() override { delete this; }
-
-       private:
-        grpc::ByteBuffer message_;
-      };
-      return new Reactor;
-    }
-  } echo;
-  grpc::ServerBuilder builder;
-  builder.RegisterCallbackGenericService(&echo);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (server == nullptr || !SetNonBlocking(3, true).ok()) return 1;
-  grpc::AddInsecureChannelFromFd(server.get(), 3);
-  char c;
-  while (::read(0, &c, 1) > 0) {
-  }
-  server->Shutdown(std::chrono::system_clock::now());
-  return 0;
-}
-
-namespace {
-
-// A started peer: the bench's end of its socketpair. Ending it (the destructor) closes its
-// stdin and reaps it.
-class Peer {
- public:
-  static absl::StatusOr<Peer> Start(const std::string& kind) {
-    absl::StatusOr<std::pair<UniqueFd, UniqueFd>> link = SocketPair();
-    if (!link.ok()) return link.status();
-    absl::StatusOr<std::pair<UniqueFd, UniqueFd>> stdin_pipe = Pipe();
-    if (!stdin_pipe.ok()) return stdin_pipe.status();
-    SpawnOptions spawn;
-    spawn.argv = {"/proc/self/exe", "--grove-bench-peer", kind};
-    spawn.fds = {{0, stdin_pipe->first.get()}, {1, STDERR_FILENO}, {2, STDERR_FILENO},
-                 {3, link->second.get()}};
-    absl::StatusOr<Process> process = Process::Spawn(spawn);
-    if (!process.ok()) return process.status();
-    Peer peer;
-    peer.process_ = std::move(*process);
-    peer.stdin_ = std::move(stdin_pipe->second);
-    peer.fd_ = std::move(link->first);
-    return peer;
-  }
-  Peer(Peer&&) = default;
-  ~Peer() {
-    if (!stdin_.valid()) return;
-    stdin_.Reset();
-    process_.Wait(absl::Now() + absl::Seconds(10)).IgnoreError();
-  }
-  UniqueFd& fd() { return fd_; }
-
- private:
-  Peer() = default;
-  Process process_;
-  UniqueFd stdin_, fd_;
-};
-
-// Median round trip of a byte through a `socket` peer.
-absl::StatusOr<double> SocketFloorUs(int calls) {
-  absl::StatusOr<Peer> peer = Peer::Start("socket");
-  if (!peer.ok()) return peer.status();
-  std::vector<double> us;
-  char c = 0;
-  for (int i = -200; i < calls; ++i) {
-    absl::Time t = absl::Now();
-    if (::write(peer->fd().get(), &c, 1) != 1 || ::read(peer->fd().get(), &c, 1) != 1) {
-      return absl::InternalError("the socket peer stopped answering");
-    }
-    if (i >= 0) us.push_back(absl::ToDoubleMicroseconds(absl::Now() - t));
-  }
-  return Percentile(us, 0.5);
-}
-
-// Median round trip of an empty message on a raw gRPC bidi stream to a `grpc` peer, written
-// and read by the calling thread with gRPC's blocking API (which polls the channel itself
-// while it waits), as a gRPC program that wants one reply at a time would.
-absl::StatusOr<double> GrpcFloorUs(int calls) {
-  absl::StatusOr<Peer> peer = Peer::Start("grpc");
-  if (!peer.ok()) return peer.status();
-  std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomInsecureChannelFromFd(
-      "bench", peer->fd().Release(), grpc::ChannelArguments());
-  std::unique_ptr<v1::Router::Stub> stub = v1::Router::NewStub(channel);
-  grpc::ClientContext context;
-  std::unique_ptr<grpc::ClientReaderWriter<v1::Batch, v1::Batch>> stream = stub->Attach(&context);
-  std::vector<double> us;
-  v1::Batch ping, pong;
-  for (int i = -200; i < calls; ++i) {
-    absl::Time t = absl::Now();
-    if (!stream->Write(ping) || !stream->Read(&pong)) {
-      return absl::InternalError("the gRPC peer stopped answering");
-    }
-    if (i >= 0) us.push_back(absl::ToDoubleMicroseconds(absl::Now() - t));
-  }
-  stream->WritesDone();
-  if (grpc::Status s = stream->Finish(); !s.ok()) {
-    return absl::InternalError(absl::StrCat("the gRPC peer's stream: ", s.error_message()));
-  }
-  return Percentile(us, 0.5);
-}
-
-// The same ping-pong driven by gRPC's callback API alone: each reply's callback, on gRPC's own
-// thread, writes the next message, and no thread of the program waits in between (the least a
-// round trip on gRPC costs here; a call from a program's thread adds that thread's wake-up).
-absl::StatusOr<double> GrpcCallbackFloorUs(int calls) {
-  absl::StatusOr<Peer> peer = Peer::Start("grpc");
-  if (!peer.ok()) return peer.status();
-  class PingPong final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
-   public:
-    explicit PingPong(int calls) : calls_(calls) {
-      grpc::Slice empty("");
-      ping_ = grpc::ByteBuffer(&empty, 1);  // A default ByteBuffer is no message at all.
-      us_.reserve(calls);
-    }
-    void Start(grpc::GenericStub& stub) {
-      stub.PrepareBidiStreamingCall(&context_, "/grove.v1.Router/Attach", {}, this);
-      AddHold();  // The write side stays open until the last reply.
-      Send();
-      StartRead(&pong_);
-      StartCall();
-    }
-    // The next ping goes once both its reply and its write's completion are in (gRPC allows
-    // one write at a time, and the reply can come first); the two may run on two threads.
-    void OnReadDone(bool ok) override {
-      if (ok && ++received_ > 200) {
-        us_.push_back(absl::ToDoubleMicroseconds(absl::Now() - sent_));
-      }
-      Next(ok);
-    }
-    void OnWriteDone(bool ok) override { Next(ok); }
-    void OnDone(const grpc::Status& status) override {
-      status_ = status;
-      done_.Notify();
-    }
-    absl::StatusOr<double> Wait() {
-      done_.WaitForNotification();
-      if (!status_.ok() || received_ != calls_ + 200) {
-        return absl::InternalError(
-            absl::StrCat("the gRPC peer's stream: ", status_.error_message()));
-      }
-      return Percentile(us_, 0.5);
-    }
-
-   private:
-    void Next(bool ok) {
-      if (!ok) failed_.store(true, std::memory_order_relaxed);
-      if (pending_.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
-      if (failed_.load(std::memory_order_relaxed) || received_ == calls_ + 200) {
-        if (!failed_.load(std::memory_order_relaxed)) StartWritesDone();
-        return RemoveHold();  // The stream ends: OnDone.
-      }
-      Send();
-      StartRead(&pong_);
-    }
-    void Send() {
-      pending_.store(2, std::memory_order_relaxed);
-      sent_ = absl::Now();
-      StartWrite(&ping_);
-    }
-    const int calls_;
-    grpc::ClientContext context_;
-    grpc::ByteBuffer ping_, pong_;
-    std::atomic<int> pending_{0};  // Of the ping in flight: its reply and its write.
-    std::atomic<bool> failed_{false};
-    int received_ = 0;  // Written by the read callback, read by the one that goes on.
-    absl::Time sent_;
-    std::vector<double> us_;
-    grpc::Status status_;
-    absl::Notification done_;
-  };
-  std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomInsecureChannelFromFd(
-      "bench", peer->fd().Release(), grpc::ChannelArguments());
-  grpc::GenericStub stub(channel);
-  PingPong ping_pong(calls);
-  ping_pong.Start(stub);
-  return ping_pong.Wait();
-}
-
-}  // namespace
-
 // Milliseconds of `ssh ... true` through the same hop's host, user, port and options.
 double SshTrueMs(const Hop& hop) {
   std::vector<std::string> argv = {"ssh", "-T", "-o", "BatchMode=yes"};
@@ -618,8 +392,6 @@ int Bench(Master& master, const std::vector<std::string>& args) {
   timeout.timeout = absl::Seconds(60);
 
   if (out.Wants("rtt_us") || out.Wants("rtt_p99_us") || out.Wants("calls_per_s_concurrent") ||
-      out.Wants("socketpair_rtt_us") || out.Wants("grpc_stream_rtt_us") ||
-      out.Wants("grpc_callback_rtt_us") ||
       out.Wants("rss_per_child_kib") || out.Wants("rss_per_child_file_kib")) {
     absl::StatusOr<Context> child = master.Spawn("local,name=bench");
     if (!child.ok()) return (fprintf(stderr, "%s\n", child.status().ToString().c_str()), 1);
@@ -638,22 +410,19 @@ int Bench(Master& master, const std::vector<std::string>& args) {
       if (out.Wants("rtt_us")) out.Emit("rtt_us", Percentile(us, 0.5), "us");
       if (out.Wants("rtt_p99_us")) out.Emit("rtt_p99_us", Percentile(us, 0.99), "us");
     }
-    for (const std::string floor :
-         {"socketpair_rtt_us", "grpc_stream_rtt_us", "grpc_callback_rtt_us"}) {
-      if (!out.Wants(floor)) continue;
-      absl::StatusOr<double> us = floor == "socketpair_rtt_us"    ? SocketFloorUs(2000)
-                                  : floor == "grpc_stream_rtt_us" ? GrpcFloorUs(2000)
-                                                                  : GrpcCallbackFloorUs(2000);
-      if (!us.ok()) {
-        fprintf(stderr, "grove bench: %s: %s\n", floor.c_str(), us.status().ToString().c_str());
-        return 1;
-      }
-      out.Emit(floor, *us, "us");
-    }
     if (out.Wants("calls_per_s_concurrent")) {
       out.Emit("calls_per_s_concurrent", Throughput(*child, 256, absl::Seconds(2)), "calls/s");
     }
     child->Shutdown().IgnoreError();
+  }
+  for (const char* floor : kFloors) {
+    if (!out.Wants(floor)) continue;
+    absl::StatusOr<double> us = FloorUs(floor, 2000);
+    if (!us.ok()) {
+      fprintf(stderr, "grove bench: %s\n", us.status().ToString().c_str());
+      return 1;
+    }
+    out.Emit(floor, *us, "us");
   }
   // Start + first call, median of 10: a local child (fork+exec) and a fork child (forked
   // from the zygote, no exec).

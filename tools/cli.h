@@ -16,8 +16,6 @@ const Functions& CliFunctions();
 int Run(Master& master, const std::vector<std::string>& args);
 int Tree(Master& master, const std::vector<std::string>& args);
 int Bench(Master& master, const std::vector<std::string>& args);
-// `grove --grove-bench-peer KIND`: the other end of one of the bench's floors (bench.cc).
-int BenchPeer(const std::string& kind);
 int Demo(Master& master, const std::vector<std::string>& args);
 int Push(Master& master, const std::vector<std::string>& args);
 int Pull(Master& master, const std::vector<std::string>& args);

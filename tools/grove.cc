@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <mutex>
 #include <thread>
 
@@ -23,6 +24,7 @@
 #include "absl/strings/str_replace.h"
 #include "google/protobuf/wrappers.pb.h"
 #include "tools/cli.h"
+#include "tools/floors.h"
 #include "tools/cli_paths.h"
 #include "grove.h"
 
@@ -504,7 +506,8 @@ int main(int argc, char** argv) {
   const Functions& functions = cli::CliFunctions();
   if (IsAgentInvocation(argc, argv)) RunAgent(argc, argv, functions);
   if (argc < 2) return cli::Usage(2);
-  if (argc == 3 && std::string(argv[1]) == "--grove-bench-peer") return cli::BenchPeer(argv[2]);
+  // grove bench's floors, each measured by a process of its own.
+  if (std::optional<int> status = cli::RunFloorProcess(argc, argv)) return *status;
   std::string verb = argv[1];
   if (verb == "--help" || verb == "-h" || verb == "help") return cli::Usage(0);
   std::vector<std::string> args(argv + 2, argv + argc);
