@@ -5,10 +5,10 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cstdio>
-#include <cstring>
 #include <atomic>
 #include <chrono>
+#include <cstdio>
+#include <cstring>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -288,7 +288,7 @@ absl::StatusOr<double> FloorUs(const std::string& metric, int calls) {
       !absl::SimpleAtod(absl::StripAsciiWhitespace(printed), &us)) {
     return absl::InternalError(absl::StrCat(
         "measuring ", metric, " failed: ",
-        status.ok() ? absl::StrCat("exit status ", *status) : status.status().ToString()));
+        status.ok() ? DescribeWaitStatus(*status) : status.status().ToString()));
   }
   return us;
 }

@@ -11,7 +11,8 @@
 //   grpc:   a gRPC server with one generic callback service whose bidi streams echo each
 //           message: gRPC on the same transport as a link, without grove.
 //
-// Thread-compatible: one floor at a time per process.
+// Thread-safe: each floor runs in processes of its own (two at once would disturb each other's
+// figures).
 #ifndef GROVE_TOOLS_FLOORS_H_
 #define GROVE_TOOLS_FLOORS_H_
 

@@ -14,8 +14,8 @@
 #include <cstdio>
 #include <cstring>
 #include <map>
-#include <optional>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "absl/strings/numbers.h"
@@ -24,8 +24,8 @@
 #include "absl/strings/str_replace.h"
 #include "google/protobuf/wrappers.pb.h"
 #include "tools/cli.h"
-#include "tools/floors.h"
 #include "tools/cli_paths.h"
+#include "tools/floors.h"
 #include "grove.h"
 
 namespace grove::cli {
