@@ -130,8 +130,8 @@ TEST_F(CliTest, RunJsonGivesOneObjectPerContext) {
 }
 
 // The floors come from processes of their own (the program run again, measuring against a
-// peer): each answers, and each is gone when the bench ends (the fixture checks the bench's
-// own children; the scan below its descendants).
+// peer): each answers, and each is gone when the bench ends (the fixture checks the test's
+// own children; the scan below, the bench's descendants).
 TEST_F(CliTest, BenchMeasuresARoundTripBesideItsFloors) {
   Ran r = Grove({"bench", "--json", "--only",
                  "rtt_us,socketpair_rtt_us,grpc_stream_rtt_us,grpc_callback_rtt_us"});

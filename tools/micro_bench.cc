@@ -1,7 +1,7 @@
 // Google Benchmark micro-benchmarks of grove's hot paths: envelope encoding and decoding,
 // batching, routing an envelope down a subtree of 1 to 100 000 contexts, and a call through a
-// router to itself. Run as programs on grove run: without
-// Abseil's lock-order graph (see child/agent.cc).
+// router to itself. Run as programs on grove run: without Abseil's lock-order graph (see
+// child/agent.cc).
 //
 //   bazel run -c opt //tools:micro_bench
 #include <atomic>
@@ -81,6 +81,7 @@ BENCHMARK(BM_OutQueueFill)->Arg(1)->Arg(64);
 // A relay (id 3, under the master) with one child, A (id 1), below which A announced `routes`
 // contexts. The links are fakes without threads (router/testing/fake_link.h): what the
 // router sends is counted on the sending thread, so a benchmark loop measures the router alone.
+// Owns the router and both links. Thread-compatible: one benchmark loop delivers at a time.
 class Relay final : public Launcher {
  public:
   static constexpr uint64_t kMasterId = 0, kChildId = 1, kSelfId = 3, kFirstBehind = 1000;
@@ -138,8 +139,8 @@ class Relay final : public Launcher {
   std::atomic<int64_t> delivered_{0};
 };
 
-// A call envelope from the parent link to a context `state.range(0)` deep in the relay's route
-// table, forwarded down to A's link: the lookup, the checks on the way and the send, plus a
+// A call envelope from the parent link to one of the `state.range(0)` contexts behind A, in
+// turn, forwarded down to A's link: the lookup, the checks on the way and the send, plus a
 // copy of the small envelope per iteration (BM_CopySmallEnvelope alone).
 void BM_RouteDown(benchmark::State& state) {
   const int routes = state.range(0);
