@@ -56,13 +56,7 @@ struct Emitter {
   std::set<std::string> only;
   bool Wants(const std::string& metric) const { return only.empty() || only.count(metric); }
   void Emit(const std::string& metric, double value, const std::string& unit) const {
-    if (json) {
-      printf("{\"peer\":\"grove\",\"metric\":\"%s\",\"value\":%.2f,\"unit\":\"%s\"}\n",
-             metric.c_str(), value, unit.c_str());
-    } else {
-      printf("%-36s %12.2f %-8s %s\n", metric.c_str(), value, unit.c_str(), Reference(metric));
-    }
-    fflush(stdout);
+    PrintFigure(json, "grove", metric, value, unit, Reference(metric));
   }
 };
 
@@ -86,17 +80,9 @@ int64_t RssKib(int64_t pid, const char* field = "VmRSS:") {
   return ProcField(absl::StrCat("/proc/", pid, "/status"), field);
 }
 
-// Median and p99 round trip of `calls` pings after a warm-up.
+// Round trips of `calls` pings after a warm-up.
 std::vector<double> PingTimes(const Context& c, int calls) {
-  for (int i = 0; i < 200; ++i) c.Ping().IgnoreError();
-  std::vector<double> us;
-  us.reserve(calls);
-  for (int i = 0; i < calls; ++i) {
-    absl::Time t = absl::Now();
-    if (!c.Ping().ok()) break;
-    us.push_back(absl::ToDoubleMicroseconds(absl::Now() - t));
-  }
-  return us;
+  return RoundTripTimesUs(calls, [&c] { return c.Ping().ok(); });
 }
 
 // Keeps `in_flight` pings outstanding for `duration`; returns completions per second.

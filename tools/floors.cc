@@ -37,6 +37,31 @@ double Percentile(std::vector<double> v, double p) {
   return v[i];
 }
 
+std::vector<double> RoundTripTimesUs(int calls, const std::function<bool()>& round_trip) {
+  for (int i = 0; i < 200; ++i) round_trip();
+  std::vector<double> us;
+  us.reserve(calls);
+  for (int i = 0; i < calls; ++i) {
+    absl::Time t = absl::Now();
+    if (!round_trip()) break;
+    us.push_back(absl::ToDoubleMicroseconds(absl::Now() - t));
+  }
+  return us;
+}
+
+void PrintFigure(bool json, const char* peer, const std::string& metric, double value,
+                 const std::string& unit, const char* reference) {
+  if (json) {
+    printf("{\"peer\":\"%s\",\"metric\":\"%s\",\"value\":%.2f,\"unit\":\"%s\"}\n", peer,
+           metric.c_str(), value, unit.c_str());
+  } else if (*reference == '\0') {
+    printf("%-36s %12.2f %s\n", metric.c_str(), value, unit.c_str());
+  } else {
+    printf("%-36s %12.2f %-8s %s\n", metric.c_str(), value, unit.c_str(), reference);
+  }
+  fflush(stdout);
+}
+
 namespace {
 
 constexpr char kPeerFlag[] = "--grove-bench-peer";
@@ -129,14 +154,13 @@ class Peer {
 absl::StatusOr<double> SocketFloorUs(int calls) {
   absl::StatusOr<Peer> peer = Peer::Start("socket");
   if (!peer.ok()) return peer.status();
-  std::vector<double> us;
-  char c = 0;
-  for (int i = -200; i < calls; ++i) {
-    absl::Time t = absl::Now();
-    if (::write(peer->fd().get(), &c, 1) != 1 || ::read(peer->fd().get(), &c, 1) != 1) {
-      return absl::InternalError("the socket peer stopped answering");
-    }
-    if (i >= 0) us.push_back(absl::ToDoubleMicroseconds(absl::Now() - t));
+  const int fd = peer->fd().get();
+  std::vector<double> us = RoundTripTimesUs(calls, [fd] {
+    char c = 0;
+    return ::write(fd, &c, 1) == 1 && ::read(fd, &c, 1) == 1;
+  });
+  if (static_cast<int>(us.size()) < calls) {
+    return absl::InternalError("the socket peer stopped answering");
   }
   return Percentile(us, 0.5);
 }
@@ -149,14 +173,11 @@ absl::StatusOr<double> GrpcStreamFloorUs(int calls) {
   std::unique_ptr<v1::Router::Stub> stub = v1::Router::NewStub(channel);
   grpc::ClientContext context;
   std::unique_ptr<grpc::ClientReaderWriter<v1::Batch, v1::Batch>> stream = stub->Attach(&context);
-  std::vector<double> us;
   v1::Batch ping, pong;
-  for (int i = -200; i < calls; ++i) {
-    absl::Time t = absl::Now();
-    if (!stream->Write(ping) || !stream->Read(&pong)) {
-      return absl::InternalError("the gRPC peer stopped answering");
-    }
-    if (i >= 0) us.push_back(absl::ToDoubleMicroseconds(absl::Now() - t));
+  std::vector<double> us =
+      RoundTripTimesUs(calls, [&] { return stream->Write(ping) && stream->Read(&pong); });
+  if (static_cast<int>(us.size()) < calls) {
+    return absl::InternalError("the gRPC peer stopped answering");
   }
   stream->WritesDone();
   if (grpc::Status s = stream->Finish(); !s.ok()) {

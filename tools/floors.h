@@ -16,6 +16,7 @@
 #ifndef GROVE_TOOLS_FLOORS_H_
 #define GROVE_TOOLS_FLOORS_H_
 
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -47,6 +48,16 @@ std::optional<int> RunFloorProcess(int argc, char** argv);
 
 // The value below which a fraction `p` of `v` lies (0.5: the median); 0 for none.
 double Percentile(std::vector<double> v, double p);
+
+// Times `round_trip` `calls` times, after 200 untimed calls to warm up (whose failures are
+// ignored), and stops at the first timed call that fails: microseconds, in call order.
+std::vector<double> RoundTripTimesUs(int calls, const std::function<bool()>& round_trip);
+
+// One figure on stdout (flushed): with `json`, one object per line,
+// {"peer":..,"metric":..,"value":..,"unit":..}; otherwise aligned columns followed by
+// `reference`, what the figure is held against ("" for nothing).
+void PrintFigure(bool json, const char* peer, const std::string& metric, double value,
+                 const std::string& unit, const char* reference = "");
 
 }  // namespace grove::cli
 

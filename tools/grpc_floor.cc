@@ -24,13 +24,7 @@ int main(int argc, char** argv) {
       fprintf(stderr, "grpc_floor: %s\n", us.status().ToString().c_str());
       return 1;
     }
-    if (json) {
-      printf("{\"peer\":\"grpc\",\"metric\":\"%s\",\"value\":%.2f,\"unit\":\"us\"}\n", floor,
-             *us);
-    } else {
-      printf("%-36s %12.2f us\n", floor, *us);
-    }
-    fflush(stdout);
+    PrintFigure(json, "grpc", floor, *us, "us");
   }
   return 0;
 }
