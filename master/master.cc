@@ -44,6 +44,7 @@ Master::Master(const Functions& functions, MasterOptions options)
   router_options.min_log_level = FLAGS_minloglevel;
   router_options.verbosity = FLAGS_v;
   router_options.stop_grace = options_.stop_grace;
+  router_options.gone_history = options_.gone_history;
   router_ = std::make_unique<Router>(std::move(router_options));
   router_->AddLauncher("local", &local_launcher_);
   router_->AddLauncher("command", &command_launcher_);

@@ -36,6 +36,10 @@ struct MasterOptions {
   int64_t max_message_bytes = kDefaultMaxMessageBytes;
   // How long a context gets to exit on its own before SIGTERM, and again before SIGKILL.
   absl::Duration stop_grace = absl::Seconds(2);
+  // How many gone contexts the registry keeps records of (and calls to them are answered
+  // "is gone", with why); older ones are forgotten, so that a master that starts and stops
+  // contexts for ever keeps its memory flat. Every other context keeps kDefaultGoneHistory.
+  size_t gone_history = kDefaultGoneHistory;
   // Receives every context's stdout/stderr lines and glog records. The default writes
   // "[name] line" to stderr and re-emits glog records through this process's glog.
   LogSink log_sink;

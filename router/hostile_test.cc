@@ -170,9 +170,15 @@ int64_t Dropped(const std::vector<std::string>& notices, const std::string& name
   return total;
 }
 
+// What the master of a HostileChildTest remembers and allows (Router::Options).
+struct Limits {
+  size_t gone_history = kDefaultGoneHistory;
+  size_t max_contexts_per_link = Router::Options().max_contexts_per_link;
+};
+
 class HostileChildTest : public ::testing::Test {
  protected:
-  HostileChildTest() {
+  explicit HostileChildTest(Limits limits = Limits()) {
     // Who am I and who called: callable by any context, so that sideways calls reach it.
     functions_.Register<v1::Empty, v1::InfoReply>(
         "test.whoami",
@@ -210,6 +216,8 @@ class HostileChildTest : public ::testing::Test {
     options.self.set_host("in-memory");
     options.functions = &functions_;
     options.stop_grace = absl::Milliseconds(100);
+    options.gone_history = limits.gone_history;
+    options.max_contexts_per_link = limits.max_contexts_per_link;
     master_ = std::make_unique<Router>(options);
     master_->AddLauncher("local", launcher_.get());
     master_->SetLogSink(logs_.Sink());
@@ -535,6 +543,102 @@ TEST_F(HostileChildTest, GrandchildCannotTakeOverTheIdOfAContextElsewhere) {
   ASSERT_TRUE(who.ok()) << who.status();
   EXPECT_EQ(who->name(), "c2");
   EXPECT_EQ(master_->registry().Find(c2.id())->name, "c2");
+}
+
+// A master that remembers one gone context: what it forgot must not become reusable.
+class ForgetfulMasterTest : public HostileChildTest {
+ protected:
+  ForgetfulMasterTest()
+      : HostileChildTest(Limits{/*gone_history=*/1, Router::Options().max_contexts_per_link}) {}
+};
+
+// Once the master has forgotten g1 (its record and why it went), c1 claims g1's id again for
+// a new child. The id lies in c1's own block and nothing live or remembered holds it; the
+// block's record of the ids it gave out is what refuses it.
+TEST_F(ForgetfulMasterTest, AForgottenIdIsNotGivenOutAgain) {
+  Context c1 = Spawn(Master(), "c1");
+  Context g1 = Spawn(c1, "g1");
+  ASSERT_TRUE(g1.Shutdown().ok());
+  absl::StatusOr<v1::InfoReply> to_gone = g1.Call<v1::InfoReply>("test.whoami", v1::Empty());
+  EXPECT_EQ(to_gone.status().code(), absl::StatusCode::kUnavailable) << to_gone.status();
+  EXPECT_TRUE(absl::StrContains(to_gone.status().message(), "is gone")) << to_gone.status();
+  // Two more contexts go; the master now remembers only the last.
+  for (const char* name : {"x", "y"}) ASSERT_TRUE(Spawn(Master(), name).Shutdown().ok());
+  EXPECT_FALSE(master_->registry().Find(g1.id()).has_value());
+  EXPECT_FALSE(master_->registry().FindByName("g1").has_value());
+  ASSERT_TRUE(master_->registry().FindByName("y").has_value());
+  EXPECT_EQ(master_->registry().size(), 2u);  // c1 and y.
+  to_gone = g1.Call<v1::InfoReply>("test.whoami", v1::Empty());
+  EXPECT_EQ(to_gone.status().code(), absl::StatusCode::kNotFound) << to_gone.status();
+
+  SendUp(c1, Added(c1, g1.id().value(), c1.id().value(), "revenant"));
+  ASSERT_NO_FATAL_FAILURE(Flush(c1));
+  EXPECT_FALSE(master_->registry().FindByName("revenant").has_value());
+  EXPECT_FALSE(master_->registry().Find(g1.id()).has_value());
+  // c1's next child gets an id of its own, and the master takes it.
+  Context g2 = Spawn(c1, "g2");
+  EXPECT_NE(g2.id(), g1.id());
+  absl::StatusOr<v1::InfoReply> who = g2.Call<v1::InfoReply>("test.whoami", v1::Empty());
+  ASSERT_TRUE(who.ok()) << who.status();
+  EXPECT_EQ(who->name(), "g2");
+}
+
+// A context keeps its latest kMaxIdBlocksPerContext id blocks; asking for more drops the
+// oldest, so that a child asking for blocks in a loop holds the master's memory bounded.
+TEST_F(HostileChildTest, IdBlocksPerContextAreBounded) {
+  Context c1 = Spawn(Master(), "c1");
+  v1::IdBlockRequest request;
+  request.set_count(10);
+  std::vector<v1::IdBlockReply> blocks;
+  for (size_t i = 0; i < Router::kMaxIdBlocksPerContext + 1; ++i) {
+    absl::StatusOr<v1::IdBlockReply> block =
+        From(c1, Master()).Call<v1::IdBlockReply>("grove.id_block", request);
+    ASSERT_TRUE(block.ok()) << block.status();
+    blocks.push_back(*block);
+  }
+  SendUp(c1, Added(c1, blocks.front().first(), c1.id().value(), "from-the-first"));
+  SendUp(c1, Added(c1, blocks[1].first(), c1.id().value(), "from-the-second"));
+  SendUp(c1, Added(c1, blocks.back().first(), c1.id().value(), "from-the-last"));
+  ASSERT_NO_FATAL_FAILURE(Flush(c1));
+  EXPECT_FALSE(master_->registry().FindByName("from-the-first").has_value());
+  EXPECT_TRUE(master_->registry().FindByName("from-the-second").has_value());
+  EXPECT_TRUE(master_->registry().FindByName("from-the-last").has_value());
+}
+
+// A master whose child links carry three contexts at most.
+class SmallLinkTest : public HostileChildTest {
+ protected:
+  SmallLinkTest() : HostileChildTest(Limits{kDefaultGoneHistory, /*max_contexts_per_link=*/3}) {}
+};
+
+// c1's link carries c1, g1 and one more; a fourth is refused until one of them goes, and the
+// limit is per link: c2's subtree is not affected.
+TEST_F(SmallLinkTest, AddedContextsAreLimitedPerLink) {
+  Context c1 = Spawn(Master(), "c1");
+  Context g1 = Spawn(c1, "g1");  // c1 now holds a block, from g1's id on.
+  const uint64_t first = g1.id().value() + 1;
+  SendUp(c1, Added(c1, first, c1.id().value(), "third"));
+  SendUp(c1, Added(c1, first + 1, c1.id().value(), "fourth"));
+  ASSERT_NO_FATAL_FAILURE(Flush(c1));
+  EXPECT_TRUE(master_->registry().FindByName("third").has_value());
+  EXPECT_FALSE(master_->registry().FindByName("fourth").has_value());
+  EXPECT_EQ(master_->registry().live_count(), 3u);
+
+  Context c2 = Spawn(Master(), "c2");
+  Context h1 = Spawn(c2, "h1");
+  absl::StatusOr<v1::InfoReply> who = h1.Call<v1::InfoReply>("test.whoami", v1::Empty());
+  ASSERT_TRUE(who.ok()) << who.status();
+
+  v1::Envelope removed;
+  removed.set_src(c1.id().value());
+  removed.set_dst(0);
+  removed.mutable_removed()->add_ids(first);
+  removed.mutable_removed()->set_reason("stopped");
+  SendUp(c1, removed);
+  SendUp(c1, Added(c1, first + 2, c1.id().value(), "fifth"));
+  ASSERT_NO_FATAL_FAILURE(Flush(c1));
+  EXPECT_TRUE(master_->registry().FindByName("fifth").has_value());
+  EXPECT_EQ(master_->registry().FindByName("third")->state, ContextState::kGone);
 }
 
 }  // namespace

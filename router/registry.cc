@@ -44,6 +44,14 @@ std::vector<ContextRecord> Registry::MarkGone(const std::vector<uint64_t>& ids,
       it->second.reason = reason;
       --live_;
       events.push_back({RegistryEvent::kRemoved, it->second});
+      gone_order_.push_back(id);
+    }
+    while (gone_order_.size() > gone_history_) {
+      auto oldest = records_.find(gone_order_.front());
+      gone_order_.pop_front();
+      if (oldest != records_.end() && oldest->second.state == ContextState::kGone) {
+        EraseLocked(oldest);
+      }
     }
   }
   Notify(events);
@@ -58,20 +66,26 @@ void Registry::Forget(ContextId id) {
     absl::MutexLock lock(&mu_);
     auto it = records_.find(id.value());
     if (it == records_.end()) return;
-    ContextRecord record = std::move(it->second);
-    records_.erase(it);
+    ContextRecord record = EraseLocked(it);
     if (record.state != ContextState::kGone) --live_;
-    auto name = by_name_.find(record.name);
-    if (name != by_name_.end()) {
-      std::vector<uint64_t>& ids = name->second;
-      ids.erase(std::remove(ids.begin(), ids.end(), id.value()), ids.end());
-      if (ids.empty()) by_name_.erase(name);
-    }
     record.state = ContextState::kGone;
     record.reason = "refused";
     events.push_back({RegistryEvent::kRemoved, std::move(record)});
   }
   Notify(events);
+}
+
+ContextRecord Registry::EraseLocked(
+    absl::flat_hash_map<uint64_t, ContextRecord>::iterator it) {
+  ContextRecord record = std::move(it->second);
+  records_.erase(it);
+  auto name = by_name_.find(record.name);
+  if (name != by_name_.end()) {
+    std::vector<uint64_t>& ids = name->second;
+    ids.erase(std::remove(ids.begin(), ids.end(), record.id.value()), ids.end());
+    if (ids.empty()) by_name_.erase(name);
+  }
+  return record;
 }
 
 std::optional<ContextRecord> Registry::Find(ContextId id) const {
@@ -108,6 +122,11 @@ std::vector<ContextRecord> Registry::List(bool include_gone) const {
 size_t Registry::live_count() const {
   absl::MutexLock lock(&mu_);
   return live_;
+}
+
+size_t Registry::size() const {
+  absl::MutexLock lock(&mu_);
+  return records_.size();
 }
 
 int Registry::Subscribe(std::function<void(const RegistryEvent&)> callback) {

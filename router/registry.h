@@ -10,12 +10,17 @@
 //   ──────────────────────> CONNECTED ─────────────────────────────────────> GONE
 //
 //   (1) the parent linked the child up (its Hello arrived) and told its ancestors.
-//   (2) the context's link (or an ancestor's) went down; the record stays, with the reason.
-//       Ids are never reused, so a GONE record is never revived.
+//   (2) the context's link (or an ancestor's) went down; the record stays, with the reason,
+//       until more than `gone_history` records are gone: then the oldest gone record is
+//       dropped, so that a long-lived tree that starts and stops contexts keeps its memory
+//       flat. Ids are never reused, so a GONE record is never revived.
 #ifndef GROVE_ROUTER_REGISTRY_H_
 #define GROVE_ROUTER_REGISTRY_H_
 
+#include <cstddef>
 #include <cstdint>
+#include <deque>
+#include <algorithm>
 #include <functional>
 #include <optional>
 #include <string>
@@ -52,17 +57,24 @@ struct RegistryEvent {
   ContextRecord record;
 };
 
+// How many gone contexts a registry (and a router, for its "is gone" answers) remembers.
+inline constexpr size_t kDefaultGoneHistory = 4096;
+
 // Thread-safe. Subscribers are called outside the registry's lock, on the thread that applied
 // the change; they must not block.
 class Registry {
  public:
-  Registry() = default;
+  // Keeps the records of the latest `gone_history` contexts to go (at least 1).
+  explicit Registry(size_t gone_history = kDefaultGoneHistory)
+      : gone_history_(std::max<size_t>(gone_history, 1)) {}
   Registry(const Registry&) = delete;
   Registry& operator=(const Registry&) = delete;
 
-  // Records a new context. Returns false (and changes nothing) when the id is already known.
+  // Records a new context. Returns false (and changes nothing) when the id is already known
+  // (live, or gone and still remembered: the router keeps ids unique beyond that).
   bool Add(const v1::ContextInfo& info);
-  // Marks `ids` gone; returns the records that were live.
+  // Marks `ids` gone; returns the records that were live. Drops the oldest gone records
+  // beyond the history (subscribers are not told: they saw those contexts go).
   std::vector<ContextRecord> MarkGone(const std::vector<uint64_t>& ids, const std::string& reason);
 
   // Drops the record of `id` altogether (a context that was never really there: its
@@ -75,6 +87,8 @@ class Registry {
   // Sorted by id.
   std::vector<ContextRecord> List(bool include_gone) const;
   size_t live_count() const;
+  // Live and remembered gone records.
+  size_t size() const;
 
   // Returns an id for Unsubscribe. A callback already running when Unsubscribe is called may
   // still finish after Unsubscribe returns.
@@ -83,12 +97,18 @@ class Registry {
 
  private:
   void Notify(const std::vector<RegistryEvent>& events);
+  // Removes the record at `it` from records_ and by_name_; returns it.
+  ContextRecord EraseLocked(absl::flat_hash_map<uint64_t, ContextRecord>::iterator it)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
+  const size_t gone_history_;
   mutable absl::Mutex mu_;
   absl::flat_hash_map<uint64_t, ContextRecord> records_ ABSL_GUARDED_BY(mu_);
   // Every id that carried each name, oldest first.
   absl::flat_hash_map<std::string, std::vector<uint64_t>> by_name_ ABSL_GUARDED_BY(mu_);
   size_t live_ ABSL_GUARDED_BY(mu_) = 0;
+  // Ids in the order they went; may name records already forgotten.
+  std::deque<uint64_t> gone_order_ ABSL_GUARDED_BY(mu_);
 
   absl::Mutex subscribers_mu_;
   int next_subscriber_ ABSL_GUARDED_BY(subscribers_mu_) = 1;

@@ -108,6 +108,52 @@ TEST(RegistryTest, DuplicateAddOfAGoneIdIsRefused) {
   EXPECT_EQ(registry.live_count(), 0u);
 }
 
+TEST(RegistryTest, GoneRecordsBeyondTheHistoryAreForgottenOldestFirst) {
+  Registry registry(/*gone_history=*/2);
+  EventLog log;
+  for (uint64_t id : {1, 2, 3, 4}) ASSERT_TRUE(registry.Add(Info(id, absl::StrCat("c", id))));
+  registry.Subscribe(log.Callback());
+  registry.MarkGone({1, 2}, "stopped");
+  EXPECT_THAT(Ids(registry.List(/*include_gone=*/true)), ElementsAre(1, 2, 3, 4));
+  registry.MarkGone({3}, "stopped");
+  EXPECT_THAT(Ids(registry.List(/*include_gone=*/true)), ElementsAre(2, 3, 4));
+  EXPECT_FALSE(registry.Find(ContextId(1)).has_value());
+  EXPECT_FALSE(registry.FindByName("c1").has_value());
+  EXPECT_EQ(registry.FindByName("c2")->state, ContextState::kGone);
+  EXPECT_EQ(registry.size(), 3u);
+  EXPECT_EQ(registry.live_count(), 1u);
+  // Subscribers saw each context go once; forgetting is not an event.
+  EXPECT_EQ(log.Take().size(), 3u);
+}
+
+TEST(RegistryTest, ForgettingKeepsTheNewerRecordsOfAName) {
+  Registry registry(/*gone_history=*/1);
+  ASSERT_TRUE(registry.Add(Info(1, "w")));
+  registry.MarkGone({1}, "first");
+  ASSERT_TRUE(registry.Add(Info(2, "w")));
+  registry.MarkGone({2}, "second");
+  // 1 is forgotten; the name finds the gone 2.
+  std::optional<ContextRecord> w = registry.FindByName("w");
+  ASSERT_TRUE(w.has_value());
+  EXPECT_EQ(w->id, ContextId(2));
+  ASSERT_TRUE(registry.Add(Info(3, "w")));
+  EXPECT_EQ(registry.FindByName("w")->id, ContextId(3));
+  registry.MarkGone({3}, "third");
+  EXPECT_EQ(registry.FindByName("w")->reason, "third");
+  EXPECT_EQ(registry.size(), 1u);
+}
+
+TEST(RegistryTest, LiveRecordsAreNeverForgotten) {
+  Registry registry(/*gone_history=*/1);
+  for (uint64_t id = 1; id <= 100; ++id) ASSERT_TRUE(registry.Add(Info(id, "many")));
+  registry.MarkGone({100}, "stopped");
+  registry.MarkGone({99}, "stopped");
+  EXPECT_EQ(registry.size(), 99u);
+  EXPECT_EQ(registry.live_count(), 98u);
+  EXPECT_FALSE(registry.Find(ContextId(100)).has_value());
+  EXPECT_EQ(registry.FindByName("many")->id, ContextId(98));
+}
+
 TEST(RegistryTest, ListIsSortedByIdAndFiltersGone) {
   Registry registry;
   for (uint64_t id : {5, 1, 9, 3}) ASSERT_TRUE(registry.Add(Info(id, absl::StrCat("c", id))));

@@ -1,6 +1,7 @@
 #include "router/router.h"
 
 #include <algorithm>
+#include <iterator>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -113,7 +114,8 @@ absl::Time DeadlineOf(const CallOptions& options) {
 Router::Router(Options options)
     : options_(std::move(options)),
       self_(options_.self),
-      ancestors_(options_.ancestors.begin(), options_.ancestors.end()) {
+      ancestors_(options_.ancestors.begin(), options_.ancestors.end()),
+      registry_(options_.gone_history) {
   RegisterBuiltins();
 }
 
@@ -727,13 +729,20 @@ void Router::HandleCancel(uint64_t src, const v1::Cancel& cancel) {
 
 namespace {
 
-// Whether `id` lies in one of `blocks` ({first: {end, owner}}) handed to `owner`.
-bool InBlockOf(const absl::btree_map<uint64_t, std::pair<uint64_t, uint64_t>>& blocks,
-               uint64_t id, uint64_t owner) {
-  auto it = blocks.upper_bound(id);
-  if (it == blocks.begin()) return false;
-  --it;
-  return id < it->second.first && it->second.second == owner;
+// Marks `id` taken in `taken` ({first: end}, merged where they touch); false if it was.
+bool TakeId(absl::btree_map<uint64_t, uint64_t>& taken, uint64_t id) {
+  auto next = taken.upper_bound(id);
+  auto prev = next == taken.begin() ? taken.end() : std::prev(next);
+  if (prev != taken.end() && id < prev->second) return false;
+  // The range that `id` joins or starts; a btree's iterators do not survive a change.
+  const uint64_t first = prev != taken.end() && prev->second == id ? prev->first : id;
+  uint64_t end = id + 1;
+  if (next != taken.end() && next->first == end) {
+    end = next->second;
+    taken.erase(next);
+  }
+  taken[first] = end;
+  return true;
 }
 
 }  // namespace
@@ -745,6 +754,12 @@ void Router::HandleAdded(Link* from, v1::Envelope envelope) {
   {
     absl::MutexLock lock(&mu_);
     auto it = children_.find(from);
+    // In the master: the id block the id must lie in, handed to its parent.
+    IdBlock* block = nullptr;
+    if (auto b = id_blocks_.upper_bound(info.id()); b != id_blocks_.begin()) {
+      --b;
+      if (info.id() < b->second.end && b->second.owner == info.parent()) block = &b->second;
+    }
     if (it == children_.end()) {
       refused = "it did not come from a child link";
     } else if (info.id() == self_.id() || routes_.contains(info.id()) ||
@@ -752,12 +767,17 @@ void Router::HandleAdded(Link* from, v1::Envelope envelope) {
       refused = absl::StrCat("id ", info.id(), " is already in use");
     } else if (is_master() && info.id() >= next_id_) {
       refused = absl::StrCat("id ", info.id(), " was never handed out by the master");
-    } else if (is_master() && !InBlockOf(id_blocks_, info.id(), info.parent())) {
+    } else if (is_master() && block == nullptr) {
       refused = absl::StrCat("id ", info.id(), " is not in a block handed to its parent ",
                              info.parent());
     } else if (info.parent() != it->second->info.id() &&
                !it->second->routed.contains(info.parent())) {
       refused = absl::StrCat("its parent ", info.parent(), " is not behind that link");
+    } else if (it->second->routed.size() >= options_.max_contexts_per_link) {
+      refused = absl::StrCat("the link to ", it->second->info.name(), " already carries ",
+                             it->second->routed.size(), " contexts, the most one link may");
+    } else if (block != nullptr && !TakeId(block->taken, info.id())) {
+      refused = absl::StrCat("id ", info.id(), " was used before");
     } else {
       routes_[info.id()] = it->second;
       it->second->routed.insert(info.id());
@@ -848,7 +868,11 @@ void Router::RemoveContexts(const std::shared_ptr<Child>& child, std::vector<uin
       for (uint64_t id : ids) {
         routes_.erase(id);
         child->routed.erase(id);
-        gone_[id] = reason;
+        MarkGoneLocked(id, reason);
+        if (auto owned = id_blocks_by_owner_.find(id); owned != id_blocks_by_owner_.end()) {
+          for (uint64_t first : owned->second) id_blocks_.erase(first);
+          id_blocks_by_owner_.erase(owned);
+        }
       }
       if (!parent_down_) parent = parent_;
     } else {
@@ -858,7 +882,7 @@ void Router::RemoveContexts(const std::shared_ptr<Child>& child, std::vector<uin
                                  return id == self_.id() || routes_.contains(id);
                                }),
                 ids.end());
-      for (uint64_t id : ids) gone_[id] = reason;
+      for (uint64_t id : ids) MarkGoneLocked(id, reason);
     }
     absl::flat_hash_set<uint64_t> lost(ids.begin(), ids.end());
     for (const auto& [id, p] : pending_) {
@@ -895,6 +919,16 @@ void Router::RemoveContexts(const std::shared_ptr<Child>& child, std::vector<uin
   removed->set_reason(reason);
   for (const auto& link : tell) link->Send(notice);
   if (parent != nullptr) parent->Send(std::move(notice));
+}
+
+void Router::MarkGoneLocked(uint64_t id, const std::string& reason) {
+  auto [it, added] = gone_.insert_or_assign(id, reason);
+  if (!added) return;
+  gone_order_.push_back(id);
+  if (gone_order_.size() > std::max<size_t>(options_.gone_history, 1)) {
+    gone_.erase(gone_order_.front());
+    gone_order_.pop_front();
+  }
 }
 
 void Router::OnLinkDown(Link* link, const absl::Status& reason) {

@@ -29,6 +29,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <string>
@@ -87,7 +88,19 @@ class Router : public LinkDelegate {
     int verbosity = 0;
     // How long a child gets to exit on its own before SIGTERM (and again before SIGKILL).
     absl::Duration stop_grace = absl::Seconds(2);
+    // How many gone contexts this router remembers, with why they went (its registry's
+    // records, and its "is gone" answers to calls). Older ones are forgotten: a call to one
+    // fails NOT_FOUND instead of UNAVAILABLE, and it leaves `List(true)`.
+    size_t gone_history = kDefaultGoneHistory;
+    // The most contexts one child link may carry (the child and its live descendants): a
+    // ContextAdded beyond it is refused. Far above any tree grove is built for; it bounds
+    // what a hostile child can make its ancestors hold.
+    size_t max_contexts_per_link = 100000;
   };
+
+  // In the master: how many id blocks (grove.id_block) one context holds at most; a new
+  // block beyond them drops its oldest (a context takes ids from its latest block only).
+  static constexpr size_t kMaxIdBlocksPerContext = 16;
 
   explicit Router(Options options);
   Router(const Router&) = delete;
@@ -160,6 +173,14 @@ class Router : public LinkDelegate {
   struct Child;
   struct Pending;
 
+  struct IdBlock {
+    uint64_t end = 0;
+    // The context that asked for it.
+    uint64_t owner = 0;
+    // The ids that contexts were added with: {first: end}, merged where they touch.
+    absl::btree_map<uint64_t, uint64_t> taken;
+  };
+
   // Where an envelope goes next.
   struct Route {
     enum Kind { kLocal, kChild, kParent, kNone } kind = kNone;
@@ -197,6 +218,8 @@ class Router : public LinkDelegate {
   std::string DescribeContext(uint64_t id) const;
   // The name a child started by `hop` gets when the hop names none.
   std::string DefaultName(const Hop& hop) const;
+  // Records that `id` is gone, and why; forgets the oldest beyond the history.
+  void MarkGoneLocked(uint64_t id, const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Sends `child` a Shutdown envelope (it takes its subtree down, then exits).
   void AskToShutDown(const Child& child);
   // Makes sure the process of a child asked to shut down is gone (SIGTERM, then SIGKILL,
@@ -216,7 +239,10 @@ class Router : public LinkDelegate {
   absl::flat_hash_map<std::string, Launcher*> launchers_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<Link*, std::shared_ptr<Child>> children_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, std::shared_ptr<Child>> routes_ ABSL_GUARDED_BY(mu_);
+  // Why each of the latest options_.gone_history gone contexts went, and their ids in the
+  // order they went.
   absl::flat_hash_map<uint64_t, std::string> gone_ ABSL_GUARDED_BY(mu_);
+  std::deque<uint64_t> gone_order_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, std::shared_ptr<Pending>> pending_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::pair<uint64_t, uint64_t>, std::shared_ptr<CallContext>> incoming_
       ABSL_GUARDED_BY(mu_);
@@ -224,9 +250,13 @@ class Router : public LinkDelegate {
   absl::flat_hash_set<std::string> spawning_names_ ABSL_GUARDED_BY(mu_);
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t id_block_end_ ABSL_GUARDED_BY(mu_) = 0;
-  // In the master: the id blocks handed out (grove.id_block), by first id: {end, the
-  // context that asked}. A ContextAdded is accepted only for an id in a block of its parent.
-  absl::btree_map<uint64_t, std::pair<uint64_t, uint64_t>> id_blocks_ ABSL_GUARDED_BY(mu_);
+  // In the master: the id blocks handed out (grove.id_block), by first id. A ContextAdded
+  // is accepted only for an id in a block of its parent, and only once: the block keeps the
+  // ids taken, as ranges, so that ids stay unique after gone_ has forgotten them. A block
+  // goes with its owner (no context can be added under a gone parent), so these hold the
+  // blocks of live contexts only.
+  absl::btree_map<uint64_t, IdBlock> id_blocks_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uint64_t, std::vector<uint64_t>> id_blocks_by_owner_ ABSL_GUARDED_BY(mu_);
   // Child links added and not yet through OnLinkDown; Shutdown waits for zero, so that no
   // link calls into a destroyed router.
   int live_child_links_ ABSL_GUARDED_BY(mu_) = 0;

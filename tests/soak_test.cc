@@ -134,7 +134,10 @@ TEST_F(SoakTest, CallsAndSpawnCyclesLeaveMemoryFdsAndThreadsFlat) {
   std::printf("[ soak     ] %lld calls, %lld spawn/shutdown cycles in %d rounds\n",
               static_cast<long long>(total_calls), static_cast<long long>(total_cycles), kRounds);
 
-  Master master(TestFunctions());
+  // The master remembers few gone contexts, so that the cycles run past its history.
+  MasterOptions master_options;
+  master_options.gone_history = 20;
+  Master master(TestFunctions(), master_options);
   // Long-lived: a child, and a grandchild behind a middle context (calls cross two links).
   absl::StatusOr<Context> worker = master.Spawn("local,name=soak-worker");
   ASSERT_TRUE(worker.ok()) << worker.status();
@@ -177,6 +180,8 @@ TEST_F(SoakTest, CallsAndSpawnCyclesLeaveMemoryFdsAndThreadsFlat) {
     samples.push_back(s);
   }
   EXPECT_EQ(failed_calls, 0);
+  // The three long-lived contexts and the last 20 gone.
+  EXPECT_LE(master.registry().size(), 3u + master_options.gone_history);
 
   std::printf("[ soak     ] round    calls  cycles  rss_kib  fds  threads  worker_rss  middle_rss"
               "  elapsed_s\n");
@@ -190,9 +195,8 @@ TEST_F(SoakTest, CallsAndSpawnCyclesLeaveMemoryFdsAndThreadsFlat) {
   std::fflush(stdout);
 
   // Flat: the last sample within a tolerance of the baseline. Memory may wander by what a
-  // malloc arena or a gRPC slab holds (the larger of 16 MiB and 25 %), and grows by design
-  // with the registry, which keeps a record of every context ever started (about 1 KiB per
-  // spawn/shutdown cycle in the master and in the parent of the spawned context). Fds may
+  // malloc arena or a gRPC slab holds (the larger of 16 MiB and 25 %); registries keep the
+  // records of the last gone contexts only (MasterOptions::gone_history). Fds may
   // differ by the few a stopped child's link and pidfd hold until its reaper task ends (the
   // fixture checks the exact count at the end); threads by the few that gRPC's and grove's
   // pools keep or start for a moment.
