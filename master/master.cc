@@ -6,23 +6,42 @@
 #include <cstdio>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "absl/strings/string_view.h"
 #include "child/agent.h"
+#include "common/printable.h"
 #include "common/process.h"
 #include "glog/logging.h"
 #include "router/hop.h"
 
 namespace grove {
 
+std::string FormatOutputLines(const ContextRecord& from, const v1::LogRecord& record) {
+  const std::string tag = absl::StrCat("[", Printable(from.name), "] ");
+  std::string out;
+  for (absl::string_view line :
+       absl::StrSplit(absl::StripSuffix(record.text(), "\n"), '\n')) {
+    absl::StrAppend(&out, tag, Printable(line), "\n");
+  }
+  return out;
+}
+
 void LogToStderr(const ContextRecord& from, const v1::LogRecord& record) {
   if (record.kind() == v1::LogRecord::GLOG) {
     // Re-emitted here, keeping the child's file and line; never fatal in the master.
-    int severity = std::min<int>(record.severity(), google::ERROR);
-    google::LogMessage(record.file().c_str(), record.line(), severity).stream()
-        << "[" << from.name << "] " << record.text();
+    const int severity = std::min<int>(record.severity(), google::ERROR);
+    const std::string file = Printable(record.file());
+    const std::string name = Printable(from.name);
+    for (absl::string_view line :
+         absl::StrSplit(absl::StripSuffix(record.text(), "\n"), '\n')) {
+      google::LogMessage(file.c_str(), record.line(), severity).stream()
+          << "[" << name << "] " << Printable(line);
+    }
     return;
   }
-  std::string line = absl::StrCat("[", from.name, "] ", record.text(), "\n");
-  (void)!::write(2, line.data(), line.size());
+  const std::string lines = FormatOutputLines(from, record);
+  (void)!::write(2, lines.data(), lines.size());
 }
 
 Master::Master(const Functions& functions, MasterOptions options)

@@ -87,8 +87,14 @@ class Master {
   std::unique_ptr<Router> router_;
 };
 
-// The default log sink (see MasterOptions::log_sink).
+// The default log sink (see MasterOptions::log_sink): "[name] line" on stderr for each line of
+// a stdout or stderr record (FormatOutputLines); a glog record re-emitted through this
+// process's glog, one message per line, tagged the same way. Names and text come from other
+// contexts and are made Printable: a context cannot act on the master's terminal, nor write
+// a line that looks like another context's.
 void LogToStderr(const ContextRecord& from, const v1::LogRecord& record);
+// What LogToStderr writes for a stdout or stderr record.
+std::string FormatOutputLines(const ContextRecord& from, const v1::LogRecord& record);
 
 // Hands a program to grove: in a context started by grove this runs the agent and never
 // returns; otherwise it starts the zygote (for the `fork` method; the process must not have

@@ -35,6 +35,7 @@ namespace grove::testing {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::StartsWith;
 
 test::Echo MakeEcho(const std::string& text) {
   test::Echo e;
@@ -507,6 +508,46 @@ TEST_F(TreeTest, StdoutStderrAndGlogReachTheMasterTagged) {
   EXPECT_TRUE(has(v1::LogRecord::STDERR, "to stderr"));
   EXPECT_TRUE(has(v1::LogRecord::GLOG, "through glog"));
   EXPECT_TRUE(has(v1::LogRecord::STDOUT, "from a command"));
+}
+
+// What a context prints reaches a custom sink as it was printed; the default sink writes
+// it to the master's terminal with the escapes made Printable and every line tagged.
+TEST_F(TreeTest, PrintedEscapesReachTheTerminalAsText) {
+  Master master(TestFunctions(), Options());
+  absl::StatusOr<Context> child = master.Spawn("local,name=talker");
+  ASSERT_TRUE(child.ok()) << child.status();
+  const std::string hostile = "\x1b[2J\x1b]0;pwned\x07\rgone";
+  test::PrintRequest print;
+  print.set_line(hostile);
+  print.set_to_stderr(true);
+  ASSERT_TRUE(child->Call<test::Count>("print", print).ok());
+  print.set_line("first\n[master] forged");
+  print.set_glog(true);
+  ASSERT_TRUE(child->Call<test::Count>("print", print).ok());
+
+  auto record_of = [&](const std::string& text) -> std::optional<CollectedLog> {
+    std::optional<CollectedLog> found;
+    logs_.WaitFor(
+        [&](const CollectedLog& l) {
+          if (l.context != "talker" || l.record.text() != text) return false;
+          found = l;
+          return true;
+        },
+        absl::Seconds(10));
+    return found;
+  };
+  std::optional<CollectedLog> escapes = record_of(hostile);
+  ASSERT_TRUE(escapes.has_value());
+  ContextRecord from;
+  from.name = "talker";
+  EXPECT_EQ(FormatOutputLines(from, escapes->record),
+            "[talker] \\x1b[2J\\x1b]0;pwned\\x07\\rgone\n");
+  std::optional<CollectedLog> two_lines = record_of("first\n[master] forged");
+  ASSERT_TRUE(two_lines.has_value());
+  EXPECT_EQ(two_lines->record.kind(), v1::LogRecord::GLOG);
+  EXPECT_EQ(FormatOutputLines(from, two_lines->record), "[talker] first\n[talker] [master] forged\n");
+  from.name = "evil\x1b[31m";
+  EXPECT_THAT(FormatOutputLines(from, escapes->record), StartsWith("[evil\\x1b[31m] \\x1b[2J"));
 }
 
 TEST_F(TreeTest, OneMebibyteOfStdoutNeitherBlocksNorCorruptsTheLink) {

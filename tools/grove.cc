@@ -22,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
+#include "common/printable.h"
 #include "google/protobuf/wrappers.pb.h"
 #include "tools/cli.h"
 #include "tools/cli_paths.h"
@@ -318,11 +319,14 @@ void PrintTree(Master& master, bool json, bool include_gone) {
     for (size_t i = 0; i < kids.size(); ++i) {
       const ContextRecord& r = *kids[i];
       bool last = i + 1 == kids.size();
+      // What children report about themselves is made Printable.
       printf("%s%s %s  id=%llu parent=%llu method=%s host=%s pid=%lld %s%s\n", indent.c_str(),
-             last ? "└─" : "├─", r.name.c_str(), static_cast<unsigned long long>(r.id.value()),
-             static_cast<unsigned long long>(r.parent.value()), r.method.c_str(), r.host.c_str(), static_cast<long long>(r.pid),
-             ContextStateName(r.state),
-             r.state == ContextState::kGone ? absl::StrCat(" (", r.reason, ")").c_str() : "");
+             last ? "└─" : "├─", Printable(r.name).c_str(),
+             static_cast<unsigned long long>(r.id.value()),
+             static_cast<unsigned long long>(r.parent.value()), Printable(r.method).c_str(),
+             Printable(r.host).c_str(), static_cast<long long>(r.pid), ContextStateName(r.state),
+             r.state == ContextState::kGone ? absl::StrCat(" (", Printable(r.reason), ")").c_str()
+                                            : "");
       walk(r.id.value(), indent + (last ? "   " : "│  "));
     }
   };
