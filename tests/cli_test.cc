@@ -120,6 +120,16 @@ TEST_F(CliTest, FailuresUnreachablesAndTimeoutsAreCountedAndSetTheExitStatus) {
   EXPECT_THAT(no_group.err, HasSubstr("no group 'nope'"));
 }
 
+// A name with a terminal control in it is printed as text; JSON keeps it as JSON.
+TEST_F(CliTest, TreePrintsControlsInNamesAsText) {
+  Ran r = Grove({"tree", "local,name=a\x1b[2Jb"});
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr(" a\\x1b[2Jb  id="));
+  EXPECT_THAT(r.out, Not(HasSubstr("\x1b")));
+  Ran json = Grove({"tree", "--json", "local,name=a\x1b[2Jb"});
+  EXPECT_THAT(json.out, HasSubstr("\"name\":\"a\\u001b[2Jb\""));
+}
+
 TEST_F(CliTest, RunJsonGivesOneObjectPerContext) {
   Ran r = Grove({"run", "--json", "--inventory", inventory_, "@web", "@broken", "--", "sh", "-c",
                  "echo hi"});

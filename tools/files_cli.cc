@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "common/printable.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/dynamic_message.h"
 #include "google/protobuf/util/json_util.h"
@@ -135,8 +136,8 @@ int Report(const char* verb, Master& master, const FileArgs& args,
     for (const TargetResult& r : summary.results) {
       if (r.status.ok()) continue;
       std::optional<ContextRecord> rec = master.registry().Find(r.id);
-      fprintf(stderr, "grove %s: %s: %s\n", verb, rec ? rec->name.c_str() : "?",
-              std::string(r.status.message()).c_str());
+      fprintf(stderr, "grove %s: %s: %s\n", verb, rec ? Printable(rec->name).c_str() : "?",
+              Printable(r.status.message()).c_str());
     }
   }
   return failed == 0 ? 0 : 1;
@@ -164,7 +165,7 @@ int Push(Master& master, const std::vector<std::string>& args) {
       PushFiles(master.router(), targets, parsed.src, parsed.dest, options);
   progress.End();
   if (!summary.ok()) {
-    fprintf(stderr, "grove push: %s\n", std::string(summary.status().message()).c_str());
+    fprintf(stderr, "grove push: %s\n", Printable(summary.status().message()).c_str());
     return 1;
   }
   return Report("push", master, parsed, *summary, absl::Now() - start);
@@ -192,7 +193,7 @@ int Pull(Master& master, const std::vector<std::string>& args) {
       PullFiles(master.router(), contexts->front().id(), parsed.src, parsed.dest, options);
   progress.End();
   if (!summary.ok()) {
-    fprintf(stderr, "grove pull: %s\n", std::string(summary.status().message()).c_str());
+    fprintf(stderr, "grove pull: %s\n", Printable(summary.status().message()).c_str());
     return 1;
   }
   return Report("pull", master, parsed, *summary, absl::Now() - start);
@@ -238,7 +239,7 @@ int Call(Master& master, const std::vector<std::string>& args) {
                             });
   absl::StatusOr<std::string> result = promise.get_future().get();
   if (!result.ok()) {
-    fprintf(stderr, "grove call: %s\n", result.status().ToString().c_str());
+    fprintf(stderr, "grove call: %s\n", Printable(result.status().ToString()).c_str());
     return 1;
   }
   std::unique_ptr<google::protobuf::Message> out(factory->GetPrototype(out_type)->New());

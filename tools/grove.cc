@@ -469,7 +469,7 @@ int Run(Master& master, const std::vector<std::string>& raw_args) {
       json_out += "}";
     } else if (!o.error.empty()) {
       fprintf(stderr, "grove run: %s: %s: %s\n", names[i].c_str(), o.state.c_str(),
-              o.error.c_str());
+              Printable(o.error).c_str());
     }
   }
   if (json) {
