@@ -26,6 +26,10 @@ class LinkDelegate {
   // The link is down (peer gone, I/O error, bad input, or Close). Called exactly once, after
   // the last OnEnvelope; nothing is delivered afterwards.
   virtual void OnLinkDown(Link* link, const absl::Status& reason) = 0;
+  // The link's peer stopped reading and the link gave up on it (see GrpcClientLink): the
+  // link is closing, but its last write may stay stuck until the peer's end of the socket
+  // goes, so the delegate should end the peer (OnLinkDown follows). Any thread, no lock held.
+  virtual void OnLinkStalled(Link* link, const absl::Status& why) { (void)link, (void)why; }
 };
 
 // Thread-safe: Send and Close may be called from any thread, also from inside the delegate's

@@ -931,6 +931,18 @@ void Router::MarkGoneLocked(uint64_t id, const std::string& reason) {
   }
 }
 
+void Router::OnLinkStalled(Link* link, const absl::Status& why) {
+  std::shared_ptr<Child> child;
+  {
+    absl::MutexLock lock(&mu_);
+    if (auto it = children_.find(link); it != children_.end()) child = it->second;
+  }
+  if (child == nullptr || child->handle == nullptr) return;
+  LOG(WARNING) << "context " << self_.name() << ": stopping child " << child->info.name()
+               << ": " << why;
+  workers_.Post([child, grace = options_.stop_grace] { child->handle->Stop(grace); });
+}
+
 void Router::OnLinkDown(Link* link, const absl::Status& reason) {
   std::shared_ptr<Child> child;
   std::vector<uint64_t> pending_up;
@@ -961,7 +973,10 @@ void Router::OnLinkDown(Link* link, const absl::Status& reason) {
   VLOG(1) << "context " << self_.name() << ": link to child " << child->info.name()
           << " down: " << reason;
   std::string how = child->handle ? child->handle->PollExit() : "";
-  if (how.empty()) {
+  if (reason.code() == absl::StatusCode::kResourceExhausted) {
+    // The link gave up on the child (OnLinkStalled), which was then stopped.
+    how = how.empty() ? std::string(reason.message()) : absl::StrCat(reason.message(), "; ", how);
+  } else if (how.empty()) {
     how = reason.ok() ? "its link closed"
                       : absl::StrCat("its link failed: ", reason.message());
   }

@@ -165,6 +165,8 @@ class Router : public LinkDelegate {
   // ---- LinkDelegate ----
   void OnEnvelope(Link* link, v1::Envelope envelope) override;
   void OnLinkDown(Link* link, const absl::Status& reason) override;
+  // Takes the child down (SIGTERM, then SIGKILL), in the background.
+  void OnLinkStalled(Link* link, const absl::Status& why) override;
 
   // For tests and figures.
   size_t pending_calls() const;

@@ -30,6 +30,7 @@
 #include "tests/log_collector.h"
 #include "tests/test.pb.h"
 #include "tests/test_functions.h"
+#include "transport/grpc_link.h"
 
 namespace grove::testing {
 namespace {
@@ -438,6 +439,52 @@ TEST_F(TreeTest, AHungContextIsStillShutDownThroughSigkill) {
   ASSERT_TRUE(child->Shutdown().ok());
   EXPECT_EQ(master.registry().Find(child->id())->state, ContextState::kGone);
   EXPECT_THAT(master.registry().Find(child->id())->reason, HasSubstr("signal 9"));
+}
+
+// A context that stops reading its link while calls keep coming: the parent queues what it
+// cannot write up to GrpcClientLink::MaxQueuedBytes (1 GiB here), then drops the link, fails
+// the calls and reaps the child, instead of queueing without end.
+TEST_F(TreeTest, AContextThatDoesNotReadItsLinkIsDroppedPastTheQueueLimit) {
+  MasterOptions options = Options();
+  options.stop_grace = absl::Milliseconds(200);
+  Master master(TestFunctions(), options);
+  absl::StatusOr<Context> child = master.Spawn("local,name=deaf");
+  ASSERT_TRUE(child.ok()) << child.status();
+  absl::StatusOr<v1::InfoReply> info = child->Info();
+  ASSERT_TRUE(info.ok());
+  ASSERT_EQ(::kill(static_cast<pid_t>(info->pid()), SIGSTOP), 0);
+
+  const int64_t piece = options.max_message_bytes - (1 << 20);
+  const int calls = static_cast<int>(GrpcClientLink::MaxQueuedBytes(options.max_message_bytes) /
+                                     piece) + 3;
+  absl::Mutex mu;
+  std::vector<absl::Status> outcomes;
+  for (int i = 0; i < calls; ++i) {
+    test::Echo echo;
+    echo.mutable_text()->resize(static_cast<size_t>(piece), 'x');
+    child->CallRaw("echo", test::Echo::descriptor()->full_name(), echo.SerializeAsString(), {},
+                   [&](absl::StatusOr<std::string> r) {
+                     absl::MutexLock lock(&mu);
+                     outcomes.push_back(r.status());
+                   });
+  }
+  {
+    absl::MutexLock lock(&mu);
+    auto all = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+      return static_cast<int>(outcomes.size()) == calls;
+    };
+    ASSERT_TRUE(mu.AwaitWithTimeout(absl::Condition(&all), absl::Seconds(60)))
+        << outcomes.size() << " of " << calls << " calls done";
+    for (const absl::Status& s : outcomes) {
+      EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
+    }
+    EXPECT_THAT(std::string(outcomes.front().message()), HasSubstr("does not read its link"));
+  }
+  std::optional<ContextRecord> record = master.registry().Find(child->id());
+  ASSERT_TRUE(record.has_value());
+  EXPECT_EQ(record->state, ContextState::kGone);
+  EXPECT_THAT(record->reason, HasSubstr("lost context deaf"));
+  EXPECT_THAT(record->reason, HasSubstr("does not read its link"));
 }
 
 TEST_F(TreeTest, KillingTheMasterTakesTheWholeTreeDownWithinOneSecond) {

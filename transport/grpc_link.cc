@@ -62,6 +62,7 @@ void OutQueue::Push(v1::Envelope envelope) {
   size_t body = envelope.ByteSizeLong();
   size_t size = 1 + google::protobuf::io::CodedOutputStream::VarintSize64(body) + body;
   queue_.emplace_back(std::move(envelope), size);
+  bytes_ += static_cast<int64_t>(size);
 }
 
 void OutQueue::Fill(v1::Batch* batch) {
@@ -70,6 +71,7 @@ void OutQueue::Fill(v1::Batch* batch) {
     auto& [envelope, size] = queue_.front();
     if (bytes > 0 && bytes + static_cast<int64_t>(size) > max_bytes_) break;
     bytes += static_cast<int64_t>(size);
+    bytes_ -= static_cast<int64_t>(size);
     *batch->add_envelopes() = std::move(envelope);
     queue_.pop_front();
   }
@@ -171,8 +173,13 @@ bool WriteOrDefer(OutQueue& queue, v1::Batch* out, bool& writing, bool& deferred
 // ---------------------------------------------------------------------------------------
 // GrpcClientLink
 
+int64_t GrpcClientLink::MaxQueuedBytes(int64_t max_message_bytes) {
+  return std::max<int64_t>(int64_t{1} << 30, 16 * max_message_bytes);
+}
+
 GrpcClientLink::GrpcClientLink(std::string debug_name, int64_t max_message_bytes)
     : debug_name_(std::move(debug_name)),
+      max_queued_bytes_(MaxQueuedBytes(max_message_bytes)),
       first_fd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
       queue_(BatchLimit(max_message_bytes)) {}
 
@@ -259,13 +266,30 @@ void GrpcClientLink::Start(LinkDelegate* delegate) {
 
 void GrpcClientLink::Send(v1::Envelope envelope) {
   std::shared_ptr<GrpcClientLink> defer;
-  bool write;
+  bool write = false;
+  LinkDelegate* stalled = nullptr;
+  absl::Status why;
   {
     absl::MutexLock lock(&mu_);
     if (closed_ || read_done_) return;
     queue_.Push(std::move(envelope));
-    if (!started_) return;  // OnStarted writes what is queued.
-    write = WriteOrDefer(queue_, &out_, writing_, deferred_, self_, &defer);
+    if (queue_.bytes() > max_queued_bytes_) {
+      // A write may be stuck on the full socket, and gRPC completes it only once the peer
+      // reads or the socket breaks: closing is not enough, the delegate ends the peer.
+      why = absl::ResourceExhaustedError(
+          absl::StrCat("it does not read its link: ", queue_.bytes() >> 20,
+                       " MiB queued for it (the most is ", max_queued_bytes_ >> 20, " MiB)"));
+      stalled = delegate_;
+    } else if (!started_) {
+      return;  // OnStarted writes what is queued.
+    } else {
+      write = WriteOrDefer(queue_, &out_, writing_, deferred_, self_, &defer);
+    }
+  }
+  if (!why.ok()) {
+    Close(why);
+    if (stalled != nullptr) stalled->OnLinkStalled(this, why);
+    return;
   }
   if (defer != nullptr) DeliveryScope::Current()->Defer(std::move(defer));
   if (write) stream_->Write(out_, &write_op_);

@@ -82,12 +82,15 @@ class OutQueue {
   explicit OutQueue(int64_t max_bytes) : max_bytes_(max_bytes) {}
   void Push(v1::Envelope envelope);
   bool empty() const { return queue_.empty(); }
+  // What is queued, in bytes.
+  int64_t bytes() const { return bytes_; }
   // Moves queued envelopes into `batch` (which must be empty).
   void Fill(v1::Batch* batch);
 
  private:
   const int64_t max_bytes_;
   std::deque<std::pair<v1::Envelope, size_t>> queue_;
+  int64_t bytes_ = 0;
 };
 
 // A link whose writes can be held back while its queue's thread delivers a batch of
@@ -131,12 +134,18 @@ class MemberOp final : public LinkOp {
 
 // The parent's side of a link. Owns the gRPC channel on its socket and the Attach call.
 // Keeps itself alive until gRPC is done with it (every operation it started has come back
-// from the queue). Thread-safe.
+// from the queue). A child that stops reading while envelopes keep coming for it (hostile,
+// or stopped while calls to it go on) would make its queue grow without end: past
+// MaxQueuedBytes the link is closed (RESOURCE_EXHAUSTED) and the child's subtree is lost.
+// Thread-safe.
 class GrpcClientLink : public Link, public Corkable {
  public:
   // Takes `fd` (a connected socket) and opens the Attach stream on it.
   static std::shared_ptr<GrpcClientLink> Connect(UniqueFd fd, std::string debug_name,
                                                  int64_t max_message_bytes);
+  // The most a link for envelopes of at most `max_message_bytes` queues unwritten: 16 of
+  // them, and at least 1 GiB.
+  static int64_t MaxQueuedBytes(int64_t max_message_bytes);
   ~GrpcClientLink() override;
 
   // Readable (an eventfd) once the first envelope has arrived or the link has failed.
@@ -168,6 +177,7 @@ class GrpcClientLink : public Link, public Corkable {
   void MaybeFinish() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const std::string debug_name_;
+  const int64_t max_queued_bytes_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Router::Stub> stub_;
   grpc::ClientContext context_;

@@ -59,6 +59,21 @@ std::vector<v1::Batch> Drain(OutQueue& queue) {
   return batches;
 }
 
+TEST(OutQueueTest, CountsTheBytesItHolds) {
+  OutQueue queue(1000);
+  EXPECT_EQ(queue.bytes(), 0);
+  const v1::Envelope a = Numbered(1, 600), b = Numbered(2, 600);
+  queue.Push(a);
+  queue.Push(b);
+  EXPECT_EQ(queue.bytes(), Size(a) + Size(b));
+  v1::Batch batch;
+  queue.Fill(&batch);  // Only `a` fits.
+  ASSERT_EQ(batch.envelopes_size(), 1);
+  EXPECT_EQ(queue.bytes(), Size(b));
+  Drain(queue);
+  EXPECT_EQ(queue.bytes(), 0);
+}
+
 TEST(OutQueueTest, StartsEmptyAndFillsNothing) {
   OutQueue queue(1024);
   EXPECT_TRUE(queue.empty());
