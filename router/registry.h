@@ -17,10 +17,10 @@
 #ifndef GROVE_ROUTER_REGISTRY_H_
 #define GROVE_ROUTER_REGISTRY_H_
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <deque>
-#include <algorithm>
 #include <functional>
 #include <optional>
 #include <string>

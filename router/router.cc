@@ -940,6 +940,11 @@ void Router::OnLinkStalled(Link* link, const absl::Status& why) {
   if (child == nullptr || child->handle == nullptr) return;
   LOG(WARNING) << "context " << self_.name() << ": stopping child " << child->info.name()
                << ": " << why;
+  StopInBackground(child);
+}
+
+void Router::StopInBackground(const std::shared_ptr<Child>& child) {
+  // StopChild may be waiting for the same process: Stop is idempotent.
   workers_.Post([child, grace = options_.stop_grace] { child->handle->Stop(grace); });
 }
 
@@ -988,11 +993,7 @@ void Router::OnLinkDown(Link* link, const absl::Status& reason) {
     ids.assign(child->routed.begin(), child->routed.end());
   }
   RemoveContexts(child, std::move(ids), why);
-  if (child->handle != nullptr) {
-    // Reap in the background; StopChild may be waiting for the same process (Stop is
-    // idempotent).
-    workers_.Post([child, grace = options_.stop_grace] { child->handle->Stop(grace); });
-  }
+  if (child->handle != nullptr) StopInBackground(child);  // And reaps it.
   child->gone.Notify();
   // The last touch of `this` for this link: Shutdown may return as soon as the count is 0.
   absl::MutexLock lock(&mu_);

@@ -222,6 +222,9 @@ class Router : public LinkDelegate {
   std::string DefaultName(const Hop& hop) const;
   // Records that `id` is gone, and why; forgets the oldest beyond the history.
   void MarkGoneLocked(uint64_t id, const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Stops (SIGTERM, then SIGKILL after the grace period) and reaps the process of `child`,
+  // which has a handle, on a worker.
+  void StopInBackground(const std::shared_ptr<Child>& child);
   // Sends `child` a Shutdown envelope (it takes its subtree down, then exits).
   void AskToShutDown(const Child& child);
   // Makes sure the process of a child asked to shut down is gone (SIGTERM, then SIGKILL,

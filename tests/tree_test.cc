@@ -57,6 +57,13 @@ class TreeTest : public GroveTest {
     options.log_sink = logs_.Sink();
     return options;
   }
+  // Stops (SIGSTOP) the process of `context`: it neither reads its link nor exits on
+  // SIGTERM. Call with ASSERT_NO_FATAL_FAILURE.
+  static void Freeze(const Context& context) {
+    absl::StatusOr<v1::InfoReply> info = context.Info();
+    ASSERT_TRUE(info.ok()) << info.status();
+    ASSERT_EQ(::kill(static_cast<pid_t>(info->pid()), SIGSTOP), 0);
+  }
   LogCollector logs_;
 };
 
@@ -430,9 +437,7 @@ TEST_F(TreeTest, AHungContextIsStillShutDownThroughSigkill) {
   Master master(TestFunctions(), options);
   absl::StatusOr<Context> child = master.Spawn("local,name=hung");
   ASSERT_TRUE(child.ok()) << child.status();
-  absl::StatusOr<v1::InfoReply> info = child->Info();
-  ASSERT_TRUE(info.ok());
-  ASSERT_EQ(::kill(static_cast<pid_t>(info->pid()), SIGSTOP), 0);
+  ASSERT_NO_FATAL_FAILURE(Freeze(*child));
   // A call to a hung context runs into its deadline, not forever.
   EXPECT_EQ(child->Ping(Timeout(absl::Milliseconds(100))).code(),
             absl::StatusCode::kDeadlineExceeded);
@@ -450,9 +455,7 @@ TEST_F(TreeTest, AContextThatDoesNotReadItsLinkIsDroppedPastTheQueueLimit) {
   Master master(TestFunctions(), options);
   absl::StatusOr<Context> child = master.Spawn("local,name=deaf");
   ASSERT_TRUE(child.ok()) << child.status();
-  absl::StatusOr<v1::InfoReply> info = child->Info();
-  ASSERT_TRUE(info.ok());
-  ASSERT_EQ(::kill(static_cast<pid_t>(info->pid()), SIGSTOP), 0);
+  ASSERT_NO_FATAL_FAILURE(Freeze(*child));
 
   const int64_t piece = options.max_message_bytes - (1 << 20);
   const int calls = static_cast<int>(GrpcClientLink::MaxQueuedBytes(options.max_message_bytes) /
