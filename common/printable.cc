@@ -32,39 +32,54 @@ size_t Utf8Length(absl::string_view s, uint32_t* code_point) {
   return n;
 }
 
+// The length of the character at the start of `s` when a terminal shows it as it is (printable
+// ASCII, or UTF-8 from U+00A0 on), or 0 for a control or a byte that is not UTF-8. `*bytes`
+// is set to how many bytes that control takes (a C1 control's whole sequence, else one).
+size_t PlainLength(absl::string_view s, size_t* bytes) {
+  const uint8_t c = static_cast<uint8_t>(s[0]);
+  *bytes = 1;
+  if (c >= 0x20 && c < 0x7f) return 1;
+  uint32_t code_point = 0;
+  const size_t n = c >= 0x80 ? Utf8Length(s, &code_point) : 0;
+  if (n > 0 && code_point >= 0xa0) return n;
+  if (n > 0) *bytes = n;
+  return 0;
+}
+
 }  // namespace
 
 std::string Printable(absl::string_view text) {
   std::string out;
   out.reserve(text.size());
   for (size_t i = 0; i < text.size();) {
-    const uint8_t c = static_cast<uint8_t>(text[i]);
-    if (c >= 0x20 && c < 0x7f) {
-      out.push_back(static_cast<char>(c));
-      ++i;
+    size_t bytes;
+    if (const size_t n = PlainLength(text.substr(i), &bytes); n > 0) {
+      out.append(text.data() + i, n);
+      i += n;
       continue;
     }
-    switch (c) {
+    switch (text[i]) {
       case '\t': out += '\t'; ++i; continue;
       case '\n': out += "\\n"; ++i; continue;
       case '\r': out += "\\r"; ++i; continue;
       default: break;
     }
-    uint32_t code_point = 0;
-    const size_t n = c >= 0x80 ? Utf8Length(text.substr(i), &code_point) : 0;
-    if (n > 0 && code_point >= 0xa0) {
-      out.append(text.data() + i, n);
-      i += n;
-      continue;
-    }
-    // A control, or a C1 control's whole sequence, or one byte that is not UTF-8.
-    const size_t bytes = n > 0 ? n : 1;
     for (size_t k = 0; k < bytes; ++k) {
       absl::StrAppendFormat(&out, "\\x%02x", static_cast<uint8_t>(text[i + k]));
     }
     i += bytes;
   }
   return out;
+}
+
+bool IsPlainText(absl::string_view text) {
+  for (size_t i = 0; i < text.size();) {
+    size_t bytes;
+    const size_t n = PlainLength(text.substr(i), &bytes);
+    if (n == 0) return false;
+    i += n;
+  }
+  return true;
 }
 
 }  // namespace grove

@@ -18,6 +18,10 @@ namespace grove {
 // that are not UTF-8, as `\xNN`. Printable ASCII and the rest of UTF-8 are kept as they are.
 std::string Printable(absl::string_view text);
 
+// Whether `text` is UTF-8 with no control at all (not even tab or newline): what Printable
+// leaves as it is, one line. Names must be: `ParseHop` and a parent's router refuse others.
+bool IsPlainText(absl::string_view text);
+
 }  // namespace grove
 
 #endif  // GROVE_COMMON_PRINTABLE_H_

@@ -34,6 +34,17 @@ TEST(PrintableTest, EscapesC1ControlsAndBytesThatAreNotUtf8) {
   EXPECT_EQ(Printable("ok\xe4\xb8"), "ok\\xe4\\xb8");
 }
 
+TEST(PrintableTest, PlainTextIsWhatPrintableKeepsOnOneLine) {
+  EXPECT_TRUE(IsPlainText("web1"));
+  EXPECT_TRUE(IsPlainText("db primary (\xc3\xa9t\xc3\xa9)"));  // Spaces and UTF-8.
+  EXPECT_TRUE(IsPlainText(""));
+  for (const char* text : {"a\tb", "a\nb", "a\rb", "a\x1b[2Jb", "a\x7f", "\xc2\x9b", "\xff",
+                           "\xc3"}) {
+    EXPECT_FALSE(IsPlainText(text)) << Printable(text);
+  }
+  EXPECT_FALSE(IsPlainText(std::string("a\0b", 3)));
+}
+
 }  // namespace
 }  // namespace grove
 

@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "common/printable.h"
 
 namespace grove {
 namespace {
@@ -41,17 +42,18 @@ bool HasSecret(absl::string_view option) {
   return eq != absl::string_view::npos && IsSecretOption(option.substr(0, eq));
 }
 
-// `option` with a secret value replaced by "***", for messages.
+// `option` with a secret value replaced by "***", for messages (as Printable text).
 std::string RedactOption(absl::string_view option) {
-  if (!HasSecret(option)) return std::string(option);
+  if (!HasSecret(option)) return Printable(option);
   return absl::StrCat(option.substr(0, option.find('=')), "=***");
 }
 
-// The text of one hop with every secret value replaced by "***", for messages.
+// The text of one hop with every secret value replaced by "***", for messages (as Printable
+// text).
 std::string RedactHop(absl::string_view text) {
   std::vector<std::string> parts = absl::StrSplit(text, ',');
   for (size_t i = 1; i < parts.size(); ++i) parts[i] = RedactOption(parts[i]);
-  return absl::StrJoin(parts, ",");
+  return Printable(absl::StrJoin(parts, ","));
 }
 
 // The same for a path.
@@ -123,12 +125,12 @@ absl::StatusOr<Hop> ParseHop(absl::string_view text) {
     hop.target = std::string(head.substr(colon + 1));
     if (hop.target.empty()) {
       return absl::InvalidArgumentError(
-          absl::StrCat("hop '", RedactHop(text), "': empty target after '", hop.method, ":'"));
+          absl::StrCat("hop '", RedactHop(text), "': empty target after '", Printable(hop.method), ":'"));
     }
   }
   if (!IsKnownMethod(hop.method)) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "hop '", RedactHop(text), "': unknown method '", hop.method,
+        "hop '", RedactHop(text), "': unknown method '", Printable(hop.method),
         "' (known: local, fork, ssh, sudo, su, command)"));
   }
   for (size_t i = 1; i < parts.size(); ++i) {
@@ -146,9 +148,10 @@ absl::StatusOr<Hop> ParseHop(absl::string_view text) {
     hop.options.emplace_back(std::string(key), std::string(parts[i].substr(eq + 1)));
   }
   std::string name = hop.Get("name");
-  if (hop.Has("name") && (name.empty() || absl::StrContains(name, '/'))) {
+  if (hop.Has("name") && (name.empty() || absl::StrContains(name, '/') || !IsPlainText(name))) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "hop '", RedactHop(text), "': a name must be non-empty and contain no '/'"));
+        "hop '", RedactHop(text),
+        "': a name must be non-empty UTF-8 with no '/' and no control characters"));
   }
   return hop;
 }

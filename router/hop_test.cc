@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "common/printable.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -99,6 +100,22 @@ TEST(ParseHopTest, NameWithSlashIsRefused) {
   ASSERT_FALSE(hop.ok());
   EXPECT_EQ(hop.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(hop.status().message(), HasSubstr("'/'"));
+}
+
+TEST(ParseHopTest, NameWithControlsIsRefusedAndQuotedAsText) {
+  for (const char* text : {"local,name=a\x1b[2Jb", "local,name=a\tb", "local,name=a\nb",
+                           "local,name=a\xff"}) {
+    absl::StatusOr<Hop> hop = ParseHop(text);
+    ASSERT_FALSE(hop.ok()) << Printable(text);
+    EXPECT_EQ(hop.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(hop.status().message(), HasSubstr("control characters"));
+    EXPECT_EQ(Printable(hop.status().message()), hop.status().message());
+  }
+  EXPECT_TRUE(ParseHop("local,name=caf\xc3\xa9 1").ok());
+  absl::StatusOr<std::vector<Hop>> path = ParsePath("local/local,name=\x1b]0;x\x07");
+  ASSERT_FALSE(path.ok());
+  EXPECT_EQ(Printable(path.status().message()), path.status().message());
+  EXPECT_THAT(path.status().message(), HasSubstr("name=\\x1b]0;x\\x07"));
 }
 
 TEST(ParseHopTest, OptionWithoutValueIsRefused) {

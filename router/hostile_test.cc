@@ -511,6 +511,20 @@ TEST_F(HostileChildTest, ChildCannotClaimAnIdFromAnotherSubtreesBlock) {
   (void)g1;
 }
 
+// A name that would act on a terminal is refused; the id it claimed stays free for c1.
+TEST_F(HostileChildTest, AContextNamedWithControlsIsRefused) {
+  Context c1 = Spawn(Master(), "c1");
+  Context g1 = Spawn(c1, "g1");  // c1 now holds a block; g1 took its first id.
+  const uint64_t next = g1.id().value() + 1;
+  SendUp(c1, Added(c1, next, c1.id().value(), "evil\x1b]0;owned\x07"));
+  ASSERT_NO_FATAL_FAILURE(Flush(c1));
+  EXPECT_FALSE(master_->registry().Find(ContextId(next)).has_value());
+  absl::StatusOr<Context> rightful = c1.Spawn("local,name=rightful");
+  ASSERT_TRUE(rightful.ok()) << rightful.status();
+  EXPECT_EQ(rightful->id().value(), next);
+  EXPECT_EQ(master_->registry().Find(rightful->id())->name, "rightful");
+}
+
 // g1 claims c2's id; c1 takes the route on the way up, the master refuses the claim, and its
 // ContextRefused makes c1 drop the route again: calls from c1 to c2 reach the real c2.
 TEST_F(HostileChildTest, GrandchildCannotTakeOverTheIdOfAContextElsewhere) {

@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/printable.h"
 #include "common/status_util.h"
 #include "glog/logging.h"
 #include "proto/builtins.pb.h"
@@ -762,6 +763,9 @@ void Router::HandleAdded(Link* from, v1::Envelope envelope) {
     }
     if (it == children_.end()) {
       refused = "it did not come from a child link";
+    } else if (info.name().empty() || !IsPlainText(info.name())) {
+      refused = absl::StrCat("its name '", Printable(info.name()),
+                             "' is not one line of UTF-8 text without controls");
     } else if (info.id() == self_.id() || routes_.contains(info.id()) ||
                gone_.contains(info.id()) || ancestors_.contains(info.id())) {
       refused = absl::StrCat("id ", info.id(), " is already in use");
@@ -786,7 +790,7 @@ void Router::HandleAdded(Link* from, v1::Envelope envelope) {
   }
   if (!refused.empty()) {
     LOG(WARNING) << "context " << self_.name() << ": ignored ContextAdded for "
-                 << info.name() << " (id " << info.id() << ") from " << from->DebugName()
+                 << Printable(info.name()) << " (id " << info.id() << ") from " << from->DebugName()
                  << ": " << refused;
     // Contexts below that took the route on the way up drop it again.
     v1::Envelope notice;
@@ -1105,6 +1109,8 @@ absl::StatusOr<v1::ContextInfo> Router::SpawnChild(const Hop& hop, absl::Time de
   child->info.set_parent(self_.id());
   child->info.set_method(hop.method);
   if (!request.info.name().empty()) child->info.set_name(request.info.name());
+  // A local child names itself: shown and sent up as text, whatever it says.
+  if (!IsPlainText(child->info.name())) child->info.set_name(Printable(child->info.name()));
   child->link = std::move(launched->link);
   child->handle = std::move(launched->handle);
   child->routed.insert(id->value());
