@@ -219,25 +219,7 @@ void Router::RegisterBuiltins() {
           return absl::FailedPreconditionError("only the master hands out context ids");
         }
         uint32_t count = std::clamp<uint32_t>(request.count(), 1, 100000);
-        const uint64_t owner = call.caller().value();
-        v1::IdBlockReply reply;
-        absl::MutexLock lock(&mu_);
-        // Blocks go with their owner (RemoveContexts): none for one already gone.
-        if (!routes_.contains(owner)) {
-          return absl::FailedPreconditionError(
-              absl::StrCat("context ", owner, " is not in the tree"));
-        }
-        reply.set_first(next_id_);
-        reply.set_count(count);
-        id_blocks_[next_id_] = IdBlock{next_id_ + count, owner, {}};
-        std::vector<uint64_t>& owned = id_blocks_by_owner_[owner];
-        owned.push_back(next_id_);
-        if (owned.size() > kMaxIdBlocksPerContext) {
-          id_blocks_.erase(owned.front());
-          owned.erase(owned.begin());
-        }
-        next_id_ += count;
-        return reply;
+        return GrantIdBlock(call.caller().value(), count);
       }));
   RegisterFileFunctions(this, &builtins_);
   RegisterMeshFunctions(this, options_.functions, &builtins_);

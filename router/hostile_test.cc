@@ -170,6 +170,29 @@ int64_t Dropped(const std::vector<std::string>& notices, const std::string& name
   return total;
 }
 
+// The glog records of this process (every router of the test logs here) while it lives.
+class GlogCapture : public google::LogSink {
+ public:
+  GlogCapture() { google::AddLogSink(this); }
+  ~GlogCapture() override { google::RemoveLogSink(this); }
+
+  void send(google::LogSeverity, const char*, const char*, int, const struct ::tm*,
+            const char* message, size_t message_len) override {
+    absl::MutexLock lock(&mu_);
+    messages_.emplace_back(message, message_len);
+  }
+  // Whether a record so far contains `text`.
+  bool Saw(absl::string_view text) {
+    absl::MutexLock lock(&mu_);
+    return std::any_of(messages_.begin(), messages_.end(),
+                       [&](const std::string& m) { return absl::StrContains(m, text); });
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::vector<std::string> messages_ ABSL_GUARDED_BY(mu_);
+};
+
 // What the master of a HostileChildTest remembers and allows (Router::Options).
 struct Limits {
   size_t gone_history = kDefaultGoneHistory;
@@ -525,8 +548,8 @@ TEST_F(HostileChildTest, AContextNamedWithControlsIsRefused) {
   EXPECT_EQ(master_->registry().Find(rightful->id())->name, "rightful");
 }
 
-// g1 claims c2's id; c1 takes the route on the way up, the master refuses the claim, and its
-// ContextRefused makes c1 drop the route again: calls from c1 to c2 reach the real c2.
+// g1 claims c2's id, and answers in c2's name every call that reaches it for c2: calls from
+// c1 to c2 reach the real c2 (c1 refused the claim; see the next test).
 TEST_F(HostileChildTest, GrandchildCannotTakeOverTheIdOfAContextElsewhere) {
   Context c1 = Spawn(Master(), "c1");
   Context c2 = Spawn(Master(), "c2");
@@ -557,6 +580,32 @@ TEST_F(HostileChildTest, GrandchildCannotTakeOverTheIdOfAContextElsewhere) {
   ASSERT_TRUE(who.ok()) << who.status();
   EXPECT_EQ(who->name(), "c2");
   EXPECT_EQ(master_->registry().Find(c2.id())->name, "c2");
+}
+
+// c1 knows the blocks the master handed to g1 (IdBlockGranted, on the way down), so it
+// refuses g1's claim on c2's id itself: the claim never reaches the master, and c1 never
+// routes c2's id to g1, not even for the round trip a refusal from the master would take.
+TEST_F(HostileChildTest, AMiddleContextRefusesAClaimOutsideTheClaimantsBlocks) {
+  GlogCapture glog;
+  Context c1 = Spawn(Master(), "c1");
+  Context c2 = Spawn(Master(), "c2");
+  Context g1 = Spawn(c1, "g1");
+  Context h1 = Spawn(g1, "h1");  // g1 now holds a block, which c1 was told of.
+  SendUp(g1, Added(g1, c2.id().value(), g1.id().value(), "fake-c2"));
+  ASSERT_NO_FATAL_FAILURE(Flush(g1));  // Through c1 and the master, behind the claim.
+  EXPECT_TRUE(glog.Saw(absl::StrCat("context c1: ignored ContextAdded for fake-c2 (id ",
+                                    c2.id().value(), ")")));
+  EXPECT_TRUE(glog.Saw("is not in a block handed to its parent"));
+  EXPECT_FALSE(glog.Saw("context master: ignored ContextAdded for fake-c2"));
+  EXPECT_FALSE(glog.Saw("dropped context id"));  // No route to take back.
+  // A claim inside g1's own block still goes through every context on the way.
+  const uint64_t next = h1.id().value() + 1;
+  SendUp(g1, Added(g1, next, g1.id().value(), "h2"));
+  ASSERT_NO_FATAL_FAILURE(Flush(g1));
+  std::optional<ContextRecord> h2 = master_->registry().Find(ContextId(next));
+  ASSERT_TRUE(h2.has_value());
+  EXPECT_EQ(h2->name, "h2");
+  EXPECT_EQ(h2->parent, g1.id());
 }
 
 // A master that remembers one gone context: what it forgot must not become reusable.

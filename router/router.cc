@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <iterator>
+#include <limits>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -448,7 +449,7 @@ void Router::OnEnvelope(Link* link, v1::Envelope envelope) {
       }
     }
     if (!spoofed && body != v1::Envelope::kAdded && body != v1::Envelope::kRemoved &&
-        body != v1::Envelope::kRefused) {
+        body != v1::Envelope::kRefused && body != v1::Envelope::kGranted) {
       route = RouteTo(dst);
       if (from_child != nullptr && body == v1::Envelope::kCall &&
           !from_child->routed.contains(dst)) {
@@ -486,6 +487,9 @@ void Router::OnEnvelope(Link* link, v1::Envelope envelope) {
       return;
     case v1::Envelope::kRefused:
       if (from_parent) HandleRefused(std::move(envelope));
+      return;
+    case v1::Envelope::kGranted:
+      if (from_parent) HandleGranted(std::move(envelope));
       return;
     case v1::Envelope::kShutdown:
       if (from_parent) {
@@ -755,7 +759,7 @@ void Router::HandleAdded(Link* from, v1::Envelope envelope) {
   {
     absl::MutexLock lock(&mu_);
     auto it = children_.find(from);
-    // In the master: the id block the id must lie in, handed to its parent.
+    // The id block the id must lie in, handed to its parent.
     IdBlock* block = nullptr;
     if (auto b = id_blocks_.upper_bound(info.id()); b != id_blocks_.begin()) {
       --b;
@@ -771,7 +775,7 @@ void Router::HandleAdded(Link* from, v1::Envelope envelope) {
       refused = absl::StrCat("id ", info.id(), " is already in use");
     } else if (is_master() && info.id() >= next_id_) {
       refused = absl::StrCat("id ", info.id(), " was never handed out by the master");
-    } else if (is_master() && block == nullptr) {
+    } else if (block == nullptr) {
       refused = absl::StrCat("id ", info.id(), " is not in a block handed to its parent ",
                              info.parent());
     } else if (info.parent() != it->second->info.id() &&
@@ -810,6 +814,61 @@ void Router::HandleAdded(Link* from, v1::Envelope envelope) {
   }
   registry_.Add(info);
   if (parent != nullptr) parent->Send(std::move(envelope));
+}
+
+absl::StatusOr<v1::IdBlockReply> Router::GrantIdBlock(uint64_t owner, uint32_t count) {
+  v1::IdBlockReply reply;
+  std::shared_ptr<Link> down;
+  {
+    absl::MutexLock lock(&mu_);
+    // Blocks go with their owner (RemoveContexts): none for one already gone.
+    auto route = routes_.find(owner);
+    if (route == routes_.end()) {
+      return absl::FailedPreconditionError(absl::StrCat("context ", owner, " is not in the tree"));
+    }
+    reply.set_first(next_id_);
+    reply.set_count(count);
+    AddIdBlockLocked(owner, next_id_, count);
+    next_id_ += count;
+    // The contexts between record it too (the owner needs only the reply).
+    if (route->second->info.id() != owner) down = route->second->link;
+  }
+  if (down != nullptr) {
+    v1::Envelope granted;
+    granted.set_src(self_.id());
+    granted.set_dst(owner);
+    granted.mutable_granted()->set_first(reply.first());
+    granted.mutable_granted()->set_count(count);
+    down->Send(std::move(granted));  // Ahead of the reply, on the same link.
+  }
+  return reply;
+}
+
+void Router::AddIdBlockLocked(uint64_t owner, uint64_t first, uint64_t count) {
+  id_blocks_[first] = IdBlock{first + count, owner, {}};
+  std::vector<uint64_t>& owned = id_blocks_by_owner_[owner];
+  owned.push_back(first);
+  if (owned.size() > kMaxIdBlocksPerContext) {
+    id_blocks_.erase(owned.front());
+    owned.erase(owned.begin());
+  }
+}
+
+void Router::HandleGranted(v1::Envelope envelope) {
+  const uint64_t owner = envelope.dst();
+  const v1::IdBlockGranted& block = envelope.granted();
+  std::shared_ptr<Link> down;
+  {
+    absl::MutexLock lock(&mu_);
+    auto route = routes_.find(owner);
+    if (route == routes_.end() || block.count() == 0 ||
+        block.first() > std::numeric_limits<uint64_t>::max() - block.count()) {
+      return;  // For this context itself, or one gone since.
+    }
+    AddIdBlockLocked(owner, block.first(), block.count());
+    if (route->second->info.id() != owner) down = route->second->link;
+  }
+  if (down != nullptr) down->Send(std::move(envelope));
 }
 
 void Router::HandleRefused(v1::Envelope envelope) {

@@ -46,6 +46,7 @@
 #include "absl/time/time.h"
 #include "common/context_id.h"
 #include "common/executor.h"
+#include "proto/builtins.pb.h"
 #include "proto/grove.pb.h"
 #include "router/functions.h"
 #include "router/hop.h"
@@ -98,8 +99,9 @@ class Router : public LinkDelegate {
     size_t max_contexts_per_link = 100000;
   };
 
-  // In the master: how many id blocks (grove.id_block) one context holds at most; a new
-  // block beyond them drops its oldest (a context takes ids from its latest block only).
+  // How many id blocks (grove.id_block) one context holds at most, in the master and in
+  // every context on the way to it (IdBlockGranted); a new block beyond them drops its
+  // oldest (a context takes ids from its latest block only).
   static constexpr size_t kMaxIdBlocksPerContext = 16;
 
   explicit Router(Options options);
@@ -157,6 +159,15 @@ class Router : public LinkDelegate {
   // A new context id: from the master's counter, or from this context's block (asking the
   // master for a new block when it runs out).
   absl::StatusOr<ContextId> AllocateId();
+  // In the master (grove.id_block): the next `count` ids for `owner`, recorded and told to
+  // the contexts on the way to it.
+  absl::StatusOr<v1::IdBlockReply> GrantIdBlock(uint64_t owner, uint32_t count);
+  // Records that `owner` holds ids [first, first + count), keeping its latest
+  // kMaxIdBlocksPerContext blocks.
+  void AddIdBlockLocked(uint64_t owner, uint64_t first, uint64_t count)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // An IdBlockGranted from the parent: recorded if `dst` is below, and passed on towards it.
+  void HandleGranted(v1::Envelope envelope);
 
   // Fails every pending call, refuses new ones, stops all children and closes the parent
   // link. Blocks until every link is down. Idempotent.
@@ -255,11 +266,12 @@ class Router : public LinkDelegate {
   absl::flat_hash_set<std::string> spawning_names_ ABSL_GUARDED_BY(mu_);
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t id_block_end_ ABSL_GUARDED_BY(mu_) = 0;
-  // In the master: the id blocks handed out (grove.id_block), by first id. A ContextAdded
-  // is accepted only for an id in a block of its parent, and only once: the block keeps the
-  // ids taken, as ranges, so that ids stay unique after gone_ has forgotten them. A block
-  // goes with its owner (no context can be added under a gone parent), so these hold the
-  // blocks of live contexts only.
+  // The id blocks the master handed out (grove.id_block) to contexts of this subtree, by
+  // first id: in the master, all of them; elsewhere, as IdBlockGranted told on the way down.
+  // A ContextAdded is accepted only for an id in a block of its parent, and only once: the
+  // block keeps the ids taken, as ranges, so that ids stay unique after gone_ has forgotten
+  // them. A block goes with its owner (no context can be added under a gone parent), so
+  // these hold the blocks of live contexts only.
   absl::btree_map<uint64_t, IdBlock> id_blocks_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, std::vector<uint64_t>> id_blocks_by_owner_ ABSL_GUARDED_BY(mu_);
   // Child links added and not yet through OnLinkDown; Shutdown waits for zero, so that no
