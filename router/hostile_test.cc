@@ -197,6 +197,7 @@ class GlogCapture : public google::LogSink {
 struct Limits {
   size_t gone_history = kDefaultGoneHistory;
   size_t max_contexts_per_link = Router::Options().max_contexts_per_link;
+  int max_running_calls_per_link = Router::Options().max_running_calls_per_link;
 };
 
 class HostileChildTest : public ::testing::Test {
@@ -241,6 +242,7 @@ class HostileChildTest : public ::testing::Test {
     options.stop_grace = absl::Milliseconds(100);
     options.gone_history = limits.gone_history;
     options.max_contexts_per_link = limits.max_contexts_per_link;
+    options.max_running_calls_per_link = limits.max_running_calls_per_link;
     master_ = std::make_unique<Router>(options);
     master_->AddLauncher("local", launcher_.get());
     master_->SetLogSink(logs_.Sink());
@@ -612,7 +614,7 @@ TEST_F(HostileChildTest, AMiddleContextRefusesAClaimOutsideTheClaimantsBlocks) {
 class ForgetfulMasterTest : public HostileChildTest {
  protected:
   ForgetfulMasterTest()
-      : HostileChildTest(Limits{/*gone_history=*/1, Router::Options().max_contexts_per_link}) {}
+      : HostileChildTest(Limits{/*gone_history=*/1}) {}
 };
 
 // Once the master has forgotten g1 (its record and why it went), c1 claims g1's id again for
@@ -671,7 +673,9 @@ TEST_F(HostileChildTest, IdBlocksPerContextAreBounded) {
 // A master whose child links carry three contexts at most.
 class SmallLinkTest : public HostileChildTest {
  protected:
-  SmallLinkTest() : HostileChildTest(Limits{kDefaultGoneHistory, /*max_contexts_per_link=*/3}) {}
+  SmallLinkTest()
+      : HostileChildTest(Limits{kDefaultGoneHistory, /*max_contexts_per_link=*/3,
+                                /*max_running_calls_per_link=*/3}) {}
 };
 
 // c1's link carries c1, g1 and one more; a fourth is refused until one of them goes, and the
@@ -702,6 +706,55 @@ TEST_F(SmallLinkTest, AddedContextsAreLimitedPerLink) {
   ASSERT_NO_FATAL_FAILURE(Flush(c1));
   EXPECT_TRUE(master_->registry().FindByName("fifth").has_value());
   EXPECT_EQ(master_->registry().FindByName("third")->state, ContextState::kGone);
+}
+
+// c1's subtree may run three calls at once in the master (each holds a worker thread there);
+// a fourth is refused until one ends. Calls over c2's link are counted apart, and a function
+// that runs inline (it takes no thread) is not counted.
+TEST_F(SmallLinkTest, CallsRunningPerLinkAreLimited) {
+  Context c1 = Spawn(Master(), "c1");
+  Context g1 = Spawn(c1, "g1");
+  Context c2 = Spawn(Master(), "c2");
+  v1::SleepRequest sleep;
+  sleep.set_ms(60000);
+  std::vector<std::unique_ptr<CancelSource>> cancels;
+  std::vector<std::future<absl::StatusOr<v1::Empty>>> blocked;
+  auto block = [&](const Context& from) {
+    cancels.push_back(std::make_unique<CancelSource>());
+    CallOptions options;
+    options.cancel = cancels.back().get();
+    blocked.push_back(From(from, Master()).CallAsync<v1::Empty>("test.block", sleep, options));
+  };
+  block(c1);
+  block(g1);
+  block(c1);
+  ASSERT_TRUE(WaitBlocksStarted(3));
+  absl::StatusOr<v1::Empty> refused =
+      From(g1, Master()).Call<v1::Empty>("test.block", sleep);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted) << refused.status();
+  EXPECT_TRUE(absl::StrContains(refused.status().message(),
+                                "already runs 3 calls that came over the link to c1"))
+      << refused.status();
+  EXPECT_TRUE(From(g1, Master()).Call<v1::InfoReply>("test.whoami", v1::Empty()).ok());
+  block(c2);
+  ASSERT_TRUE(WaitBlocksStarted(4));
+  cancels[0]->Cancel();
+  EXPECT_EQ(blocked[0].get().status().code(), absl::StatusCode::kCancelled);
+  // The caller hears CANCELLED at once; the master counts the call out once its function
+  // has returned: until then a call that would not block is still refused.
+  v1::SleepRequest no_sleep;
+  absl::Status admitted = absl::ResourceExhaustedError("not tried");
+  for (const absl::Time deadline = absl::Now() + kWait;
+       admitted.code() == absl::StatusCode::kResourceExhausted && absl::Now() < deadline;) {
+    admitted = From(g1, Master()).Call<v1::Empty>("test.block", no_sleep).status();
+  }
+  EXPECT_TRUE(admitted.ok()) << admitted;
+  block(g1);
+  ASSERT_TRUE(WaitBlocksStarted(6));  // The short call counts as started too.
+  for (size_t i = 1; i < cancels.size(); ++i) {
+    cancels[i]->Cancel();
+    EXPECT_EQ(blocked[i].get().status().code(), absl::StatusCode::kCancelled);
+  }
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <iterator>
 #include <limits>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -77,6 +78,8 @@ struct Router::Child {
   absl::flat_hash_set<uint64_t> egress;
   // Log records from this subtree. Guarded by Router::mu_.
   LogQuota log_quota;
+  // Calls from this subtree running here on workers. Guarded by Router::mu_.
+  std::shared_ptr<int> running_calls = std::make_shared<int>(0);
   // Notified once OnLinkDown for this child has been handled.
   absl::Notification gone;
 };
@@ -537,7 +540,7 @@ void Router::OnEnvelope(Link* link, v1::Envelope envelope) {
 void Router::HandleLocal(Link* from, v1::Envelope envelope) {
   switch (envelope.body_case()) {
     case v1::Envelope::kCall:
-      HandleCall(std::move(envelope));
+      HandleCall(from, std::move(envelope));
       break;
     case v1::Envelope::kReply:
       HandleReply(from, envelope.reply());
@@ -591,7 +594,7 @@ const Function* Router::FindFunction(const std::string& name) const {
   return function;
 }
 
-void Router::HandleCall(v1::Envelope envelope) {
+void Router::HandleCall(Link* from, v1::Envelope envelope) {
   const uint64_t src = envelope.src();
   v1::Call* call = envelope.mutable_call();
   const Function* function = builtins_.Find(call->function());
@@ -621,31 +624,53 @@ void Router::HandleCall(v1::Envelope envelope) {
                             ? absl::Now() + absl::Microseconds(call->timeout_us())
                             : absl::InfiniteFuture();
   auto context = std::make_shared<CallContext>(this, ContextId(src), call->id(), deadline);
+  std::shared_ptr<int> quota;  // Counts this call among its link's, if it takes a worker.
+  std::string link_name;
+  std::optional<int> over_quota;  // The calls running for its link, if already the most.
   {
     absl::MutexLock lock(&mu_);
+    if (from != nullptr && !function->options.run_inline) {
+      if (from == parent_.get()) {
+        quota = parent_running_calls_;
+        link_name = "its parent's link";
+      } else if (auto it = children_.find(from); it != children_.end()) {
+        quota = it->second->running_calls;
+        link_name = absl::StrCat("the link to ", it->second->info.name());
+      }
+    }
     if (shutting_down_) {
       refused = absl::UnavailableError(
           absl::StrCat("context ", self_.name(), " is shutting down"));
+    } else if (quota != nullptr && *quota >= options_.max_running_calls_per_link) {
+      over_quota = *quota;
     } else {
+      if (quota != nullptr) ++*quota;
       incoming_[{src, call->id()}] = context;
     }
+  }
+  if (over_quota.has_value()) {
+    refused = absl::ResourceExhaustedError(absl::StrCat(
+        "context ", self_.name(), " already runs ", *over_quota, " calls that came over ",
+        link_name, ", the most one link may: '", call->function(), "' from ",
+        DescribeContext(src), " refused"));
   }
   if (!refused.ok()) {
     SendReply(src, call->id(), refused, self_.name());
     return;
   }
   if (function->options.run_inline) {
-    RunCall(src, std::move(*call), function, std::move(context));
+    RunCall(src, std::move(*call), function, std::move(context), nullptr);
     return;
   }
   auto shared_call = std::make_shared<v1::Call>(std::move(*call));
-  bool posted = workers_.Post([this, src, shared_call, function, context] {
-    RunCall(src, std::move(*shared_call), function, context);
+  bool posted = workers_.Post([this, src, shared_call, function, context, quota] {
+    RunCall(src, std::move(*shared_call), function, context, quota);
   });
   if (!posted) {
     {
       absl::MutexLock lock(&mu_);
       incoming_.erase({src, shared_call->id()});
+      if (quota != nullptr) --*quota;
     }
     SendReply(src, shared_call->id(),
               absl::UnavailableError(absl::StrCat("context ", self_.name(), " is shutting down")),
@@ -654,7 +679,7 @@ void Router::HandleCall(v1::Envelope envelope) {
 }
 
 void Router::RunCall(uint64_t src, v1::Call call, const Function* function,
-                     std::shared_ptr<CallContext> context) {
+                     std::shared_ptr<CallContext> context, std::shared_ptr<int> quota) {
   uint64_t timer = 0;
   if (context->deadline() != absl::InfiniteFuture()) {
     std::weak_ptr<CallContext> weak = context;
@@ -675,6 +700,7 @@ void Router::RunCall(uint64_t src, v1::Call call, const Function* function,
   {
     absl::MutexLock lock(&mu_);
     incoming_.erase({src, call.id()});
+    if (quota != nullptr) --*quota;
   }
   if (result.ok() && static_cast<int64_t>(result->size()) > options_.max_message_bytes) {
     result = absl::ResourceExhaustedError(

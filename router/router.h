@@ -97,6 +97,12 @@ class Router : public LinkDelegate {
     // ContextAdded beyond it is refused. Far above any tree grove is built for; it bounds
     // what a hostile child can make its ancestors hold.
     size_t max_contexts_per_link = 100000;
+    // The most calls that came in over one link (a child's, or the parent's) that may run
+    // here at once on worker threads (functions not registered to run inline): a call
+    // beyond it is refused RESOURCE_EXHAUSTED. Each such call holds a thread while it runs;
+    // this bounds the threads a hostile subtree (or a flood from elsewhere, for functions
+    // any context may call, like grove.sleep) can make this context start.
+    int max_running_calls_per_link = 10000;
   };
 
   // How many id blocks (grove.id_block) one context holds at most, in the master and in
@@ -203,9 +209,11 @@ class Router : public LinkDelegate {
   Route RouteTo(uint64_t dst) ABSL_SHARED_LOCKS_REQUIRED(mu_);
   void Deliver(Link* from, v1::Envelope envelope);
   void HandleLocal(Link* from, v1::Envelope envelope);
-  void HandleCall(v1::Envelope envelope);
+  // A call to a function here, which came in over `from` (null: made in this context).
+  void HandleCall(Link* from, v1::Envelope envelope);
+  // Runs it; `quota` (null for none) counts it among the calls running for its link.
   void RunCall(uint64_t src, v1::Call call, const Function* function,
-               std::shared_ptr<CallContext> context);
+               std::shared_ptr<CallContext> context, std::shared_ptr<int> quota);
   void SendReply(uint64_t dst, uint64_t call_id, const absl::StatusOr<std::string>& result,
                  const std::string& origin);
   // A reply or output for a call this context made, which arrived on `from` (null: from
@@ -251,6 +259,8 @@ class Router : public LinkDelegate {
 
   mutable absl::Mutex mu_;
   std::shared_ptr<Link> parent_ ABSL_GUARDED_BY(mu_);
+  // Calls from the parent's link running on workers (max_running_calls_per_link).
+  std::shared_ptr<int> parent_running_calls_ ABSL_GUARDED_BY(mu_) = std::make_shared<int>(0);
   bool parent_down_ ABSL_GUARDED_BY(mu_) = false;
   absl::flat_hash_map<std::string, Launcher*> launchers_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<Link*, std::shared_ptr<Child>> children_ ABSL_GUARDED_BY(mu_);
