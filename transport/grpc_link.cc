@@ -2,13 +2,18 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
 #include <thread>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "grpc/grpc.h"
 #include "common/status_util.h"
 #include "google/protobuf/io/coded_stream.h"
@@ -94,7 +99,43 @@ QueueState& Queue() {
 
 void StartServing(grpc::CompletionQueue* cq) {
   // Detached: the queue is never shut down, and the thread ends with the process.
-  std::thread([cq] { LinkQueue::Serve(cq); }).detach();
+  std::thread([cq] { LinkQueue::Serve(cq, /*spin=*/true); }).detach();
+}
+
+// What decides whether the link thread polls (LinkQueue): the links of each kind alive in
+// this process, and how many envelopes reads carried lately.
+std::atomic<int> g_child_links{0};
+std::atomic<int> g_parent_links{0};
+// Envelopes read in the current millisecond, and in the one before (if it was the last).
+std::atomic<int64_t> g_window_start_ns{0};
+std::atomic<int> g_window_envelopes{0};
+std::atomic<int> g_previous_window_envelopes{0};
+
+// Above this many envelopes read in a millisecond, a link is busy: its envelopes should
+// gather into batches while the thread sleeps, and polling would take them one by one. A
+// ping-pong here reads ~20 a millisecond; a stream of calls, hundreds.
+constexpr int kBusyEnvelopesPerMs = 50;
+
+// Called by the link thread for each read, with the envelopes it carried.
+void NoteRead(int envelopes) {
+  const int64_t now = absl::GetCurrentTimeNanos();
+  const int64_t since = now - g_window_start_ns.load(std::memory_order_relaxed);
+  if (since >= 1000000) {
+    g_previous_window_envelopes.store(
+        since < 2000000 ? g_window_envelopes.load(std::memory_order_relaxed) : 0,
+        std::memory_order_relaxed);
+    g_window_envelopes.store(0, std::memory_order_relaxed);
+    g_window_start_ns.store(now, std::memory_order_relaxed);
+  }
+  g_window_envelopes.fetch_add(envelopes, std::memory_order_relaxed);
+}
+
+bool LightTraffic() {
+  return std::max(g_window_envelopes.load(std::memory_order_relaxed),
+                  g_previous_window_envelopes.load(std::memory_order_relaxed)) <
+             kBusyEnvelopesPerMs &&
+         (g_child_links.load(std::memory_order_relaxed) == 0 ||
+          g_parent_links.load(std::memory_order_relaxed) == 0);
 }
 
 }  // namespace
@@ -120,11 +161,44 @@ bool LinkQueue::Adopt(grpc::ServerCompletionQueue* cq) {
   return true;
 }
 
-void LinkQueue::Serve(grpc::CompletionQueue* cq) {
+void LinkQueue::Serve(grpc::CompletionQueue* cq, bool spin) {
   ::pthread_setname_np(::pthread_self(), "grove-link");
+  const absl::Duration spin_for = spin ? LinkSpin() : absl::ZeroDuration();
+  const gpr_timespec now = gpr_time_0(GPR_CLOCK_MONOTONIC);  // A deadline already past.
   void* tag;
   bool ok;
-  while (cq->Next(&tag, &ok)) static_cast<LinkOp*>(tag)->Done(ok);
+  for (;;) {
+    if (spin_for > absl::ZeroDuration() && LightTraffic()) {
+      // Each AsyncNext polls the socket once (epoll_wait with no timeout); sched_yield lets
+      // a thread that waits for this CPU run first.
+      const absl::Time until = absl::Now() + spin_for;
+      grpc::CompletionQueue::NextStatus status;
+      while ((status = cq->AsyncNext(&tag, &ok, now)) == grpc::CompletionQueue::TIMEOUT &&
+             absl::Now() < until) {
+        sched_yield();
+      }
+      if (status == grpc::CompletionQueue::SHUTDOWN) return;
+      if (status == grpc::CompletionQueue::GOT_EVENT) {
+        static_cast<LinkOp*>(tag)->Done(ok);
+        continue;
+      }
+    }
+    if (!cq->Next(&tag, &ok)) return;
+    static_cast<LinkOp*>(tag)->Done(ok);
+  }
+}
+
+absl::Duration LinkSpin() {
+  static const absl::Duration spin = [] {
+    const char* text = getenv("GROVE_LINK_SPIN_US");
+    int64_t us = 50;
+    if (text != nullptr && !absl::SimpleAtoi(text, &us)) {
+      LOG(WARNING) << "GROVE_LINK_SPIN_US=" << text << " is not a number: using 50";
+      us = 50;
+    }
+    return absl::Microseconds(std::clamp<int64_t>(us, 0, 10000));
+  }();
+  return spin;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -181,9 +255,11 @@ GrpcClientLink::GrpcClientLink(std::string debug_name, int64_t max_message_bytes
     : debug_name_(std::move(debug_name)),
       max_queued_bytes_(MaxQueuedBytes(max_message_bytes)),
       first_fd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
-      queue_(BatchLimit(max_message_bytes)) {}
+      queue_(BatchLimit(max_message_bytes)) {
+  g_child_links.fetch_add(1, std::memory_order_relaxed);
+}
 
-GrpcClientLink::~GrpcClientLink() = default;
+GrpcClientLink::~GrpcClientLink() { g_child_links.fetch_sub(1, std::memory_order_relaxed); }
 
 std::shared_ptr<GrpcClientLink> GrpcClientLink::Connect(UniqueFd fd, std::string debug_name,
                                                         int64_t max_message_bytes) {
@@ -355,6 +431,7 @@ void GrpcClientLink::OnReadDone(bool ok) {
     delegate = delegate_;
   }
   if (delegate == nullptr) return;
+  NoteRead(in_.envelopes_size());
   {
     DeliveryScope scope;
     for (v1::Envelope& e : *in_.mutable_envelopes()) delegate->OnEnvelope(this, std::move(e));
@@ -427,9 +504,11 @@ void GrpcClientLink::OnFinished(bool) {
 // GrpcServerLink
 
 GrpcServerLink::GrpcServerLink(std::string debug_name, int64_t max_message_bytes)
-    : debug_name_(std::move(debug_name)), queue_(BatchLimit(max_message_bytes)) {}
+    : debug_name_(std::move(debug_name)), queue_(BatchLimit(max_message_bytes)) {
+  g_parent_links.fetch_add(1, std::memory_order_relaxed);
+}
 
-GrpcServerLink::~GrpcServerLink() = default;
+GrpcServerLink::~GrpcServerLink() { g_parent_links.fetch_sub(1, std::memory_order_relaxed); }
 
 void GrpcServerLink::Start(LinkDelegate* delegate) {
   mu_.Lock();
@@ -511,6 +590,7 @@ void GrpcServerLink::OnReadDone(bool ok) {
   }
   LinkDelegate* delegate = delegate_;
   mu_.Unlock();
+  NoteRead(in_.envelopes_size());
   {
     DeliveryScope scope;
     for (v1::Envelope& e : *in_.mutable_envelopes()) delegate->OnEnvelope(this, std::move(e));

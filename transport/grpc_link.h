@@ -55,6 +55,13 @@ class LinkOp {
 // which runs each LinkOp's Done. Created on first use and kept for the life of the process
 // (never shut down: it ends with the process). The agent's server queue becomes it when
 // AdoptServerQueue comes first. Thread-safe.
+//
+// While traffic is light, the thread polls the queue for a while after each completion
+// before it sleeps (LinkSpin()): the next envelope of a ping-pong then finds it awake, which
+// spares the wake-up of a sleeping thread on another CPU. It does not in a context with both
+// a parent link and child links (a relay: on a chain of contexts, more threads would poll
+// than there are CPUs), nor after a read that carried more than one envelope (a busy link:
+// waking less often lets envelopes gather into batches).
 class LinkQueue {
  public:
   static grpc::CompletionQueue* Get();
@@ -62,9 +69,13 @@ class LinkQueue {
   // its thread; false (nothing changes) when the queue exists already.
   static bool Adopt(grpc::ServerCompletionQueue* cq);
   // Serves `cq` until it is shut down and drained, running each LinkOp (a server's own
-  // queue when the process's queue is another).
-  static void Serve(grpc::CompletionQueue* cq);
+  // queue when the process's queue is another). `spin`: as the process's link queue.
+  static void Serve(grpc::CompletionQueue* cq, bool spin = false);
 };
+
+// How long the link thread polls after a completion before it sleeps: GROVE_LINK_SPIN_US
+// microseconds (read once; 0 turns polling off), 50 by default.
+absl::Duration LinkSpin();
 
 // The most a batch carries (an envelope larger than that goes alone). One thread serves
 // every link of a process, and a batch is handled whole before the next completion: small
