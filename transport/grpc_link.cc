@@ -102,11 +102,8 @@ void StartServing(grpc::CompletionQueue* cq) {
   std::thread([cq] { LinkQueue::Serve(cq, /*spin=*/true); }).detach();
 }
 
-// What decides whether the link thread polls (LinkQueue): the links of each kind alive in
-// this process, and how many envelopes reads carried lately.
-std::atomic<int> g_child_links{0};
-std::atomic<int> g_parent_links{0};
-// Envelopes read in the current millisecond, and in the one before (if it was the last).
+// What decides whether the link thread polls (LinkQueue): how many envelopes reads carried
+// lately. Envelopes read in the current millisecond, and in the one before (if it was the last).
 std::atomic<int64_t> g_window_start_ns{0};
 std::atomic<int> g_window_envelopes{0};
 std::atomic<int> g_previous_window_envelopes{0};
@@ -133,9 +130,7 @@ void NoteRead(int envelopes) {
 bool LightTraffic() {
   return std::max(g_window_envelopes.load(std::memory_order_relaxed),
                   g_previous_window_envelopes.load(std::memory_order_relaxed)) <
-             kBusyEnvelopesPerMs &&
-         (g_child_links.load(std::memory_order_relaxed) == 0 ||
-          g_parent_links.load(std::memory_order_relaxed) == 0);
+         kBusyEnvelopesPerMs;
 }
 
 }  // namespace
@@ -255,11 +250,9 @@ GrpcClientLink::GrpcClientLink(std::string debug_name, int64_t max_message_bytes
     : debug_name_(std::move(debug_name)),
       max_queued_bytes_(MaxQueuedBytes(max_message_bytes)),
       first_fd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
-      queue_(BatchLimit(max_message_bytes)) {
-  g_child_links.fetch_add(1, std::memory_order_relaxed);
-}
+      queue_(BatchLimit(max_message_bytes)) {}
 
-GrpcClientLink::~GrpcClientLink() { g_child_links.fetch_sub(1, std::memory_order_relaxed); }
+GrpcClientLink::~GrpcClientLink() = default;
 
 std::shared_ptr<GrpcClientLink> GrpcClientLink::Connect(UniqueFd fd, std::string debug_name,
                                                         int64_t max_message_bytes) {
@@ -504,11 +497,9 @@ void GrpcClientLink::OnFinished(bool) {
 // GrpcServerLink
 
 GrpcServerLink::GrpcServerLink(std::string debug_name, int64_t max_message_bytes)
-    : debug_name_(std::move(debug_name)), queue_(BatchLimit(max_message_bytes)) {
-  g_parent_links.fetch_add(1, std::memory_order_relaxed);
-}
+    : debug_name_(std::move(debug_name)), queue_(BatchLimit(max_message_bytes)) {}
 
-GrpcServerLink::~GrpcServerLink() { g_parent_links.fetch_sub(1, std::memory_order_relaxed); }
+GrpcServerLink::~GrpcServerLink() = default;
 
 void GrpcServerLink::Start(LinkDelegate* delegate) {
   mu_.Lock();
