@@ -124,8 +124,9 @@ absl::StatusOr<Hop> ParseHop(absl::string_view text) {
   if (colon != absl::string_view::npos) {
     hop.target = std::string(head.substr(colon + 1));
     if (hop.target.empty()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("hop '", RedactHop(text), "': empty target after '", Printable(hop.method), ":'"));
+      return absl::InvalidArgumentError(absl::StrCat("hop '", RedactHop(text),
+                                                     "': empty target after '",
+                                                     Printable(hop.method), ":'"));
     }
   }
   if (!IsKnownMethod(hop.method)) {
@@ -148,7 +149,8 @@ absl::StatusOr<Hop> ParseHop(absl::string_view text) {
     hop.options.emplace_back(std::string(key), std::string(parts[i].substr(eq + 1)));
   }
   std::string name = hop.Get("name");
-  if (hop.Has("name") && (name.empty() || absl::StrContains(name, '/') || !IsPlainText(name))) {
+  if (hop.Has("name") &&
+      (name.empty() || absl::StrContains(name, '/') || !IsPlainText(name))) {
     return absl::InvalidArgumentError(absl::StrCat(
         "hop '", RedactHop(text),
         "': a name must be non-empty UTF-8 with no '/' and no control characters"));

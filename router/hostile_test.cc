@@ -670,7 +670,7 @@ TEST_F(HostileChildTest, IdBlocksPerContextAreBounded) {
   EXPECT_TRUE(master_->registry().FindByName("from-the-last").has_value());
 }
 
-// A master whose child links carry three contexts at most.
+// A master whose child links carry three contexts at most, and run three calls at once.
 class SmallLinkTest : public HostileChildTest {
  protected:
   SmallLinkTest()

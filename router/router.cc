@@ -820,7 +820,8 @@ void Router::HandleAdded(Link* from, v1::Envelope envelope) {
   }
   if (!refused.empty()) {
     LOG(WARNING) << "context " << self_.name() << ": ignored ContextAdded for "
-                 << Printable(info.name()) << " (id " << info.id() << ") from " << from->DebugName()
+                 << Printable(info.name()) << " (id " << info.id() << ") from "
+                 << from->DebugName()
                  << ": " << refused;
     // Contexts below that took the route on the way up drop it again.
     v1::Envelope notice;
@@ -889,7 +890,7 @@ void Router::HandleGranted(v1::Envelope envelope) {
     auto route = routes_.find(owner);
     if (route == routes_.end() || block.count() == 0 ||
         block.first() > std::numeric_limits<uint64_t>::max() - block.count()) {
-      return;  // For this context itself, or one gone since.
+      return;  // For this context itself, for one gone since, or malformed.
     }
     AddIdBlockLocked(owner, block.first(), block.count());
     if (route->second->info.id() != owner) down = route->second->link;

@@ -102,8 +102,8 @@ void StartServing(grpc::CompletionQueue* cq) {
   std::thread([cq] { LinkQueue::Serve(cq, /*spin=*/true); }).detach();
 }
 
-// What decides whether the link thread polls (LinkQueue): how many envelopes reads carried
-// lately. Envelopes read in the current millisecond, and in the one before (if it was the last).
+// What decides whether the link thread polls (LinkQueue): the envelopes read in the current
+// millisecond, and in the one before (if it was the last).
 std::atomic<int64_t> g_window_start_ns{0};
 std::atomic<int> g_window_envelopes{0};
 std::atomic<int> g_previous_window_envelopes{0};
@@ -159,7 +159,7 @@ bool LinkQueue::Adopt(grpc::ServerCompletionQueue* cq) {
 void LinkQueue::Serve(grpc::CompletionQueue* cq, bool spin) {
   ::pthread_setname_np(::pthread_self(), "grove-link");
   const absl::Duration spin_for = spin ? LinkSpin() : absl::ZeroDuration();
-  const gpr_timespec now = gpr_time_0(GPR_CLOCK_MONOTONIC);  // A deadline already past.
+  const gpr_timespec past = gpr_time_0(GPR_CLOCK_MONOTONIC);  // A deadline already past.
   void* tag;
   bool ok;
   for (;;) {
@@ -168,7 +168,7 @@ void LinkQueue::Serve(grpc::CompletionQueue* cq, bool spin) {
       // a thread that waits for this CPU run first.
       const absl::Time until = absl::Now() + spin_for;
       grpc::CompletionQueue::NextStatus status;
-      while ((status = cq->AsyncNext(&tag, &ok, now)) == grpc::CompletionQueue::TIMEOUT &&
+      while ((status = cq->AsyncNext(&tag, &ok, past)) == grpc::CompletionQueue::TIMEOUT &&
              absl::Now() < until) {
         sched_yield();
       }

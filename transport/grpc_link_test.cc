@@ -1,6 +1,7 @@
 // Links over a real socketpair, both ends in this process: envelopes in order both ways,
 // batching, bad input (an oversized message, garbage bytes) dropping only that link, and a
-// receiving end that does not answer each envelope with a WINDOW_UPDATE of its own.
+// receiving end that does not answer each envelope with a WINDOW_UPDATE of its own, and a
+// link thread that sleeps once its links go quiet.
 #include "transport/grpc_link.h"
 
 #include <errno.h>
@@ -13,12 +14,16 @@
 #include <atomic>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <sstream>
+#include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "common/fd.h"
 #include "glog/logging.h"
 #include "grpcpp/server_posix.h"
@@ -283,6 +288,43 @@ TEST(GrpcLinkTest, GarbageOnTheSocketDropsTheLink) {
   ASSERT_TRUE(pair.server_recorder.down().WaitForNotificationWithTimeout(absl::Seconds(10)));
   ASSERT_TRUE(pair.client_recorder.down().WaitForNotificationWithTimeout(absl::Seconds(10)));
   EXPECT_FALSE(pair.client_recorder.reason().ok());
+}
+
+// CPU time (clock ticks) of this process's "grove-link" threads, from /proc.
+int64_t LinkThreadTicks() {
+  int64_t ticks = 0;
+  for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+    std::ifstream comm(task.path() / "comm");
+    std::string name;
+    std::getline(comm, name);
+    if (name != "grove-link") continue;
+    std::ifstream stat_file(task.path() / "stat");
+    std::string stat((std::istreambuf_iterator<char>(stat_file)), std::istreambuf_iterator<char>());
+    // The fields after the name's ')': the state is field 3, utime 14 and stime 15.
+    std::istringstream fields(stat.substr(stat.rfind(')') + 2));
+    std::string field;
+    for (int i = 3; i <= 15 && fields >> field; ++i) {
+      if (i >= 14) ticks += std::stoll(field);
+    }
+  }
+  return ticks;
+}
+
+// The link thread polls for a while after each completion while traffic is light
+// (LinkSpin), then sleeps: a link gone quiet costs no CPU. A thread that kept polling would
+// take ~50 ticks in the half second measured.
+TEST(GrpcLinkTest, AQuietLinkThreadSleeps) {
+  ASSERT_GT(LinkSpin(), absl::ZeroDuration());
+  LinkPair pair;
+  for (uint64_t i = 0; i < 100; ++i) {  // A ping-pong: light traffic, polled for.
+    pair.client->Send(Numbered(i));
+    ASSERT_TRUE(pair.server_recorder.WaitForCount(i + 1));
+    pair.server_link().Send(Numbered(i));
+    ASSERT_TRUE(pair.client_recorder.WaitForCount(i + 1));
+  }
+  const int64_t before = LinkThreadTicks();
+  absl::SleepFor(absl::Milliseconds(500));  // The window measured, not a wait for an event.
+  EXPECT_LE(LinkThreadTicks() - before, 5);
 }
 
 }  // namespace
