@@ -844,41 +844,25 @@ void Router::HandleAdded(Link* from, v1::Envelope envelope) {
 }
 
 absl::StatusOr<v1::IdBlockReply> Router::GrantIdBlock(uint64_t owner, uint32_t count) {
-  v1::IdBlockReply reply;
-  std::shared_ptr<Link> down;
+  v1::Envelope granted;
+  granted.set_src(self_.id());
+  granted.set_dst(owner);
+  granted.mutable_granted()->set_count(count);
   {
     absl::MutexLock lock(&mu_);
     // Blocks go with their owner (RemoveContexts): none for one already gone.
-    auto route = routes_.find(owner);
-    if (route == routes_.end()) {
+    if (!routes_.contains(owner)) {
       return absl::FailedPreconditionError(absl::StrCat("context ", owner, " is not in the tree"));
     }
-    reply.set_first(next_id_);
-    reply.set_count(count);
-    AddIdBlockLocked(owner, next_id_, count);
+    granted.mutable_granted()->set_first(next_id_);
     next_id_ += count;
-    // The contexts between record it too (the owner needs only the reply).
-    if (route->second->info.id() != owner) down = route->second->link;
   }
-  if (down != nullptr) {
-    v1::Envelope granted;
-    granted.set_src(self_.id());
-    granted.set_dst(owner);
-    granted.mutable_granted()->set_first(reply.first());
-    granted.mutable_granted()->set_count(count);
-    down->Send(std::move(granted));  // Ahead of the reply, on the same link.
-  }
+  v1::IdBlockReply reply;
+  reply.set_first(granted.granted().first());
+  reply.set_count(count);
+  // Recorded here, and told to the contexts between (ahead of the reply, on the same links).
+  HandleGranted(std::move(granted));
   return reply;
-}
-
-void Router::AddIdBlockLocked(uint64_t owner, uint64_t first, uint64_t count) {
-  id_blocks_[first] = IdBlock{first + count, owner, {}};
-  std::vector<uint64_t>& owned = id_blocks_by_owner_[owner];
-  owned.push_back(first);
-  if (owned.size() > kMaxIdBlocksPerContext) {
-    id_blocks_.erase(owned.front());
-    owned.erase(owned.begin());
-  }
 }
 
 void Router::HandleGranted(v1::Envelope envelope) {
@@ -892,7 +876,14 @@ void Router::HandleGranted(v1::Envelope envelope) {
         block.first() > std::numeric_limits<uint64_t>::max() - block.count()) {
       return;  // For this context itself, for one gone since, or malformed.
     }
-    AddIdBlockLocked(owner, block.first(), block.count());
+    // Kept with the owner's latest kMaxIdBlocksPerContext blocks.
+    id_blocks_[block.first()] = IdBlock{block.first() + block.count(), owner, {}};
+    std::vector<uint64_t>& owned = id_blocks_by_owner_[owner];
+    owned.push_back(block.first());
+    if (owned.size() > kMaxIdBlocksPerContext) {
+      id_blocks_.erase(owned.front());
+      owned.erase(owned.begin());
+    }
     if (route->second->info.id() != owner) down = route->second->link;
   }
   if (down != nullptr) down->Send(std::move(envelope));

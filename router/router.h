@@ -168,11 +168,8 @@ class Router : public LinkDelegate {
   // In the master (grove.id_block): the next `count` ids for `owner`, recorded and told to
   // the contexts on the way to it.
   absl::StatusOr<v1::IdBlockReply> GrantIdBlock(uint64_t owner, uint32_t count);
-  // Records that `owner` holds ids [first, first + count), keeping its latest
-  // kMaxIdBlocksPerContext blocks.
-  void AddIdBlockLocked(uint64_t owner, uint64_t first, uint64_t count)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // An IdBlockGranted from the parent: recorded if `dst` is below, and passed on towards it.
+  // An IdBlockGranted from the parent (or the master's own): recorded if `dst` is below, and
+  // passed on towards it unless `dst` is the child it goes to (which has the reply).
   void HandleGranted(v1::Envelope envelope);
 
   // Fails every pending call, refuses new ones, stops all children and closes the parent
