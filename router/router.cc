@@ -629,13 +629,13 @@ void Router::HandleCall(Link* from, v1::Envelope envelope) {
   std::optional<int> over_quota;  // The calls running for its link, if already the most.
   {
     absl::MutexLock lock(&mu_);
+    std::shared_ptr<Child> from_child;
     if (from != nullptr && !function->options.run_inline) {
       if (from == parent_.get()) {
         quota = parent_running_calls_;
-        link_name = "its parent's link";
       } else if (auto it = children_.find(from); it != children_.end()) {
-        quota = it->second->running_calls;
-        link_name = absl::StrCat("the link to ", it->second->info.name());
+        from_child = it->second;
+        quota = from_child->running_calls;
       }
     }
     if (shutting_down_) {
@@ -643,6 +643,9 @@ void Router::HandleCall(Link* from, v1::Envelope envelope) {
           absl::StrCat("context ", self_.name(), " is shutting down"));
     } else if (quota != nullptr && *quota >= options_.max_running_calls_per_link) {
       over_quota = *quota;
+      // Named on this path only: the others run for every call.
+      link_name = from_child != nullptr ? absl::StrCat("the link to ", from_child->info.name())
+                                        : "its parent's link";
     } else {
       if (quota != nullptr) ++*quota;
       incoming_[{src, call->id()}] = context;
