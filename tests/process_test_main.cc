@@ -11,6 +11,7 @@
 #include "grpc/grpc.h"
 #include "glog/logging.h"
 #include "gtest/gtest.h"
+#include "tests/private_system.h"
 #include "tests/test_functions.h"
 #include "transport/grpc_link.h"
 
@@ -49,6 +50,13 @@ int main(int argc, char** argv) {
   if (argc == 2 && std::string(argv[1]) == "--tree-master") {
     google::InitGoogleLogging(argv[0]);
     return TreeMaster();
+  }
+  // As root, the tests change users, sudoers rules and more only in a private view of the
+  // system (tests/private_system.h), entered here while this process has one thread.
+  if (::geteuid() == 0) {
+    if (absl::Status s = grove::testing::EnterPrivateSystem(); !s.ok()) {
+      fprintf(stderr, "tests that add users will skip: %s\n", s.ToString().c_str());
+    }
   }
   // The zygote for the masters' `fork` method, while this process has one thread (before
   // gRPC's). The functions (and the random state they hold) exist before it does.

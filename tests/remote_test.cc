@@ -1,5 +1,6 @@
 // Remote contexts, for real: commands that change identity or namespace, a real sshd on
-// loopback, real sudo with users and sudoers rules created for the test.
+// loopback, real sudo with users and sudoers rules created for the test, in this test's
+// private view of the system only (tests/private_system.h): nobody else ever sees them.
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -23,6 +24,7 @@
 #include "master/master.h"
 #include "tests/leak_check.h"
 #include "tests/log_collector.h"
+#include "tests/private_system.h"
 #include "tests/sshd.h"
 #include "tests/test.pb.h"
 #include "tests/test_functions.h"
@@ -35,17 +37,30 @@ using ::testing::HasSubstr;
 constexpr char kUser[] = "grove-test";        // In sudoers, with a password.
 constexpr char kOther[] = "grove-other";      // Not in sudoers.
 constexpr char kNoShell[] = "grove-noshell";  // Logs in chrooted where there is no sh.
-constexpr char kChroot[] = "/var/lib/grove-test-chroot";
-constexpr char kPassword[] = "grove-pass-1";
+constexpr char kChroot[] = "/srv/grove-test-chroot";  // /srv is private (tmpfs, root, 0755).
+
+// The test users' password: made up for this run, never written down.
+const std::string& Password() {
+  static const std::string* password = [] {
+    std::ifstream random("/dev/urandom", std::ios::binary);
+    unsigned char bytes[12] = {};
+    random.read(reinterpret_cast<char*>(bytes), sizeof(bytes));
+    std::string hex;
+    for (unsigned char b : bytes) absl::StrAppend(&hex, absl::Hex(b, absl::kZeroPad2));
+    return new std::string(hex);
+  }();
+  return *password;
+}
 
 class RemoteTest : public GroveTest {
  protected:
   static void SetUpTestSuite() {
-    if (::geteuid() != 0) return;
-    // Users and a sudo rule that requires a password, created for these tests.
+    if (::geteuid() != 0 || !PrivateSystem()) return;
+    // Users and a sudo rule that requires a password, created for these tests in the
+    // private view of the system.
     Shell(absl::StrCat(
         "for u in ", kUser, " ", kOther, "; do id $u >/dev/null 2>&1 || useradd -m -s /bin/sh $u;",
-        " echo $u:", kPassword, " | chpasswd; done;",
+        " echo $u:", Password(), " | chpasswd; done;",
         "echo '", kUser, " ALL=(ALL) ALL' > /etc/sudoers.d/grove-test;",
         "chmod 440 /etc/sudoers.d/grove-test;",
         "id ", kNoShell, " >/dev/null 2>&1 || useradd -m -s /bin/sh ", kNoShell, ";",
@@ -68,13 +83,14 @@ class RemoteTest : public GroveTest {
   }
   void SetUp() override {
     if (::geteuid() != 0) GTEST_SKIP() << "needs root (users, sudo, sshd)";
+    if (!PrivateSystem()) GTEST_SKIP() << "needs a private view of the system for its users";
     GroveTest::SetUp();
     char tmpl[] = "/tmp/grove-cache.XXXXXX";
     ASSERT_NE(::mkdtemp(tmpl), nullptr);
     cache_ = tmpl;
   }
   void TearDown() override {
-    if (::geteuid() != 0) return;
+    if (::geteuid() != 0 || !PrivateSystem()) return;
     GroveTest::TearDown();
     Shell("rm -rf " + cache_);
   }
@@ -384,7 +400,7 @@ TEST_F(RemoteTest, SshFailuresAreDistinct) {
   EXPECT_THAT(wrong.status().message(), HasSubstr("password wrong"));
   EXPECT_THAT(wrong.status().message(), ::testing::Not(HasSubstr("not-the-password")));
 
-  absl::StatusOr<Context> right = master.Spawn(absl::StrCat(as_user, ",password=", kPassword));
+  absl::StatusOr<Context> right = master.Spawn(absl::StrCat(as_user, ",password=", Password()));
   ASSERT_TRUE(right.ok()) << right.status();
   EXPECT_EQ(right->Info()->user(), kUser);
 }
@@ -406,7 +422,7 @@ TEST_F(RemoteTest, SudoPromptPaths) {
   absl::StatusOr<Context> wrong = user->Spawn("sudo:root,password=wrong-one");
   EXPECT_EQ(wrong.status().code(), absl::StatusCode::kPermissionDenied) << wrong.status();
   EXPECT_THAT(wrong.status().message(), HasSubstr("password incorrect"));
-  absl::StatusOr<Context> root = user->Spawn(absl::StrCat("sudo:root,password=", kPassword));
+  absl::StatusOr<Context> root = user->Spawn(absl::StrCat("sudo:root,password=", Password()));
   ASSERT_TRUE(root.ok()) << root.status();
   EXPECT_EQ(root->Info()->user(), "root");
 
@@ -416,7 +432,7 @@ TEST_F(RemoteTest, SudoPromptPaths) {
 
   absl::StatusOr<Context> other = ssh_as(kOther);
   ASSERT_TRUE(other.ok()) << other.status();
-  absl::StatusOr<Context> denied = other->Spawn(absl::StrCat("sudo:root,password=", kPassword));
+  absl::StatusOr<Context> denied = other->Spawn(absl::StrCat("sudo:root,password=", Password()));
   EXPECT_EQ(denied.status().code(), absl::StatusCode::kPermissionDenied) << denied.status();
   EXPECT_THAT(denied.status().message(), HasSubstr("not allowed"));
 }
@@ -452,7 +468,7 @@ TEST_F(RemoteTest, SuFromRootAndWithAPasswordOnATerminal) {
       "command:setpriv --reuid=", kUser, " --regid=", kUser, " --clear-groups sh"));
   ASSERT_TRUE(user.ok()) << user.status();
   EXPECT_EQ(user->Info()->user(), kUser);
-  absl::StatusOr<Context> other = user->Spawn(absl::StrCat("su:", kOther, ",password=", kPassword));
+  absl::StatusOr<Context> other = user->Spawn(absl::StrCat("su:", kOther, ",password=", Password()));
   ASSERT_TRUE(other.ok()) << other.status();
   absl::StatusOr<v1::InfoReply> info = other->Info();
   ASSERT_TRUE(info.ok()) << info.status();
