@@ -20,11 +20,14 @@
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "common/fd.h"
+#include "common/printable.h"
 #include "common/sha256.h"
 #include "common/status_util.h"
 #include "proto/builtins.pb.h"
@@ -207,38 +210,48 @@ absl::Status Scan(const std::string& root, const std::string& rel, bool recursiv
   }
   std::sort(names.begin(), names.end());
   for (const std::string& name : names) {
-    if (absl::Status s = Scan(root, Join(rel, name), true, hash, depth + 1, where, out); !s.ok()) {
+    const std::string child = rel.empty() ? name : absl::StrCat(rel, "/", name);
+    if (absl::Status s = Scan(root, child, true, hash, depth + 1, where, out); !s.ok()) {
       return s;
     }
   }
   return absl::OkStatus();
 }
 
-// Writes one entry at its final path. A file goes to a temporary name in the same
-// directory and is renamed once complete and verified; the destructor removes the
-// temporary file of an entry never committed. Thread-safe: chunks may be written
-// concurrently at their offsets, and Discard may come from any thread (a cancellation).
+// Writes one entry at its final path, named by a directory it holds open and a name in it:
+// nothing it does follows a symlink in that last step, so a name can only land in that
+// directory. A file goes to a temporary name in the same directory and is renamed once
+// complete and verified; the destructor removes the temporary file of an entry never
+// committed. Owns the directory fd and the temporary file. Thread-safe: chunks may be
+// written concurrently at their offsets, and Discard may come from any thread (a
+// cancellation).
 class FileWriter {
  public:
-  static absl::StatusOr<std::unique_ptr<FileWriter>> Begin(const v1::FileEntry& entry,
-                                                           const std::string& dest,
-                                                           const std::string& where,
-                                                           bool finish_directory) {
-    std::unique_ptr<FileWriter> w(new FileWriter(entry, dest, where));
-    const char* path = dest.c_str();
+  // Writes `entry` as `name` in the directory `dir`; `dest` is its path, for errors. A
+  // directory entry is created (unless `finish_directory`: it exists, and gets its mode and
+  // time now), and must be a directory, not a symlink to one.
+  static absl::StatusOr<std::unique_ptr<FileWriter>> BeginAt(const v1::FileEntry& entry,
+                                                             UniqueFd dir,
+                                                             const std::string& name,
+                                                             const std::string& dest,
+                                                             const std::string& where,
+                                                             bool finish_directory) {
+    std::unique_ptr<FileWriter> w(new FileWriter(entry, std::move(dir), name, dest, where));
+    const int at = w->dir_.get();
+    const char* leaf = w->name_.c_str();
     switch (entry.kind()) {
       case v1::FileEntry::DIRECTORY: {
-        if (!finish_directory && ::mkdir(path, 0700) != 0) {
-          struct stat st;
-          if (errno != EEXIST || ::stat(path, &st) != 0 || !S_ISDIR(st.st_mode)) {
-            return PathError(errno == EEXIST ? ENOTDIR : errno, "create the directory", dest,
-                             where);
-          }
+        if (!finish_directory && ::mkdirat(at, leaf, 0700) != 0 && errno != EEXIST) {
+          return PathError(errno, "create the directory", dest, where);
         }
-        if (::chmod(path, entry.mode()) != 0) return PathError(errno, "chmod", dest, where);
+        UniqueFd self(::openat(at, leaf, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+        if (!self.valid()) {
+          return PathError(errno == ELOOP ? ENOTDIR : errno, "create the directory", dest, where);
+        }
+        if (::fchmod(self.get(), entry.mode()) != 0) return PathError(errno, "chmod", dest, where);
         if (finish_directory) {
           struct timespec times[2] = {ToTimespec(entry.mtime_ns()), ToTimespec(entry.mtime_ns())};
-          if (::utimensat(AT_FDCWD, path, times, 0) != 0) {
+          if (::futimens(self.get(), times) != 0) {
             return PathError(errno, "set the time of", dest, where);
           }
         }
@@ -247,14 +260,14 @@ class FileWriter {
       }
       case v1::FileEntry::SYMLINK: {
         std::string tmp = w->TempName();
-        if (::symlink(entry.symlink_target().c_str(), tmp.c_str()) != 0) {
+        if (::symlinkat(entry.symlink_target().c_str(), at, tmp.c_str()) != 0) {
           return PathError(errno, "create the symlink", dest, where);
         }
         struct timespec times[2] = {ToTimespec(entry.mtime_ns()), ToTimespec(entry.mtime_ns())};
-        ::utimensat(AT_FDCWD, tmp.c_str(), times, AT_SYMLINK_NOFOLLOW);
-        if (::rename(tmp.c_str(), path) != 0) {
+        ::utimensat(at, tmp.c_str(), times, AT_SYMLINK_NOFOLLOW);
+        if (::renameat(at, tmp.c_str(), at, leaf) != 0) {
           int err = errno;
-          ::unlink(tmp.c_str());
+          ::unlinkat(at, tmp.c_str(), 0);
           return PathError(err, "create the symlink", dest, where);
         }
         w->MarkCommitted();
@@ -262,14 +275,34 @@ class FileWriter {
       }
       case v1::FileEntry::FILE:
       default: {
-        std::string tmpl = w->TempName() + "XXXXXX";
-        int fd = ::mkostemp(tmpl.data(), O_CLOEXEC);
-        if (fd < 0) return PathError(errno, "create", dest, where);
-        w->fd_.Reset(fd);
-        w->temp_ = tmpl;
-        return w;
+        for (int attempt = 0;; ++attempt) {
+          std::string tmp = w->TempName();
+          int fd = ::openat(at, tmp.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                            0600);
+          if (fd < 0 && errno == EEXIST && attempt < 100) continue;
+          if (fd < 0) return PathError(errno, "create", dest, where);
+          w->fd_.Reset(fd);
+          w->temp_ = tmp;
+          return w;
+        }
       }
     }
+  }
+
+  // Writes `entry` at the absolute path `dest`, whose directory is opened by its path.
+  static absl::StatusOr<std::unique_ptr<FileWriter>> Begin(const v1::FileEntry& entry,
+                                                           const std::string& dest,
+                                                           const std::string& where,
+                                                           bool finish_directory) {
+    std::string name = BaseName(dest);
+    std::string parent = DirName(dest);
+    if (name == "/" || name.empty()) {  // The root directory itself.
+      name = ".";
+      parent = "/";
+    }
+    UniqueFd dir(::open(parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!dir.valid()) return PathError(errno, "open the directory", parent, where);
+    return BeginAt(entry, std::move(dir), name, dest, where, finish_directory);
   }
 
   ~FileWriter() { Discard(); }
@@ -279,7 +312,7 @@ class FileWriter {
     absl::MutexLock lock(&mu_);
     if (committed_ || discarded_) return;
     discarded_ = true;
-    if (!temp_.empty()) ::unlink(temp_.c_str());
+    if (!temp_.empty()) ::unlinkat(dir_.get(), temp_.c_str(), 0);
   }
 
   absl::Status Write(int64_t offset, const std::string& data) {
@@ -381,14 +414,21 @@ class FileWriter {
   }
 
  private:
-  FileWriter(v1::FileEntry entry, std::string dest, std::string where)
-      : entry_(std::move(entry)), dest_(std::move(dest)), where_(std::move(where)) {}
+  FileWriter(v1::FileEntry entry, UniqueFd dir, std::string name, std::string dest,
+             std::string where)
+      : entry_(std::move(entry)),
+        dir_(std::move(dir)),
+        name_(std::move(name)),
+        dest_(std::move(dest)),
+        where_(std::move(where)) {}
   // Sets mode and time and renames into place.
   absl::Status Install() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (::fchmod(fd_.get(), entry_.mode()) != 0) return PathError(errno, "chmod", dest_, where_);
     struct timespec times[2] = {ToTimespec(entry_.mtime_ns()), ToTimespec(entry_.mtime_ns())};
     if (::futimens(fd_.get(), times) != 0) return PathError(errno, "set the time of", dest_, where_);
-    if (::rename(temp_.c_str(), dest_.c_str()) != 0) return PathError(errno, "rename into", dest_, where_);
+    if (::renameat(dir_.get(), temp_.c_str(), dir_.get(), name_.c_str()) != 0) {
+      return PathError(errno, "rename into", dest_, where_);
+    }
     committed_ = true;
     return absl::OkStatus();
   }
@@ -421,13 +461,16 @@ class FileWriter {
       ahead_bytes_ -= it->second.size();
     }
   }
+  // A name in dir_ for the entry while it is written.
   std::string TempName() const {
     static std::atomic<uint64_t> counter{0};
-    return absl::StrCat(DirName(dest_), "/.", BaseName(dest_), ".grove-", ::getpid(), "-",
-                        counter.fetch_add(1), ".");
+    return absl::StrCat(".", name_ == "." ? "root" : name_, ".grove-", ::getpid(), "-",
+                        counter.fetch_add(1));
   }
 
   const v1::FileEntry entry_;
+  const UniqueFd dir_;      // The directory the entry goes in.
+  const std::string name_;  // Its name there.
   const std::string dest_;
   const std::string where_;
   UniqueFd fd_;         // Set in Begin, then read-only.
@@ -1038,6 +1081,96 @@ std::vector<std::pair<uint64_t, absl::StatusOr<v1::CopyReply>>> KernelCopies(
   return std::move(state->replies);
 }
 
+// Checks the listing that context `source` sent for a pull before anything is written: the
+// root first (path ""), then entries whose paths are relative, with no empty, "." or ".."
+// component, each inside a directory listed before it (never under a symlink or a file). A
+// context that lies cannot make the pull write outside its destination.
+absl::Status CheckListing(const std::vector<v1::FileEntry>& entries, const std::string& source) {
+  auto refuse = [&source](const std::string& path, absl::string_view why) {
+    return absl::PermissionDeniedError(absl::StrCat("pull: context ", source, " listed '",
+                                                    Printable(path), "', ", why,
+                                                    "; nothing was written for it"));
+  };
+  if (entries.empty() || !entries[0].path().empty()) {
+    return absl::DataLossError(
+        absl::StrCat("pull: context ", source, " listed no root entry first"));
+  }
+  absl::flat_hash_set<std::string> directories;
+  if (entries[0].kind() == v1::FileEntry::DIRECTORY) directories.insert("");
+  for (size_t i = 1; i < entries.size(); ++i) {
+    const std::string& path = entries[i].path();
+    if (path.empty() || path[0] == '/') return refuse(path, "which is not a relative path");
+    for (absl::string_view part : absl::StrSplit(path, '/')) {
+      if (part.empty() || part == "." || part == "..") {
+        return refuse(path, "which has an empty, '.' or '..' component");
+      }
+    }
+    if (path.find('\0') != std::string::npos) return refuse(path, "which holds a NUL byte");
+    const size_t slash = path.rfind('/');
+    const std::string parent = slash == std::string::npos ? "" : path.substr(0, slash);
+    if (!directories.contains(parent)) {
+      return refuse(path, "which is not inside a directory listed before it");
+    }
+    if (entries[i].kind() == v1::FileEntry::DIRECTORY) directories.insert(path);
+  }
+  return absl::OkStatus();
+}
+
+// The directories of a pull's destination, opened without following a symlink anywhere below
+// its root. Owns the fds it holds; thread-compatible.
+class PullDestination {
+ public:
+  PullDestination(std::string root, std::string where)
+      : root_(std::move(root)), where_(std::move(where)) {}
+
+  // A writer for `entry` (a checked listing's), in the directory it goes in.
+  absl::StatusOr<std::unique_ptr<FileWriter>> Begin(const v1::FileEntry& entry,
+                                                    bool finish_directory) {
+    const std::string dest = Join(root_, entry.path());
+    if (entry.path().empty()) return FileWriter::Begin(entry, dest, where_, finish_directory);
+    const size_t slash = entry.path().rfind('/');
+    const std::string parent = slash == std::string::npos ? "" : entry.path().substr(0, slash);
+    absl::StatusOr<UniqueFd> dir = Directory(parent);
+    if (!dir.ok()) return dir.status();
+    return FileWriter::BeginAt(entry, *std::move(dir), entry.path().substr(slash + 1), dest,
+                               where_, finish_directory);
+  }
+
+ private:
+  // Directory `rel` under the root (a dup the caller owns), walked one component at a time.
+  absl::StatusOr<UniqueFd> Directory(const std::string& rel) {
+    if (!root_fd_.valid()) {
+      root_fd_.Reset(::open(root_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+      if (!root_fd_.valid()) return PathError(errno, "open the directory", root_, where_);
+    }
+    if (!last_.valid() || last_rel_ != rel) {
+      UniqueFd at(::fcntl(root_fd_.get(), F_DUPFD_CLOEXEC, 0));
+      if (!rel.empty()) {
+        for (absl::string_view part : absl::StrSplit(rel, '/')) {
+          UniqueFd next(::openat(at.get(), std::string(part).c_str(),
+                                 O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+          if (!next.valid()) {
+            return PathError(errno == ELOOP ? ENOTDIR : errno, "open the directory",
+                             Join(root_, rel), where_);
+          }
+          at = std::move(next);
+        }
+      }
+      last_ = std::move(at);
+      last_rel_ = rel;
+    }
+    UniqueFd dup(::fcntl(last_.get(), F_DUPFD_CLOEXEC, 0));
+    if (!dup.valid()) return PathError(errno, "open the directory", Join(root_, rel), where_);
+    return dup;
+  }
+
+  const std::string root_;
+  const std::string where_;
+  UniqueFd root_fd_;
+  UniqueFd last_;  // Directory last_rel_, the last one asked for.
+  std::string last_rel_;
+};
+
 // A pull's kernel copy of `path` in context `from` into `writer`: the file is held open there
 // (grove.file_hold) while this context opens it through /proc and copies it. False, with
 // nothing written, when this context cannot open it (another host, user or pid namespace); an
@@ -1327,6 +1460,13 @@ absl::StatusOr<TransferSummary> PullFiles(Router& router, ContextId from, const 
       ::stat(dest.c_str(), &st) == 0 && S_ISDIR(st.st_mode) ? Join(dest, BaseName(src)) : dest;
   const std::string where = router.name();
   std::vector<v1::FileEntry> entries(listed->entries().begin(), listed->entries().end());
+  std::optional<ContextRecord> source = router.registry().Find(from);
+  if (absl::Status checked =
+          CheckListing(entries, source.has_value() ? source->name : absl::StrCat(from.value()));
+      !checked.ok()) {
+    return checked;
+  }
+  PullDestination destination(root, where);
   TransferSummary summary;
   summary.entries = static_cast<int64_t>(entries.size());
   Progress progress(options, TotalBytes(entries));
@@ -1335,9 +1475,7 @@ absl::StatusOr<TransferSummary> PullFiles(Router& router, ContextId from, const 
     return summary;
   };
   for (const v1::FileEntry& entry : entries) {
-    const std::string path = Join(root, entry.path());
-    absl::StatusOr<std::unique_ptr<FileWriter>> writer =
-        FileWriter::Begin(entry, path, where, false);
+    absl::StatusOr<std::unique_ptr<FileWriter>> writer = destination.Begin(entry, false);
     if (!writer.ok()) return fail(writer.status());
     if (entry.kind() != v1::FileEntry::FILE) continue;
     if (!stream && entry.size() > 0) {
@@ -1391,8 +1529,7 @@ absl::StatusOr<TransferSummary> PullFiles(Router& router, ContextId from, const 
   }
   for (auto it = entries.rbegin(); it != entries.rend(); ++it) {
     if (it->kind() != v1::FileEntry::DIRECTORY) continue;
-    absl::StatusOr<std::unique_ptr<FileWriter>> done =
-        FileWriter::Begin(*it, Join(root, it->path()), where, true);
+    absl::StatusOr<std::unique_ptr<FileWriter>> done = destination.Begin(*it, true);
     if (!done.ok()) return fail(done.status());
   }
   summary.results.push_back({from, absl::OkStatus()});
