@@ -10,10 +10,10 @@
 #include "master/master.h"         // Master, MasterOptions, Main
 #include "proto/builtins.pb.h"     // RunRequest, RunReply, InfoReply, ...
 #include "router/context.h"        // Context
-#include "router/files.h"          // PushFiles, PullFiles
+#include "files/files.h"          // PushFiles, PullFiles
 #include "router/functions.h"      // Functions, CallContext, CallableBy
-#include "router/hop.h"            // ParsePath, ParseHop
-#include "router/mesh.h"           // ChannelTo (gRPC services through the tree)
+#include "link/hop.h"            // ParsePath, ParseHop
+#include "mesh/mesh.h"           // ChannelTo (gRPC services through the tree)
 #include "router/registry.h"       // Registry, ContextRecord
 #include "router/router.h"         // Router, CallOptions
 

@@ -28,10 +28,11 @@
 #include "launch/local_launcher.h"
 #include "launch/payload.h"
 #include "launch/remote_launcher.h"
+#include "launch/standard.h"
 #include "proto/builtins.pb.h"
 #include "proto/files.pb.h"
 #include "proto/mesh.pb.h"
-#include "router/mesh.h"
+#include "mesh/mesh.h"
 #include "router/router.h"
 #include "transport/grpc_link.h"
 #include "transport/relay.h"
@@ -468,25 +469,15 @@ void RunAgent(int argc, char** argv, const Functions& functions) {
   info.set_user(CurrentUserName());
   if (info.name().empty()) info.set_name(absl::StrCat(info.method(), ".", ::getpid()));
 
-  Router::Options options;
-  options.self = info;
-  options.ancestors = flags.ancestors;
-  options.functions = &functions;
-  options.max_message_bytes = flags.max_message_bytes;
-  options.min_log_level = flags.min_log_level;
-  options.verbosity = flags.verbosity;
   // Intentionally leaked: the process ends with _exit, never by destroying these.
-  auto* router = new Router(options);
-  router->AddLauncher("local", new LocalLauncher());
-  router->AddLauncher("command", new CommandLauncher());
-  router->AddLauncher("ssh", new SshLauncher());
-  router->AddLauncher("sudo", new SudoLauncher());
-  router->AddLauncher(
-      "fork", new ForkLauncher(zygote.ok() ? *zygote : nullptr,
-                               zygote.ok() ? "" : absl::StrCat("context ", info.name(),
-                                                               " has no zygote: ",
-                                                               zygote.status().message())));
-  router->AddLauncher("su", new SuLauncher());
+  auto* router = new Router(StandardRouterOptions(info, flags.ancestors, &functions,
+                                                  flags.max_message_bytes, flags.min_log_level,
+                                                  flags.verbosity));
+  auto* launchers = new StandardLaunchers(
+      zygote.ok() ? *zygote : nullptr,
+      zygote.ok() ? "" : absl::StrCat("context ", info.name(), " has no zygote: ",
+                                      zygote.status().message()));
+  launchers->AddTo(*router);
 
   // The first request to end (a shutdown call, the parent's link gone) starts a thread that
   // takes this context down (EndContext); until it is done, the main thread goes on

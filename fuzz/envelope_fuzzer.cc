@@ -38,8 +38,8 @@
 #include "proto/builtins.pb.h"
 #include "proto/grove.pb.h"
 #include "router/functions.h"
-#include "router/launcher.h"
-#include "router/link.h"
+#include "link/launcher.h"
+#include "link/link.h"
 #include "router/router.h"
 #include "router/testing/fake_link.h"
 

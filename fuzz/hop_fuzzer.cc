@@ -1,4 +1,4 @@
-// Fuzzes paths and hops (router/hop.h), which come from the command line, from programs
+// Fuzzes paths and hops (link/hop.h), which come from the command line, from programs
 // (Context::Spawn) and, in the grove.spawn built-in, from an ancestor over a link.
 //
 // Besides not crashing, it checks what callers rely on:
@@ -19,7 +19,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
 #include "glog/logging.h"
-#include "router/hop.h"
+#include "link/hop.h"
 
 namespace grove {
 namespace {

@@ -55,7 +55,7 @@
 #include "absl/time/time.h"
 #include "common/fd.h"
 #include "common/process.h"
-#include "router/launcher.h"
+#include "link/launcher.h"
 
 namespace grove {
 

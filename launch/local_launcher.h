@@ -11,7 +11,7 @@
 
 #include "common/fd.h"
 #include "common/process.h"
-#include "router/launcher.h"
+#include "link/launcher.h"
 
 namespace grove {
 

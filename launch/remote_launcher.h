@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "router/launcher.h"
+#include "link/launcher.h"
 
 namespace grove {
 

@@ -13,7 +13,7 @@
 #include "common/printable.h"
 #include "common/process.h"
 #include "glog/logging.h"
-#include "router/hop.h"
+#include "link/hop.h"
 
 namespace grove {
 
@@ -46,31 +46,24 @@ void LogToStderr(const ContextRecord& from, const v1::LogRecord& record) {
 
 Master::Master(const Functions& functions, MasterOptions options)
     : options_(std::move(options)),
-      fork_launcher_(options_.zygote,
-                     "the master has no zygote: start one with grove::StartZygote at the top "
-                     "of main() and pass it in MasterOptions::zygote, or use grove::Main") {
+      launchers_(options_.zygote,
+                 "the master has no zygote: start one with grove::StartZygote at the top "
+                 "of main() and pass it in MasterOptions::zygote, or use grove::Main") {
   ::signal(SIGPIPE, SIG_IGN);
-  Router::Options router_options;
-  router_options.self.set_id(0);
-  router_options.self.set_name(options_.name);
-  router_options.self.set_parent(0);
-  router_options.self.set_method("master");
-  router_options.self.set_host(CurrentHostName());
-  router_options.self.set_pid(::getpid());
-  router_options.self.set_user(CurrentUserName());
-  router_options.functions = &functions;
-  router_options.max_message_bytes = options_.max_message_bytes;
-  router_options.min_log_level = FLAGS_minloglevel;
-  router_options.verbosity = FLAGS_v;
+  v1::ContextInfo self;
+  self.set_id(0);
+  self.set_name(options_.name);
+  self.set_parent(0);
+  self.set_method("master");
+  self.set_host(CurrentHostName());
+  self.set_pid(::getpid());
+  self.set_user(CurrentUserName());
+  Router::Options router_options = StandardRouterOptions(
+      self, {}, &functions, options_.max_message_bytes, FLAGS_minloglevel, FLAGS_v);
   router_options.stop_grace = options_.stop_grace;
   router_options.gone_history = options_.gone_history;
   router_ = std::make_unique<Router>(std::move(router_options));
-  router_->AddLauncher("local", &local_launcher_);
-  router_->AddLauncher("command", &command_launcher_);
-  router_->AddLauncher("ssh", &ssh_launcher_);
-  router_->AddLauncher("sudo", &sudo_launcher_);
-  router_->AddLauncher("fork", &fork_launcher_);
-  router_->AddLauncher("su", &su_launcher_);
+  launchers_.AddTo(*router_);
   router_->SetLogSink(options_.log_sink ? options_.log_sink : LogSink(LogToStderr));
 }
 

@@ -21,8 +21,7 @@
 
 #include "absl/status/statusor.h"
 #include "launch/fork_launcher.h"
-#include "launch/local_launcher.h"
-#include "launch/remote_launcher.h"
+#include "launch/standard.h"
 #include "router/context.h"
 #include "router/functions.h"
 #include "router/registry.h"
@@ -78,12 +77,7 @@ class Master {
 
  private:
   MasterOptions options_;
-  LocalLauncher local_launcher_;
-  CommandLauncher command_launcher_;
-  SshLauncher ssh_launcher_;
-  SudoLauncher sudo_launcher_;
-  ForkLauncher fork_launcher_;
-  SuLauncher su_launcher_;
+  StandardLaunchers launchers_;
   std::unique_ptr<Router> router_;
 };
 

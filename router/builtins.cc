@@ -13,8 +13,6 @@
 #include "common/process.h"
 #include "common/status_util.h"
 #include "proto/builtins.pb.h"
-#include "router/files.h"
-#include "router/mesh.h"
 #include "router/router.h"
 
 extern char** environ;
@@ -221,8 +219,6 @@ void Router::RegisterBuiltins() {
         uint32_t count = std::clamp<uint32_t>(request.count(), 1, 100000);
         return GrantIdBlock(call.caller().value(), count);
       }));
-  RegisterFileFunctions(this, &builtins_);
-  RegisterMeshFunctions(this, options_.functions, &builtins_);
 }
 
 }  // namespace grove

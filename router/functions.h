@@ -176,7 +176,7 @@ class Functions {
 
   // Hosts `service` (a generated service's sync or callback implementation; async services
   // are not supported) in every context of the tree, reachable with ordinary stubs on
-  // grove::ChannelTo(context) (router/mesh.h) from that context's ancestors. Not owned; must
+  // grove::ChannelTo(context) (mesh/mesh.h) from that context's ancestors. Not owned; must
   // outlive every context of this process. Not thread-safe, like Register.
   void AddService(grpc::Service* service) { services_.push_back(service); }
   const std::vector<grpc::Service*>& services() const { return services_; }

@@ -122,6 +122,16 @@ Router::Router(Options options)
       ancestors_(options_.ancestors.begin(), options_.ancestors.end()),
       registry_(options_.gone_history) {
   RegisterBuiltins();
+  for (const Component& attach : options_.components) attach(*this, builtins_);
+}
+
+void Router::SetAttachment(const void* key, std::shared_ptr<void> value) {
+  CHECK(attachments_.emplace(key, std::move(value)).second) << "attachment set twice";
+}
+
+std::shared_ptr<void> Router::attachment(const void* key) const {
+  auto it = attachments_.find(key);
+  return it == attachments_.end() ? nullptr : it->second;
 }
 
 Router::~Router() {

@@ -48,10 +48,11 @@
 #include "common/executor.h"
 #include "proto/builtins.pb.h"
 #include "proto/grove.pb.h"
+#include "router/component.h"
 #include "router/functions.h"
-#include "router/hop.h"
-#include "router/launcher.h"
-#include "router/link.h"
+#include "link/hop.h"
+#include "link/launcher.h"
+#include "link/link.h"
 #include "router/registry.h"
 
 namespace grove {
@@ -103,6 +104,8 @@ class Router : public LinkDelegate {
     // this bounds the threads a hostile subtree (or a flood from elsewhere, for functions
     // any context may call, like grove.sleep) can make this context start.
     int max_running_calls_per_link = 10000;
+    // Attached in this order as the router is made (router/component.h): files, mesh.
+    std::vector<Component> components;
   };
 
   // How many id blocks (grove.id_block) one context holds at most, in the master and in
@@ -126,6 +129,14 @@ class Router : public LinkDelegate {
   // A built-in or one of the program's functions, as calls here would find it; nullptr if
   // unknown.
   const Function* FindFunction(const std::string& name) const;
+  // The program's functions (Options::functions); may be null.
+  const Functions* program_functions() const { return options_.functions; }
+
+  // State a component keeps for this router, under `key` (the address of an object of the
+  // component's own). Set once per key, from the component's attach call (router/component.h);
+  // read from any thread. Null if unset.
+  void SetAttachment(const void* key, std::shared_ptr<void> value);
+  std::shared_ptr<void> attachment(const void* key) const;
 
   // ---- Wiring, by child/ and master/ before use ----
   // Not owned; must outlive the router.
@@ -251,6 +262,8 @@ class Router : public LinkDelegate {
   const v1::ContextInfo self_;
   const absl::flat_hash_set<uint64_t> ancestors_;
   Functions builtins_;
+  // By key; written only while the constructor runs the components, then read-only.
+  absl::flat_hash_map<const void*, std::shared_ptr<void>> attachments_;
   Registry registry_;
   std::atomic<uint64_t> next_call_id_{1};
 

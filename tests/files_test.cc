@@ -25,7 +25,7 @@
 #include "gtest/gtest.h"
 #include "master/master.h"
 #include "proto/files.pb.h"
-#include "router/files.h"
+#include "files/files.h"
 #include "router/functions.h"
 #include "tests/leak_check.h"
 #include "tests/test_functions.h"

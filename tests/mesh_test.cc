@@ -1,9 +1,9 @@
-// The mesh (router/mesh.h), tested with real processes: a gRPC service that every context of
+// The mesh (mesh/mesh.h), tested with real processes: a gRPC service that every context of
 // the test tree hosts, called with its generated stub through grove::ChannelTo across hops.
 //
 // This binary has a main() of its own (at the end): its contexts register the test service,
 // which the other test binaries' functions do not.
-#include "router/mesh.h"
+#include "mesh/mesh.h"
 
 #include <signal.h>
 #include <unistd.h>

@@ -20,7 +20,7 @@
 #include "google/protobuf/wrappers.pb.h"
 #include "common/process.h"
 #include "launch/remote_launcher.h"
-#include "router/files.h"
+#include "files/files.h"
 #include "tools/cli.h"
 #include "tools/floors.h"
 

@@ -12,7 +12,7 @@
 #include "google/protobuf/dynamic_message.h"
 #include "google/protobuf/util/json_util.h"
 #include "grove.h"
-#include "router/files.h"
+#include "files/files.h"
 #include "tools/cli.h"
 #include "tools/cli_paths.h"
 

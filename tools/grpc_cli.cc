@@ -1,4 +1,4 @@
-// grove grpc: the gRPC services a context hosts (router/mesh.h), from the command line.
+// grove grpc: the gRPC services a context hosts (mesh/mesh.h), from the command line.
 //
 //   grove grpc PATH list                       the services, from server reflection
 //   grove grpc PATH SERVICE/METHOD 'JSON'      call a method with a JSON request (protobuf

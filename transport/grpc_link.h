@@ -29,7 +29,7 @@
 #include "grpcpp/alarm.h"
 #include "grpcpp/grpcpp.h"
 #include "proto/grove.grpc.pb.h"
-#include "router/link.h"
+#include "link/link.h"
 
 namespace grove {
 

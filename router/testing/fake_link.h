@@ -18,8 +18,8 @@
 #include "glog/logging.h"
 #include "proto/builtins.pb.h"
 #include "proto/grove.pb.h"
-#include "router/launcher.h"
-#include "router/link.h"
+#include "link/launcher.h"
+#include "link/link.h"
 
 namespace grove {
 

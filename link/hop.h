@@ -3,8 +3,8 @@
 // A path is a chain of hops separated by '/'; a hop is METHOD[:TARGET][,key=value...], e.g.
 // "local", "local,name=worker1", "ssh:web1/sudo:root". A '/' inside an option value (a file
 // name) does not split the path: a new hop starts only where a known method follows.
-#ifndef GROVE_ROUTER_HOP_H_
-#define GROVE_ROUTER_HOP_H_
+#ifndef GROVE_LINK_HOP_H_
+#define GROVE_LINK_HOP_H_
 
 #include <string>
 #include <utility>
@@ -46,4 +46,4 @@ absl::StatusOr<std::vector<Hop>> ParsePath(absl::string_view text);
 
 }  // namespace grove
 
-#endif  // GROVE_ROUTER_HOP_H_
+#endif  // GROVE_LINK_HOP_H_

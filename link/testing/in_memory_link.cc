@@ -1,4 +1,4 @@
-#include "router/testing/in_memory_link.h"
+#include "link/testing/in_memory_link.h"
 
 #include <deque>
 #include <thread>

@@ -1,4 +1,4 @@
-#include "router/hop.h"
+#include "link/hop.h"
 
 #include <string>
 #include <utility>

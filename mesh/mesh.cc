@@ -1,4 +1,4 @@
-#include "router/mesh.h"
+#include "mesh/mesh.h"
 
 #include <atomic>
 #include <chrono>
@@ -1362,25 +1362,14 @@ void ProxyCall::OnReadDone(bool ok) {
   if (!state_->cancel().cancelled()) Send(std::nullopt, true);
 }
 
-// Finds the mesh of `router`: the object behind its grove.grpc_open.
-struct OpenFunction {
-  std::shared_ptr<Mesh> mesh;
-  absl::StatusOr<std::string> operator()(const std::string& argument, CallContext& call) const {
-    v1::GrpcOpenRequest request;
-    if (!request.ParseFromString(argument)) {
-      return absl::InvalidArgumentError("cannot decode the argument of grove.grpc_open");
-    }
-    absl::StatusOr<v1::GrpcStatus> status = mesh->Open(request, call);
-    if (!status.ok()) return status.status();
-    return status->SerializeAsString();
-  }
-};
+// The key of the mesh's attachment to each router (Router::SetAttachment).
+constexpr char kMeshKey = 0;
 
 std::shared_ptr<Mesh> MeshOf(const Router& router) {
-  const Function* open = router.FindFunction(kOpen);
-  const OpenFunction* f = open == nullptr ? nullptr : open->invoke.target<OpenFunction>();
-  CHECK(f != nullptr) << "the router has no mesh built-ins";
-  return f->mesh;
+  std::shared_ptr<Mesh> mesh = std::static_pointer_cast<Mesh>(router.attachment(&kMeshKey));
+  CHECK(mesh != nullptr) << "the mesh is not attached to the router of " << router.name()
+                         << " (Router::Options::components lacks MeshComponent())";
+  return mesh;
 }
 
 }  // namespace
@@ -1389,20 +1378,23 @@ std::shared_ptr<grpc::Channel> ChannelTo(const Context& context) {
   return MeshOf(context.router())->ChannelTo(context.id());
 }
 
-void RegisterMeshFunctions(Router* router, const Functions* program, Functions* builtins) {
-  auto mesh = std::make_shared<Mesh>(router, program);
-  Function open;
-  open.name = kOpen;
-  open.argument_type = v1::GrpcOpenRequest::descriptor()->full_name();
-  open.result_type = v1::GrpcStatus::descriptor()->full_name();
-  open.invoke = OpenFunction{mesh};
-  builtins->Add(std::move(open));
-  builtins->Add(Functions::MakeFunction<v1::GrpcSendRequest, v1::Empty>(
-      kSend,
-      [mesh](const v1::GrpcSendRequest& request, CallContext& call) {
-        return mesh->Send(request, call);
-      },
-      {CallableBy::kAncestors, /*run_inline=*/true}));
+Component MeshComponent() {
+  return [](Router& router, Functions& builtins) {
+    auto mesh = std::make_shared<Mesh>(&router, router.program_functions());
+    builtins.Add(Functions::MakeFunction<v1::GrpcOpenRequest, v1::GrpcStatus>(
+        kOpen,
+        [mesh](const v1::GrpcOpenRequest& request, CallContext& call) {
+          return mesh->Open(request, call);
+        },
+        {}));
+    builtins.Add(Functions::MakeFunction<v1::GrpcSendRequest, v1::Empty>(
+        kSend,
+        [mesh](const v1::GrpcSendRequest& request, CallContext& call) {
+          return mesh->Send(request, call);
+        },
+        {CallableBy::kAncestors, /*run_inline=*/true}));
+    router.SetAttachment(&kMeshKey, std::move(mesh));
+  };
 }
 
 }  // namespace grove

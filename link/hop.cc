@@ -1,4 +1,4 @@
-#include "router/hop.h"
+#include "link/hop.h"
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"

@@ -25,8 +25,8 @@
 // file and streams to that target as above. A pull does the same the other way: the source
 // holds its file open (grove.file_hold) while this context opens it through /proc and copies
 // it; where it cannot, the files are listed again with their digests and streamed.
-#ifndef GROVE_ROUTER_FILES_H_
-#define GROVE_ROUTER_FILES_H_
+#ifndef GROVE_FILES_FILES_H_
+#define GROVE_FILES_FILES_H_
 
 #include <cstdint>
 #include <functional>
@@ -35,6 +35,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/context_id.h"
+#include "router/component.h"
 #include "router/functions.h"
 #include "router/router.h"
 
@@ -83,13 +84,12 @@ absl::StatusOr<TransferSummary> PullFiles(Router& router, ContextId from, const 
                                           const std::string& dest,
                                           const TransferOptions& options = {});
 
-// Installs the built-ins behind the two (grove.file_receive, grove.file_chunk,
-// grove.file_copy, grove.file_stat, grove.file_list, grove.file_read, grove.file_hold, and
-// grove.file_stats: bytes received, relayed, copied and served; callable by ancestors only)
-// into
-// `functions`, which the router owns and which must not outlive it.
-void RegisterFileFunctions(Router* router, Functions* functions);
+// Files as a component of each router (router/component.h): the built-ins behind the two
+// (grove.file_receive, grove.file_chunk, grove.file_copy, grove.file_stat, grove.file_list,
+// grove.file_read, grove.file_hold, and grove.file_stats: bytes received, relayed, copied and
+// served), callable by ancestors only.
+Component FilesComponent();
 
 }  // namespace grove
 
-#endif  // GROVE_ROUTER_FILES_H_
+#endif  // GROVE_FILES_FILES_H_

@@ -1,4 +1,4 @@
-#include "router/files.h"
+#include "files/files.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -1262,6 +1262,7 @@ bool TransferSummary::ok() const {
   return true;
 }
 
+// Installs the built-ins of FilesComponent into `functions`.
 void RegisterFileFunctions(Router* router, Functions* functions) {
   auto service = std::make_shared<FileService>(router);
   functions->Add(Functions::MakeFunction<v1::ReceiveRequest, v1::ReceiveReply>(
@@ -1534,6 +1535,10 @@ absl::StatusOr<TransferSummary> PullFiles(Router& router, ContextId from, const 
   }
   summary.results.push_back({from, absl::OkStatus()});
   return summary;
+}
+
+Component FilesComponent() {
+  return [](Router& router, Functions& builtins) { RegisterFileFunctions(&router, &builtins); };
 }
 
 }  // namespace grove

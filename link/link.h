@@ -4,8 +4,8 @@
 // children), in order, in both directions. The router is transport-agnostic: transport/
 // implements Link over a gRPC stream on an inherited socket, and the unit tests implement it
 // in memory.
-#ifndef GROVE_ROUTER_LINK_H_
-#define GROVE_ROUTER_LINK_H_
+#ifndef GROVE_LINK_LINK_H_
+#define GROVE_LINK_LINK_H_
 
 #include <string>
 
@@ -60,4 +60,4 @@ class Link {
 
 }  // namespace grove
 
-#endif  // GROVE_ROUTER_LINK_H_
+#endif  // GROVE_LINK_LINK_H_

@@ -14,8 +14,8 @@
 //
 // An InMemoryNetwork owns the delivery threads of the links it made and joins them all in its
 // destructor, so a test leaves no thread behind.
-#ifndef GROVE_ROUTER_TESTING_IN_MEMORY_LINK_H_
-#define GROVE_ROUTER_TESTING_IN_MEMORY_LINK_H_
+#ifndef GROVE_LINK_TESTING_IN_MEMORY_LINK_H_
+#define GROVE_LINK_TESTING_IN_MEMORY_LINK_H_
 
 #include <cstdint>
 #include <functional>
@@ -27,7 +27,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "proto/grove.pb.h"
-#include "router/link.h"
+#include "link/link.h"
 
 namespace grove {
 
@@ -125,4 +125,4 @@ class InMemoryNetwork {
 
 }  // namespace grove
 
-#endif  // GROVE_ROUTER_TESTING_IN_MEMORY_LINK_H_
+#endif  // GROVE_LINK_TESTING_IN_MEMORY_LINK_H_

@@ -3,8 +3,8 @@
 // Any context can be a parent, so every context carries launchers. The router declares this
 // interface; launch/ implements it and child/ and master/ install the implementations, so
 // router/ does not depend on launch/.
-#ifndef GROVE_ROUTER_LAUNCHER_H_
-#define GROVE_ROUTER_LAUNCHER_H_
+#ifndef GROVE_LINK_LAUNCHER_H_
+#define GROVE_LINK_LAUNCHER_H_
 
 #include <cstdint>
 #include <memory>
@@ -14,8 +14,8 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "proto/grove.pb.h"
-#include "router/hop.h"
-#include "router/link.h"
+#include "link/hop.h"
+#include "link/link.h"
 
 namespace grove {
 
@@ -65,4 +65,4 @@ class Launcher {
 
 }  // namespace grove
 
-#endif  // GROVE_ROUTER_LAUNCHER_H_
+#endif  // GROVE_LINK_LAUNCHER_H_

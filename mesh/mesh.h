@@ -48,13 +48,14 @@
 // is not forwarded, nor are gRPC's own headers. Async (completion-queue) services are not
 // supported. Linking the mesh registers gRPC's reflection plugin for every server the
 // program builds (see NoServerPluginsScope).
-#ifndef GROVE_ROUTER_MESH_H_
-#define GROVE_ROUTER_MESH_H_
+#ifndef GROVE_MESH_MESH_H_
+#define GROVE_MESH_MESH_H_
 
 #include <memory>
 
 #include "grpcpp/channel.h"
 #include "grpcpp/impl/server_builder_option.h"
+#include "router/component.h"
 #include "router/context.h"
 #include "router/functions.h"
 #include "router/router.h"
@@ -79,10 +80,10 @@ inline constexpr int kGrpcCreditStream = 18;
 // through its router too.
 std::shared_ptr<grpc::Channel> ChannelTo(const Context& context);
 
-// Installs the mesh built-ins (grove.grpc_open, grove.grpc_send) into `builtins`, hosting
-// `program`'s services (may be null: health and reflection only). Called once by the router
-// that owns `builtins`; `builtins` must not outlive `router`.
-void RegisterMeshFunctions(Router* router, const Functions* program, Functions* builtins);
+// The mesh as a component of each router (router/component.h): its built-ins
+// (grove.grpc_open, grove.grpc_send) hosting the router's program's services (health and
+// reflection only when it has none), and the state ChannelTo finds.
+Component MeshComponent();
 
 // A ServerBuilder option that keeps process-wide server plugins off a server: linking the mesh
 // (gRPC's reflection library) registers server reflection for every server the process
@@ -109,4 +110,4 @@ class NoServerPluginsScope {
 
 }  // namespace grove
 
-#endif  // GROVE_ROUTER_MESH_H_
+#endif  // GROVE_MESH_MESH_H_
