@@ -99,7 +99,7 @@ std::unique_ptr<grpc::ServerBuilderOption> WithoutServerPlugins();
 // ServerBuilder is made outside such a scope; until then they wait, in order, and from then
 // on every ServerBuilder makes them, scope or not (an agent makes its own server first).
 // (The link routes ServerBuilder's constructors and InternalAddPluginFactory through
-// mesh.cc: router/BUILD.bazel, --wrap.) Nestable.
+// mesh/server_plugins.cc: mesh/BUILD.bazel, --wrap.) Nestable.
 class NoServerPluginsScope {
  public:
   NoServerPluginsScope();
