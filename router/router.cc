@@ -11,61 +11,9 @@
 #include "common/status_util.h"
 #include "glog/logging.h"
 #include "proto/builtins.pb.h"
+#include "router/log_quota.h"
 
 namespace grove {
-namespace {
-
-// How many log records, and bytes of their text, the whole subtree behind one child link may
-// send per second; a burst of one second's worth passes. Records over it are dropped where
-// they arrive (so that a flooding context cannot fill its parent's link to the master and
-// stall every reply behind it), and counted; the count goes up as one record of this
-// context's own when a record passes again, at most once a second.
-// The quota is sized for an uninstrumented build: under ThreadSanitizer, which makes every
-// record about ten times as costly to route, it is a tenth, so that the same share of a
-// link thread goes to a flood.
-#if defined(__SANITIZE_THREAD__)
-constexpr double kLogRecordsPerSecond = 2000;
-#else
-constexpr double kLogRecordsPerSecond = 20000;
-#endif
-// How long a child link over its log quota is not read from (see Link::PauseReading).
-constexpr absl::Duration kLogPause = absl::Milliseconds(20);
-constexpr double kLogBytesPerSecond = 8 << 20;
-
-// A token bucket for kLogRecordsPerSecond and kLogBytesPerSecond. Thread-compatible.
-class LogQuota {
- public:
-  // Whether a record of `bytes` may pass at `now`; counts it as dropped otherwise.
-  bool Take(absl::Time now, size_t bytes) {
-    const double seconds = std::max(0.0, absl::ToDoubleSeconds(now - last_));
-    last_ = now;
-    records_ = std::min(kLogRecordsPerSecond, records_ + seconds * kLogRecordsPerSecond);
-    bytes_ = std::min(kLogBytesPerSecond, bytes_ + seconds * kLogBytesPerSecond);
-    if (records_ < 1 || bytes_ < static_cast<double>(bytes)) {
-      ++dropped_;
-      return false;
-    }
-    records_ -= 1;
-    bytes_ -= static_cast<double>(bytes);
-    return true;
-  }
-  // Records dropped since the last report, when there are some and the last report is a
-  // second old; 0 otherwise.
-  int64_t TakeDropped(absl::Time now) {
-    if (dropped_ == 0 || now - last_report_ < absl::Seconds(1)) return 0;
-    last_report_ = now;
-    return std::exchange(dropped_, 0);
-  }
-
- private:
-  absl::Time last_ = absl::Now();
-  absl::Time last_report_ = absl::InfinitePast();
-  double records_ = kLogRecordsPerSecond;
-  double bytes_ = kLogBytesPerSecond;
-  int64_t dropped_ = 0;
-};
-
-}  // namespace
 
 // One child of this context and the subtree behind its link.
 struct Router::Child {
@@ -120,7 +68,9 @@ Router::Router(Options options)
     : options_(std::move(options)),
       self_(options_.self),
       ancestors_(options_.ancestors.begin(), options_.ancestors.end()),
-      registry_(options_.gone_history) {
+      registry_(options_.gone_history),
+      gone_(options_.gone_history),
+      id_blocks_(kMaxIdBlocksPerContext) {
   RegisterBuiltins();
   for (const Component& attach : options_.components) attach(*this, builtins_);
 }
@@ -263,9 +213,9 @@ void Router::StartCall(ContextId dst, const std::string& function,
     if (shutting_down_) {
       refused = absl::UnavailableError(
           absl::StrCat("context ", self_.name(), " is shutting down"));
-    } else if (auto gone = gone_.find(dst.value()); gone != gone_.end()) {
+    } else if (const std::string* gone = gone_.Reason(dst.value()); gone != nullptr) {
       refused = absl::UnavailableError(
-          absl::StrCat(DescribeContext(dst.value()), " is gone: ", gone->second));
+          absl::StrCat(DescribeContext(dst.value()), " is gone: ", *gone));
     } else {
       route = RouteTo(dst.value());
       if (route.kind == Route::kNone) {
@@ -535,7 +485,7 @@ void Router::OnEnvelope(Link* link, v1::Envelope envelope) {
     std::string why;
     {
       absl::MutexLock lock(&mu_);
-      if (auto gone = gone_.find(dst); gone != gone_.end()) why = gone->second;
+      if (const std::string* gone = gone_.Reason(dst); gone != nullptr) why = *gone;
     }
     absl::Status status =
         why.empty() ? absl::UnavailableError(absl::StrCat("no route to context ", dst,
@@ -771,26 +721,6 @@ void Router::HandleCancel(uint64_t src, const v1::Cancel& cancel) {
 // ---------------------------------------------------------------------------------------
 // The tree: contexts added and removed.
 
-namespace {
-
-// Marks `id` taken in `taken` ({first: end}, merged where they touch); false if it was.
-bool TakeId(absl::btree_map<uint64_t, uint64_t>& taken, uint64_t id) {
-  auto next = taken.upper_bound(id);
-  auto prev = next == taken.begin() ? taken.end() : std::prev(next);
-  if (prev != taken.end() && id < prev->second) return false;
-  // The range that `id` joins or starts; a btree's iterators do not survive a change.
-  const uint64_t first = prev != taken.end() && prev->second == id ? prev->first : id;
-  uint64_t end = id + 1;
-  if (next != taken.end() && next->first == end) {
-    end = next->second;
-    taken.erase(next);
-  }
-  taken[first] = end;
-  return true;
-}
-
-}  // namespace
-
 void Router::HandleAdded(Link* from, v1::Envelope envelope) {
   const v1::ContextInfo& info = envelope.added().info();
   std::shared_ptr<Link> parent;
@@ -798,12 +728,6 @@ void Router::HandleAdded(Link* from, v1::Envelope envelope) {
   {
     absl::MutexLock lock(&mu_);
     auto it = children_.find(from);
-    // The id block the id must lie in, handed to its parent.
-    IdBlock* block = nullptr;
-    if (auto b = id_blocks_.upper_bound(info.id()); b != id_blocks_.begin()) {
-      --b;
-      if (info.id() < b->second.end && b->second.owner == info.parent()) block = &b->second;
-    }
     if (it == children_.end()) {
       refused = "it did not come from a child link";
     } else if (info.name().empty() || !IsPlainText(info.name())) {
@@ -812,9 +736,9 @@ void Router::HandleAdded(Link* from, v1::Envelope envelope) {
     } else if (info.id() == self_.id() || routes_.contains(info.id()) ||
                gone_.contains(info.id()) || ancestors_.contains(info.id())) {
       refused = absl::StrCat("id ", info.id(), " is already in use");
-    } else if (is_master() && info.id() >= next_id_) {
+    } else if (is_master() && !id_blocks_.HandedOut(info.id())) {
       refused = absl::StrCat("id ", info.id(), " was never handed out by the master");
-    } else if (block == nullptr) {
+    } else if (!id_blocks_.Covers(info.id(), info.parent())) {
       refused = absl::StrCat("id ", info.id(), " is not in a block handed to its parent ",
                              info.parent());
     } else if (info.parent() != it->second->info.id() &&
@@ -823,7 +747,7 @@ void Router::HandleAdded(Link* from, v1::Envelope envelope) {
     } else if (it->second->routed.size() >= options_.max_contexts_per_link) {
       refused = absl::StrCat("the link to ", it->second->info.name(), " already carries ",
                              it->second->routed.size(), " contexts, the most one link may");
-    } else if (block != nullptr && !TakeId(block->taken, info.id())) {
+    } else if (!id_blocks_.Take(info.id(), info.parent())) {
       refused = absl::StrCat("id ", info.id(), " was used before");
     } else {
       routes_[info.id()] = it->second;
@@ -867,8 +791,7 @@ absl::StatusOr<v1::IdBlockReply> Router::GrantIdBlock(uint64_t owner, uint32_t c
     if (!routes_.contains(owner)) {
       return absl::FailedPreconditionError(absl::StrCat("context ", owner, " is not in the tree"));
     }
-    granted.mutable_granted()->set_first(next_id_);
-    next_id_ += count;
+    granted.mutable_granted()->set_first(id_blocks_.GrantFromCounter(count));
   }
   v1::IdBlockReply reply;
   reply.set_first(granted.granted().first());
@@ -885,18 +808,8 @@ void Router::HandleGranted(v1::Envelope envelope) {
   {
     absl::MutexLock lock(&mu_);
     auto route = routes_.find(owner);
-    if (route == routes_.end() || block.count() == 0 ||
-        block.first() > std::numeric_limits<uint64_t>::max() - block.count()) {
-      return;  // For this context itself, for one gone since, or malformed.
-    }
-    // Kept with the owner's latest kMaxIdBlocksPerContext blocks.
-    id_blocks_[block.first()] = IdBlock{block.first() + block.count(), owner, {}};
-    std::vector<uint64_t>& owned = id_blocks_by_owner_[owner];
-    owned.push_back(block.first());
-    if (owned.size() > kMaxIdBlocksPerContext) {
-      id_blocks_.erase(owned.front());
-      owned.erase(owned.begin());
-    }
+    // Not for this context itself, for one gone since, or malformed.
+    if (route == routes_.end() || !id_blocks_.Record(owner, block.first(), block.count())) return;
     if (route->second->info.id() != owner) down = route->second->link;
   }
   if (down != nullptr) down->Send(std::move(envelope));
@@ -962,11 +875,8 @@ void Router::RemoveContexts(const std::shared_ptr<Child>& child, std::vector<uin
       for (uint64_t id : ids) {
         routes_.erase(id);
         child->routed.erase(id);
-        MarkGoneLocked(id, reason);
-        if (auto owned = id_blocks_by_owner_.find(id); owned != id_blocks_by_owner_.end()) {
-          for (uint64_t first : owned->second) id_blocks_.erase(first);
-          id_blocks_by_owner_.erase(owned);
-        }
+        gone_.Mark(id, reason);
+        id_blocks_.DropOwner(id);
       }
       if (!parent_down_) parent = parent_;
     } else {
@@ -976,7 +886,7 @@ void Router::RemoveContexts(const std::shared_ptr<Child>& child, std::vector<uin
                                  return id == self_.id() || routes_.contains(id);
                                }),
                 ids.end());
-      for (uint64_t id : ids) MarkGoneLocked(id, reason);
+      for (uint64_t id : ids) gone_.Mark(id, reason);
     }
     absl::flat_hash_set<uint64_t> lost(ids.begin(), ids.end());
     for (const auto& [id, p] : pending_) {
@@ -1013,16 +923,6 @@ void Router::RemoveContexts(const std::shared_ptr<Child>& child, std::vector<uin
   removed->set_reason(reason);
   for (const auto& link : tell) link->Send(notice);
   if (parent != nullptr) parent->Send(std::move(notice));
-}
-
-void Router::MarkGoneLocked(uint64_t id, const std::string& reason) {
-  auto [it, added] = gone_.insert_or_assign(id, reason);
-  if (!added) return;
-  gone_order_.push_back(id);
-  if (gone_order_.size() > std::max<size_t>(options_.gone_history, 1)) {
-    gone_.erase(gone_order_.front());
-    gone_order_.pop_front();
-  }
 }
 
 void Router::OnLinkStalled(Link* link, const absl::Status& why) {
@@ -1100,12 +1000,12 @@ void Router::OnLinkDown(Link* link, const absl::Status& reason) {
 absl::StatusOr<ContextId> Router::AllocateId() {
   {
     absl::MutexLock lock(&mu_);
-    if (is_master() || next_id_ < id_block_end_) return ContextId(next_id_++);
+    if (std::optional<uint64_t> id = id_blocks_.NextLocal(is_master())) return ContextId(*id);
   }
   absl::MutexLock block_lock(&id_block_mu_);
   {
     absl::MutexLock lock(&mu_);
-    if (next_id_ < id_block_end_) return ContextId(next_id_++);
+    if (std::optional<uint64_t> id = id_blocks_.NextLocal(false)) return ContextId(*id);
   }
   v1::IdBlockRequest request;
   request.set_count(1000);
@@ -1125,9 +1025,8 @@ absl::StatusOr<ContextId> Router::AllocateId() {
     return absl::InternalError("the master sent a malformed id block");
   }
   absl::MutexLock lock(&mu_);
-  next_id_ = block.first();
-  id_block_end_ = block.first() + block.count();
-  return ContextId(next_id_++);
+  id_blocks_.SetLocalBlock(block.first(), block.count());
+  return ContextId(*id_blocks_.NextLocal(false));
 }
 
 std::string Router::DefaultName(const Hop& hop) const {

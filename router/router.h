@@ -50,6 +50,8 @@
 #include "proto/grove.pb.h"
 #include "router/component.h"
 #include "router/functions.h"
+#include "router/gone_contexts.h"
+#include "router/id_blocks.h"
 #include "link/hop.h"
 #include "link/launcher.h"
 #include "link/link.h"
@@ -200,14 +202,6 @@ class Router : public LinkDelegate {
   struct Child;
   struct Pending;
 
-  struct IdBlock {
-    uint64_t end = 0;
-    // The context that asked for it.
-    uint64_t owner = 0;
-    // The ids that contexts were added with: {first: end}, merged where they touch.
-    absl::btree_map<uint64_t, uint64_t> taken;
-  };
-
   // Where an envelope goes next.
   struct Route {
     enum Kind { kLocal, kChild, kParent, kNone } kind = kNone;
@@ -247,8 +241,6 @@ class Router : public LinkDelegate {
   std::string DescribeContext(uint64_t id) const;
   // The name a child started by `hop` gets when the hop names none.
   std::string DefaultName(const Hop& hop) const;
-  // Records that `id` is gone, and why; forgets the oldest beyond the history.
-  void MarkGoneLocked(uint64_t id, const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Stops (SIGTERM, then SIGKILL after the grace period) and reaps the process of `child`,
   // which has a handle, on a worker.
   void StopInBackground(const std::shared_ptr<Child>& child);
@@ -275,25 +267,17 @@ class Router : public LinkDelegate {
   absl::flat_hash_map<std::string, Launcher*> launchers_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<Link*, std::shared_ptr<Child>> children_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, std::shared_ptr<Child>> routes_ ABSL_GUARDED_BY(mu_);
-  // Why each of the latest options_.gone_history gone contexts went, and their ids in the
-  // order they went.
-  absl::flat_hash_map<uint64_t, std::string> gone_ ABSL_GUARDED_BY(mu_);
-  std::deque<uint64_t> gone_order_ ABSL_GUARDED_BY(mu_);
+  GoneContexts gone_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, std::shared_ptr<Pending>> pending_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::pair<uint64_t, uint64_t>, std::shared_ptr<CallContext>> incoming_
       ABSL_GUARDED_BY(mu_);
   // Explicit names of children being spawned here, to refuse duplicates.
   absl::flat_hash_set<std::string> spawning_names_ ABSL_GUARDED_BY(mu_);
-  uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
-  uint64_t id_block_end_ ABSL_GUARDED_BY(mu_) = 0;
-  // The id blocks the master handed out (grove.id_block) to contexts of this subtree, by
-  // first id: in the master, all of them; elsewhere, as IdBlockGranted told on the way down.
-  // A ContextAdded is accepted only for an id in a block of its parent, and only once: the
-  // block keeps the ids taken, as ranges, so that ids stay unique after gone_ has forgotten
-  // them. A block goes with its owner (no context can be added under a gone parent), so
-  // these hold the blocks of live contexts only.
-  absl::btree_map<uint64_t, IdBlock> id_blocks_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<uint64_t, std::vector<uint64_t>> id_blocks_by_owner_ ABSL_GUARDED_BY(mu_);
+  // This context's own ids, and the blocks the master handed out (grove.id_block) to contexts
+  // of this subtree: in the master, all of them; elsewhere, as IdBlockGranted told on the way
+  // down. A ContextAdded is accepted only for an id in a block of its parent, and only once,
+  // so that ids stay unique after gone_ has forgotten them.
+  IdBlocks id_blocks_ ABSL_GUARDED_BY(mu_);
   // Child links added and not yet through OnLinkDown; Shutdown waits for zero, so that no
   // link calls into a destroyed router.
   int live_child_links_ ABSL_GUARDED_BY(mu_) = 0;
