@@ -343,7 +343,7 @@ struct AgentServer {
 AgentServer StartAgentServer(int64_t max_message_bytes) {
   AgentServer started;
   started.service = new AgentService(max_message_bytes);
-  NoServerPluginsScope no_plugins;  // Not even made: see mesh.h.
+  NoServerPluginsScope no_plugins;  // Not even made: see mesh/mesh.h.
   grpc::ServerBuilder builder;
   started.service->AddTo(&builder);
   builder.SetOption(WithoutServerPlugins());  // No reflection (and its threads) here.

@@ -1,6 +1,6 @@
 // The `fork` method: a child forked, without exec, from its context's zygote.
 //
-// fork() without exec is unusable once gRPC has started a thread (../research/grpc.md, Q6),
+// fork() without exec is unusable once gRPC has started a thread (its threads and locks are not in the child),
 // so fork children come from a zygote: a helper process that stays single-threaded and
 // forks every fork child on request. The master forks its zygote at startup, while it still
 // has only one thread (Zygote::Start); a child context runs its program again as its zygote

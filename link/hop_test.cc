@@ -241,9 +241,9 @@ TEST(ParsePathTest, ErrorsInLaterHopsAreReported) {
   }
 }
 
-// BUG (router/hop.cc, ParsePath/StartsHop): a directory named like a method ("local", "su",
+// BUG (link/hop.cc, ParsePath/StartsHop): a directory named like a method ("local", "su",
 // "fork", "command"...) inside an option value starts a new hop, so a path to a file under
-// /usr/local cannot be written. Disabled until fixed; see the test report.
+// /usr/local cannot be written. Disabled until ParsePath is fixed.
 TEST(ParsePathTest, DISABLED_DirectoryNamedLikeAMethodInsideAValueDoesNotSplit) {
   absl::StatusOr<std::vector<Hop>> path =
       ParsePath("ssh:web1,identity=/usr/local/etc/key/sudo:root");

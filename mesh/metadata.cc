@@ -95,12 +95,6 @@ void CopyMetadata(const MetadataMap& from, MetadataEntries* to) {
   }
 }
 
-grpc::StatusCode GrpcCode(int code) {
-  if (code < 0 || code > static_cast<int>(grpc::StatusCode::UNAUTHENTICATED)) {
-    return grpc::StatusCode::UNKNOWN;
-  }
-  return static_cast<grpc::StatusCode>(code);
-}
 
 // "/package.Service/Method": printable, no spaces, one leading slash.
 bool ValidMethod(const std::string& method) {

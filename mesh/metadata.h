@@ -104,8 +104,6 @@ bool Forwardable(absl::string_view key, absl::string_view value);
 
 void CopyMetadata(const MetadataMap& from, MetadataEntries* to);
 
-grpc::StatusCode GrpcCode(int code);
-
 // "/package.Service/Method": printable, no spaces, one leading slash.
 bool ValidMethod(const std::string& method);
 

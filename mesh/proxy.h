@@ -105,7 +105,7 @@ class ProxyState {
       item.status = grpc::Status(grpc::StatusCode::INTERNAL,
                                  "grove.grpc_open returned a result that does not decode");
     } else {
-      item.status = grpc::Status(GrpcCode(status.code()), status.message(), status.error_details());
+      item.status = grpc::Status(static_cast<grpc::StatusCode>(StatusCodeFromWire(status.code())), status.message(), status.error_details());
       if (status.has_initial_metadata()) {
         item.initial_metadata = std::move(*status.mutable_initial_metadata());
       }

@@ -1,6 +1,6 @@
-// The functions every context offers: ping, info, run, spawn, stop, sleep, the file
-// transfer built-ins (router/files.cc), the mesh built-ins (router/mesh.cc), and (in the
-// master) id blocks.
+// The functions every context's router offers: ping, info, run, spawn, stop, sleep, and (in
+// the master) id blocks. Files and the mesh add theirs as components (files/service.cc,
+// mesh/mesh.cc).
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>

@@ -1,4 +1,4 @@
-// A hostile child (issue 6, "Bad input"): what a compromised context can send up its link,
+// A hostile child (SECURITY.md, "What a compromised context can and cannot do"): what it can send up its link,
 // beyond what router_test.cc already covers (spoofed sources, forged replies, calls up and
 // sideways against the policy, ContextAdded/Removed outside its subtree, ids the master
 // never handed out, Shutdown sent upwards).
@@ -300,7 +300,7 @@ void Flood(const std::shared_ptr<InMemoryLink>& end, const Context& from, int n)
 
 // A child sends 200 000 log records as fast as its link takes them. The master's calls to its
 // sibling answer meanwhile, each within a second; the master takes what the quota lets
-// through (router.cc, LogQuota: 20 000 a second, a burst of as many), drops the rest and
+// through (router/log_quota.h: 20 000 a second, a burst of as many), drops the rest and
 // says how many it dropped (once a second, when records pass): nothing goes without a count.
 TEST_F(HostileChildTest, LogFloodIsCappedAndDoesNotStallCallsToASibling) {
   Context c1 = Spawn(Master(), "c1");

@@ -224,9 +224,9 @@ TEST(RegistryTest, FindByNameReturnsTheLatestGoneWhenNoneIsLive) {
   EXPECT_EQ(r->state, ContextState::kGone);
 }
 
-// Regression test (fixed; router/registry.cc, Registry::FindByName): registry.h promises "the live context with
-// that name (or, if none is live, the latest gone one)", but by_name_ only remembers the
-// newest id, so a newer gone record hides an older live one.
+// FindByName returns the live context with that name or, if none is live, the latest gone one
+// (registry.h): by_name_ keeps every id under the name, so a newer gone record does not hide
+// an older live one.
 TEST(RegistryTest, FindByNamePrefersALiveRecordOverANewerGoneOne) {
   Registry registry;
   ASSERT_TRUE(registry.Add(Info(1, "w")));

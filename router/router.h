@@ -13,13 +13,13 @@
 //              └──┬─────────┬───┘   incoming_: calls running here
 //            child link   child link
 //
-// Rules enforced here (see ARCHITECTURE.md, "Routing" and "Calls"):
+// Rules enforced here (see docs/architecture.md, "The router" and "Calls"):
 //  - Names go up: a parent sends ContextAdded up before any envelope of its new child.
 //  - An envelope whose source is not reachable through the link it arrived on is dropped.
 //  - A reply (or output) is taken only from the link its call went out on.
 //  - An envelope from the parent with no route down is answered "no route", never sent up.
 //  - By default only an ancestor may call a function; see CallableBy.
-//  - Log records from behind one child link are limited to a rate (LogQuota in router.cc);
+//  - Log records from behind one child link are limited to a rate (router/log_quota.h);
 //    the excess is dropped where it arrives and reported as a count.
 //
 // Thread-safety: thread-safe. One mutex guards the routing state; it is never held while

@@ -1554,15 +1554,15 @@ TEST_F(RouterTest, ShutdownEnvelopeIsObeyedOnlyFromTheParent) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Known bugs, demonstrated deterministically. Disabled until fixed; see the test report.
+// Races made deterministic, and known bugs (DISABLED_) that fail until they are fixed.
 
-// Regression test (fixed; router/router.cc, Router::RunCall / HandleReply): when a call's deadline passes, the
-// callee's own deadline timer cancels the function (its deadline is the caller's plus the
-// transit time), and a function that returns CANCELLED on cancellation (grove.sleep does)
-// sends that back; if it arrives before the caller's timer has run, the caller sees CANCELLED
-// instead of the DEADLINE_EXCEEDED CallOptions promises. Deterministic here: call A's `done`
-// runs on the master's timer thread and keeps it busy until call B has completed, so B can
-// only complete through the callee's reply.
+// A call past its deadline fails with DEADLINE_EXCEEDED even when the callee answers first
+// (Router::RunCall, router/router_calls.cc): the callee's own deadline timer cancels the
+// function (its deadline is the caller's plus the transit time), and a function that returns
+// CANCELLED on cancellation (grove.sleep does) is reported as DEADLINE_EXCEEDED, as
+// CallOptions promises. Deterministic here: call A's `done` runs on the master's timer thread
+// and keeps it busy until call B has completed, so B can only complete through the callee's
+// reply.
 TEST_F(RouterTest, DeadlineIsDeadlineExceededEvenWhenTheCalleeAnswersFirst) {
   ASSERT_NO_FATAL_FAILURE(SpawnTree());
   auto b_done = std::make_shared<std::promise<absl::StatusOr<std::string>>>();
@@ -1584,10 +1584,9 @@ TEST_F(RouterTest, DeadlineIsDeadlineExceededEvenWhenTheCalleeAnswersFirst) {
   EXPECT_THAT(b_result.get(), StatusIs(absl::StatusCode::kDeadlineExceeded, _));
 }
 
-// Regression test (fixed; router/router.cc, Router::StartCall with CallOptions::parent): a nested call inherits
-// its parent's deadline exactly, and the parent's deadline timer (scheduled first, so run
-// first) cancels the parent's CallContext, which aborts the nested call with CANCELLED before
-// the nested call's own timer can report DEADLINE_EXCEEDED.
+// A nested call inherits its parent's deadline exactly; the parent's deadline timer (scheduled
+// first, so run first) cancels the parent's CallContext, and the nested call passes that on as
+// DEADLINE_EXCEEDED, not CANCELLED (Router::StartCall with CallOptions::parent).
 TEST_F(RouterTest, NestedCallPastItsInheritedDeadlineIsDeadlineExceeded) {
   ASSERT_NO_FATAL_FAILURE(SpawnTree());
   std::shared_ptr<ReplyGate> gate = ReplyGate::Install(*launcher_->parent_end(c1_->id()));
@@ -1602,10 +1601,9 @@ TEST_F(RouterTest, NestedCallPastItsInheritedDeadlineIsDeadlineExceeded) {
       << gate->replies()[0].message();
 }
 
-// Regression test (fixed; router/router.cc, Router::HandleAdded): the master accepts a ContextAdded for any id
-// not yet in use, also one it has not handed out, so a child can claim the id the master
-// will give its next child; the master then reuses the id (AllocateId does not check
-// routes_), overwrites the route and keeps the squatter's registry record.
+// The master refuses a ContextAdded for an id it has not handed out (Router::HandleAdded in
+// router/router_membership.cc, IdBlocks::HandedOut), so a child cannot claim the id the master
+// will give its next child, take over its route or leave its record in the registry.
 TEST_F(RouterTest, ChildCannotClaimAnIdTheMasterHasNotHandedOut) {
   absl::StatusOr<Context> c1 = Master().Spawn("local,name=c1");
   ASSERT_THAT(c1, IsOk());
@@ -1629,7 +1627,7 @@ TEST_F(RouterTest, ChildCannotClaimAnIdTheMasterHasNotHandedOut) {
   EXPECT_FALSE(master_->registry().FindByName("squatter").has_value());
 }
 
-// BUG (router/router.cc, Router::OnEnvelope/RemoveContexts): when a subtree is lost, only the
+// BUG (Router::OnEnvelope in router/router.cc, RemoveContexts in router/router_membership.cc): when a subtree is lost, only the
 // contexts that had calls pending *to* it are told (Child::egress); calls *from* it that are
 // running elsewhere (here g -> c2) are never cancelled and run to completion for nobody.
 TEST_F(RouterTest, DISABLED_CallsFromALostContextAreCancelledElsewhere) {
@@ -1643,9 +1641,9 @@ TEST_F(RouterTest, DISABLED_CallsFromALostContextAreCancelledElsewhere) {
       << "c2 still runs a call from a lost context";
 }
 
-// Regression test (fixed; router/router.cc, StartCall and OnEnvelope's "is gone" errors): they prepend "context "
-// to DescribeContext(), which already says "context N" for a context not in the local
-// registry, giving "context context 3 is gone".
+// The "is gone" errors of StartCall and OnEnvelope name the context once: DescribeContext()
+// already says "context N" for a context not in the local registry, so nothing prepends
+// "context " to it.
 TEST_F(RouterTest, GoneMessagesNameTheContextOnce) {
   ASSERT_NO_FATAL_FAILURE(SpawnTree());
   // c2 waits on g, so it is told when g is lost; g is not in c2's registry.

@@ -1,6 +1,6 @@
-// Fault injection with real processes (issue 6, "Reliability"): a context of a 3 x 3 tree
-// killed, hung or cut off from its parent while thousands of calls are in flight, the master
-// killed with local and ssh descendants, and a child flooding its parent with log records.
+// Fault injection with real processes: a context of a 3 x 3 tree killed, hung or cut off
+// from its parent while thousands of calls are in flight, the master killed with local and
+// ssh descendants, and a child flooding its parent with log records.
 //
 // Every random choice (which context, when, which calls) comes from one seed, printed at the
 // start of each test. Replay a failure with the same seed:
@@ -791,7 +791,7 @@ TEST_F(FaultTest, KillingTheMasterTakesLocalAndSshDescendantsDownWithinOneSecond
 }
 
 // ---------------------------------------------------------------------------------------
-// 5. A child that floods its parent with log records (issue 6, "Bad input").
+// 5. A child that floods its parent with log records.
 
 // Counts log records per context without keeping them. Thread-safe.
 class LogCounter {
@@ -832,9 +832,9 @@ int64_t RssKib(int64_t pid) {
 // its output inherited, so that every line becomes one log record. Meanwhile the master
 // calls their siblings and the grandchild's parent, which must answer within a deadline.
 // (Each router lets through at most a quota of log records per child link and drops the
-// rest with a count: router.cc, LogQuota. Without it the middle context forwarded every
-// record, its link to the master filled, and its replies, and its other child's, queued
-// behind them for seconds.)
+// rest with a count: router/log_quota.h, LogQuota. Without it the middle context would
+// forward every record, its link to the master would fill, and its replies, and its other
+// child's, would queue behind them for seconds.)
 TEST_F(FaultTest, AChildFloodingLogsDoesNotStallTheRestOfTheTree) {
   LogCounter logs;
   CancelSource stop_flood;

@@ -1,6 +1,6 @@
-// Scale (issue 4): one master and 1000 live contexts on this machine, 10 local children x 9
-// fork children x 10 fork children (100 under a sanitizer, whose shadow memory would not fit
-// 1000 processes): spawned in parallel, every one called at once, every one listed in the
+// Scale: one master and 1000 live contexts on this machine, 10 local children x 9 fork
+// children x 10 fork children (100 under a sanitizer, whose shadow memory would not fit 1000
+// processes): spawned in parallel, every one called at once, every one listed in the
 // registry by name, and nothing left once the tree is shut down (the fixture checks).
 #include <future>
 #include <set>

@@ -1,7 +1,7 @@
-// Soak (issue 6, "Reliability"): many calls and many spawn/shutdown cycles in one master,
-// sampling the master's resident memory, fds and threads (and a long-lived child's memory)
-// as it goes. What it holds must stay flat: the last sample within a tolerance of the one
-// taken after warm-up. The curve is printed in the test log.
+// Soak: many calls and many spawn/shutdown cycles in one master, sampling the master's
+// resident memory, fds and threads (and a long-lived child's memory) as it goes. What it
+// holds must stay flat: the last sample within a tolerance of the one taken after warm-up.
+// The curve is printed in the test log.
 //
 // The default run is short (100 000 calls, 100 cycles). The long one:
 //

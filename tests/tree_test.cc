@@ -97,8 +97,8 @@ TEST_F(TreeTest, ChildIsThisBinaryAndHoldsOnlyItsLinkAndStdio) {
   ::close(leaky);
 }
 
-// $GROVE_AGENT_WRAPPER (strace, valgrind: README, "Hot text") starts local children through
-// a command given the agent's program and arguments.
+// $GROVE_AGENT_WRAPPER (strace, valgrind: docs/architecture.md, "Launchers" and "Hot text")
+// starts local children through a command given the agent's program and arguments.
 TEST_F(TreeTest, LocalChildrenStartThroughTheAgentWrapper) {
   const std::string dir = ::testing::TempDir();
   const std::string script = dir + "/agent_wrapper.sh";
@@ -138,8 +138,9 @@ TEST_F(TreeTest, LocalChildrenStartThroughTheAgentWrapper) {
   }
 }
 
-// The agent's start and call path is laid out in one place (child/hot_text.ld; README, "Hot
-// text"): every program that links //child, this test included, is linked with it.
+// The agent's start and call path is laid out in one place (child/hot_text.ld;
+// docs/architecture.md, "Hot text"): every program that links //child, this test included,
+// is linked with it.
 TEST_F(TreeTest, TheAgentsHotCodeIsLaidOutTogether) {
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
   GTEST_SKIP() << "sanitizer builds link without child/hot_text.ld";

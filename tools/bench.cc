@@ -27,9 +27,9 @@
 namespace grove::cli {
 namespace {
 
-// What a metric is held against, for the plain output: the speed issue's target, the Python
-// peers' figures on this machine (mitogen, execnet: measured with their own benchmarks, see
-// README "Benchmarks"), or what kind of floor it is.
+// What a metric is held against, for the plain output: grove's target, the Python peers'
+// figures on this machine (mitogen, execnet: measured with their own benchmarks, see
+// docs/benchmarks.md), or what kind of floor it is.
 const char* Reference(const std::string& metric) {
   static const auto* references = new std::map<std::string, const char*>{
       {"rtt_us", "target <= 60; mitogen 173, execnet 135"},

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "common/json.h"
 #include "common/printable.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/dynamic_message.h"
@@ -19,20 +20,6 @@
 namespace grove::cli {
 namespace {
 
-std::string Json(const std::string& s) {
-  std::string out = "\"";
-  for (char c : s) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += c;
-    } else if (static_cast<unsigned char>(c) < 0x20) {
-      out += absl::StrFormat("\\u%04x", c);
-    } else {
-      out += c;
-    }
-  }
-  return out + "\"";
-}
 
 std::string Human(double bytes) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
@@ -122,11 +109,11 @@ int Report(const char* verb, Master& master, const FileArgs& args,
     for (size_t i = 0; i < summary.results.size(); ++i) {
       const TargetResult& r = summary.results[i];
       std::optional<ContextRecord> rec = master.registry().Find(r.id);
-      absl::StrAppend(&out, i ? "," : "", "{\"context\":", Json(rec ? rec->name : ""),
+      absl::StrAppend(&out, i ? "," : "", "{\"context\":", JsonQuote(rec ? rec->name : ""),
                       ",\"ok\":", r.status.ok() ? "true" : "false");
       if (!r.status.ok()) {
-        absl::StrAppend(&out, ",\"code\":", Json(absl::StatusCodeToString(r.status.code())),
-                        ",\"error\":", Json(std::string(r.status.message())));
+        absl::StrAppend(&out, ",\"code\":", JsonQuote(absl::StatusCodeToString(r.status.code())),
+                        ",\"error\":", JsonQuote(std::string(r.status.message())));
       }
       out += "}";
     }

@@ -22,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
+#include "common/json.h"
 #include "common/printable.h"
 #include "google/protobuf/wrappers.pb.h"
 #include "tools/cli.h"
@@ -227,26 +228,6 @@ class OutputMux {
   std::map<std::pair<std::string, int>, std::string> partial_;
 };
 
-std::string JsonString(const std::string& s) {
-  std::string out = "\"";
-  for (char c : s) {
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\t': out += "\\t"; break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) {
-          char buf[8];
-          snprintf(buf, sizeof(buf), "\\u%04x", c);
-          out += buf;
-        } else {
-          out += c;
-        }
-    }
-  }
-  return out + "\"";
-}
 
 }  // namespace
 
@@ -297,10 +278,10 @@ void PrintTree(Master& master, bool json, bool include_gone) {
   if (json) {
     std::vector<std::string> items;
     auto item = [](const ContextRecord& r) {
-      return absl::StrCat("{\"id\":", r.id.value(), ",\"name\":", JsonString(r.name),
-                          ",\"parent\":", r.parent.value(), ",\"method\":", JsonString(r.method),
-                          ",\"host\":", JsonString(r.host), ",\"pid\":", r.pid,
-                          ",\"state\":", JsonString(ContextStateName(r.state)), "}");
+      return absl::StrCat("{\"id\":", r.id.value(), ",\"name\":", JsonQuote(r.name),
+                          ",\"parent\":", r.parent.value(), ",\"method\":", JsonQuote(r.method),
+                          ",\"host\":", JsonQuote(r.host), ",\"pid\":", r.pid,
+                          ",\"state\":", JsonQuote(ContextStateName(r.state)), "}");
     };
     ContextRecord self = RecordFromInfo(master.router().self());
     items.push_back(item(self));
@@ -458,14 +439,14 @@ int Run(Master& master, const std::vector<std::string>& raw_args) {
     unreachable += o.state == "unreachable";
     worst = std::max(worst, o.status);
     if (json) {
-      absl::StrAppend(&json_out, i ? "," : "", "\n{\"context\":", JsonString(names[i]),
-                      ",\"path\":", JsonString(paths[i]), ",\"state\":", JsonString(o.state),
+      absl::StrAppend(&json_out, i ? "," : "", "\n{\"context\":", JsonQuote(names[i]),
+                      ",\"path\":", JsonQuote(paths[i]), ",\"state\":", JsonQuote(o.state),
                       ",\"exit_status\":", o.reply.ok() ? o.reply->exit_status() : -1);
       if (o.reply.ok()) {
-        absl::StrAppend(&json_out, ",\"stdout\":", JsonString(o.reply->stdout()),
-                        ",\"stderr\":", JsonString(o.reply->stderr()));
+        absl::StrAppend(&json_out, ",\"stdout\":", JsonQuote(o.reply->stdout()),
+                        ",\"stderr\":", JsonQuote(o.reply->stderr()));
       }
-      if (!o.error.empty()) absl::StrAppend(&json_out, ",\"error\":", JsonString(o.error));
+      if (!o.error.empty()) absl::StrAppend(&json_out, ",\"error\":", JsonQuote(o.error));
       json_out += "}";
     } else if (!o.error.empty()) {
       fprintf(stderr, "grove run: %s: %s: %s\n", names[i].c_str(), o.state.c_str(),

@@ -111,10 +111,6 @@ std::unique_ptr<pb::Message> NewGenerated(const std::string& type) {
       pb::MessageFactory::generated_factory()->GetPrototype(d)->New());
 }
 
-absl::Status FromGrpc(const grpc::Status& status) {
-  return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
-}
-
 // One exchange with the context's server reflection: `request` (a text-format
 // ServerReflectionRequest) in, the response out.
 absl::StatusOr<std::unique_ptr<pb::Message>> Reflect(const std::shared_ptr<grpc::Channel>& channel,
@@ -140,7 +136,7 @@ absl::StatusOr<std::unique_ptr<pb::Message>> Reflect(const std::shared_ptr<grpc:
   grpc::ByteBuffer in;
   bool got = stream->Read(&in);
   grpc::Status status = stream->Finish();
-  if (!status.ok()) return FromGrpc(status);
+  if (!status.ok()) return FromGrpcStatus(status);
   if (!got || !response->ParseFromString(Bytes(in))) {
     return absl::UnavailableError("server reflection gave no answer");
   }

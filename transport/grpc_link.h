@@ -10,7 +10,7 @@
 // see LinkQueue): the thread that polls the socket runs the link's code itself. gRPC's
 // callback API hands every completion between two "nexting" threads of its own, which
 // measured twice the round-trip time on this kind of machine (2 vCPUs): ~155 us against
-// ~79 us for a ping-pong on one stream (../shared/research/grpc.md, and the issue notes).
+// ~79 us for a ping-pong on one stream. See docs/architecture.md, "Links".
 #ifndef GROVE_TRANSPORT_GRPC_LINK_H_
 #define GROVE_TRANSPORT_GRPC_LINK_H_
 
@@ -33,7 +33,7 @@
 
 namespace grove {
 
-// gRPC 1.51 serves the callback API (used by the mesh, router/mesh.cc) from one process-wide
+// gRPC 1.51 serves the callback API (used by the mesh, mesh/) from one process-wide
 // completion queue that is reference counted by the channels and servers using it; when the
 // count drops to zero it is torn down, and that teardown races with the next user ("assertion
 // failed: prior > 0" in grpc_cq_internal_unref). This takes one reference for the life of the

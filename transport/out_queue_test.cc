@@ -175,10 +175,10 @@ TEST(LinkReceiveLimitTest, LeavesRoomForFramingAndClamps) {
   EXPECT_EQ(LinkReceiveLimit(int64_t{1} << 40), INT_MAX);
 }
 
-// Regression test (fixed; transport/grpc_link.cc, OutQueue::Fill): the limit counts each envelope's own bytes but
-// not its framing inside the Batch (a tag byte and a length varint per envelope), so a batch of
-// many small envelopes serializes to more than `max_bytes`, and can exceed LinkReceiveLimit,
-// making the receiver reject it and the link fail.
+// OutQueue counts each envelope with its framing inside the Batch (a tag byte and a length
+// varint per envelope), so a batch of many small envelopes serializes to at most `max_bytes`
+// and fits LinkReceiveLimit; counting the envelopes' own bytes alone would overshoot both,
+// and the receiver would reject the batch and fail the link.
 TEST(OutQueueTest, BatchOfSmallEnvelopesFitsTheReceiveLimit) {
   const int64_t max_bytes = 512 << 10;
   OutQueue queue(max_bytes);

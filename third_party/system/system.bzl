@@ -133,7 +133,7 @@ def _system_libraries_impl(ctx):
     # pkg-config's list for grpc++_unsecure misses a few of gRPC core's own dependencies.
     # libcrypto: SHA-256 of the travelling agent; zstd: its compression for the wire.
     # libunwind (glog's stack traces) needs lzma.
-    # grpc++_reflection: server reflection on every context's mesh services (router/mesh.cc).
+    # grpc++_reflection: server reflection on every context's mesh services (mesh/mesh.cc).
     for extra in ["-lgrpc++_reflection", "-lupb", "-laddress_sorting", "-lcares", "-lre2", "-lz",
                   "-lzstd", "-latomic", "-lcrypto", "-lunwind", "-llzma"]:
         if extra not in grpc:
