@@ -34,6 +34,7 @@
 #include "proto/mesh.pb.h"
 #include "mesh/mesh.h"
 #include "router/router.h"
+#include "router/run_command.h"
 #include "transport/grpc_link.h"
 #include "transport/relay.h"
 
@@ -327,6 +328,9 @@ void* EndContext(void* arg) {
   google::RemoveLogSink(ending->io);
   ending->io->Stop();
   ending->router->Shutdown(ending->reason);
+  // Commands still running (grove.run) go, their process groups whole, and are reaped by the
+  // runs that started them, before the process exits.
+  KillRunningCommands(absl::Seconds(2));
   // Its fork children are gone with the rest: the zygote ends on the end of file; reap it.
   if (ending->zygote != nullptr) ending->zygote->Stop();
   ::fflush(nullptr);

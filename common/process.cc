@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pwd.h>
+#include <sys/prctl.h>
 #include <signal.h>
 #include <spawn.h>
 #include <string.h>
@@ -40,11 +41,88 @@ std::vector<char*> CStrings(const std::vector<std::string>& strings) {
   return out;
 }
 
+// The path posix_spawnp would run for `file`: as is when it holds a '/', otherwise the first
+// executable match in this process's PATH. Empty when there is none.
+std::string FindExecutable(const std::string& file) {
+  if (file.find('/') != std::string::npos) return file;
+  const char* path = ::getenv("PATH");
+  std::string dirs = path != nullptr ? path : "/usr/local/bin:/usr/bin:/bin";
+  for (size_t start = 0; start <= dirs.size();) {
+    size_t end = dirs.find(':', start);
+    if (end == std::string::npos) end = dirs.size();
+    std::string dir = dirs.substr(start, end - start);
+    std::string candidate = absl::StrCat(dir.empty() ? "." : dir, "/", file);
+    if (::access(candidate.c_str(), X_OK) == 0) return candidate;
+    start = end + 1;
+  }
+  return "";
+}
+
+// Spawn with a parent-death signal, which posix_spawn cannot set: vfork, then in the child
+// (which shares this process's memory until it execs, and so does nothing but system calls)
+// the process group, the signal, the fds, the directory and exec. Every signal is blocked
+// around the vfork, so no handler of this process runs in the child; exec restores handlers
+// to their defaults.
+absl::StatusOr<Process> SpawnWithParentDeathSignal(const SpawnOptions& options,
+                                                   const std::vector<UniqueFd>& scratch) {
+  const std::string path = FindExecutable(options.argv[0]);
+  if (path.empty()) {
+    return ErrnoStatus(ENOENT, absl::StrCat("cannot start ", options.argv[0]).c_str());
+  }
+  std::vector<char*> argv = CStrings(options.argv);
+  std::vector<char*> envp;
+  if (options.env) envp = CStrings(*options.env);
+  char* const* env = options.env ? envp.data() : environ;
+  const char* cwd = options.cwd.empty() ? nullptr : options.cwd.c_str();
+  const pid_t parent = ::getpid();
+  const bool group = options.new_process_group;
+  volatile int child_errno = 0;  // Written by the child before it exits: memory is shared.
+  sigset_t all, old;
+  sigfillset(&all);
+  ::pthread_sigmask(SIG_SETMASK, &all, &old);
+  pid_t pid = ::vfork();
+  if (pid == 0) {
+    for (int sig : kDefaultSignals) ::signal(sig, SIG_DFL);
+    if (group) ::setpgid(0, 0);
+    if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || ::getppid() != parent) _exit(127);
+    for (size_t i = 0; i < scratch.size(); ++i) {
+      if (::dup2(scratch[i].get(), options.fds[i].first) < 0) {
+        child_errno = errno;
+        _exit(127);
+      }
+    }
+    if (cwd != nullptr && ::chdir(cwd) != 0) {
+      child_errno = errno;
+      _exit(127);
+    }
+    sigset_t none;
+    sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
+    ::execve(path.c_str(), argv.data(), env);
+    child_errno = errno;
+    _exit(127);
+  }
+  const int vfork_errno = errno;
+  ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  if (pid < 0) return ErrnoStatus(vfork_errno, "vfork");
+  if (child_errno != 0) {
+    while (::waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
+    }
+    return ErrnoStatus(child_errno, absl::StrCat("cannot start ", options.argv[0],
+                                                 cwd == nullptr ? "" : absl::StrCat(" in ", cwd))
+                                        .c_str());
+  }
+  return Process::Adopt(pid);
+}
+
 }  // namespace
 
 absl::StatusOr<Process> Process::Spawn(const SpawnOptions& options) {
   if (options.argv.empty() || options.argv[0].empty()) {
     return absl::InvalidArgumentError("cannot start a process with an empty argv");
+  }
+  if (options.kill_with_parent && !options.controlling_terminal.empty()) {
+    return absl::InvalidArgumentError("kill_with_parent cannot go with a controlling terminal");
   }
   // Copies of the source fds at high numbers, close-on-exec, so that dup2 always clears
   // close-on-exec on the target and no mapping overwrites another's source.
@@ -59,6 +137,12 @@ absl::StatusOr<Process> Process::Spawn(const SpawnOptions& options) {
     }
     scratch.emplace_back(copy);
     posix_spawn_file_actions_adddup2(&actions, copy, child_fd);
+  }
+  if (options.kill_with_parent) {
+    posix_spawn_file_actions_destroy(&actions);
+    absl::StatusOr<Process> process = SpawnWithParentDeathSignal(options, scratch);
+    if (process.ok()) process->leads_group_ = options.new_process_group;
+    return process;
   }
   short flags = POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF;
   if (!options.controlling_terminal.empty() && !options.terminal_fds.empty()) {
@@ -77,6 +161,10 @@ absl::StatusOr<Process> Process::Spawn(const SpawnOptions& options) {
   }
   posix_spawnattr_t attr;
   posix_spawnattr_init(&attr);
+  if (options.new_process_group) {
+    flags |= POSIX_SPAWN_SETPGROUP;
+    posix_spawnattr_setpgroup(&attr, 0);
+  }
   sigset_t mask;
   sigemptyset(&mask);
   posix_spawnattr_setsigmask(&attr, &mask);
@@ -99,7 +187,9 @@ absl::StatusOr<Process> Process::Spawn(const SpawnOptions& options) {
                                          options.cwd.empty() ? "" : " in " + options.cwd)
                                 .c_str());
   }
-  return Adopt(pid);
+  absl::StatusOr<Process> process = Adopt(pid);
+  if (process.ok()) process->leads_group_ = options.new_process_group;
+  return process;
 }
 
 absl::StatusOr<Process> Process::Adopt(pid_t pid) {
@@ -123,20 +213,24 @@ absl::StatusOr<Process> Process::Adopt(pid_t pid) {
 Process::Process(Process&& other) noexcept
     : pid_(std::exchange(other.pid_, -1)),
       pidfd_(std::move(other.pidfd_)),
-      status_(std::exchange(other.status_, std::nullopt)) {}
+      status_(std::exchange(other.status_, std::nullopt)),
+      leads_group_(std::exchange(other.leads_group_, false)) {}
 
 Process& Process::operator=(Process&& other) noexcept {
   if (this != &other) {
     if (pid_ > 0 && !status_) Terminate(absl::ZeroDuration());
+    if (pid_ > 0 && leads_group_) ::kill(-pid_, SIGKILL);
     pid_ = std::exchange(other.pid_, -1);
     pidfd_ = std::move(other.pidfd_);
     status_ = std::exchange(other.status_, std::nullopt);
+    leads_group_ = std::exchange(other.leads_group_, false);
   }
   return *this;
 }
 
 Process::~Process() {
   if (pid_ > 0 && !status_) Terminate(absl::ZeroDuration());
+  if (pid_ > 0 && leads_group_) ::kill(-pid_, SIGKILL);  // What it started in its group.
 }
 
 std::optional<int> Process::TryWait() {
@@ -173,6 +267,16 @@ absl::StatusOr<int> Process::Wait(absl::Time deadline) {
 void Process::Signal(int sig) {
   if (pid_ > 0 && !status_) {
     ::syscall(SYS_pidfd_send_signal, pidfd_.get(), sig, nullptr, 0);
+  }
+}
+
+void Process::SignalGroup(int sig) {
+  if (pid_ <= 0) return;
+  // The group outlives its leader's reaping; its number is not reused while it has members.
+  if (leads_group_) {
+    ::kill(-pid_, sig);
+  } else {
+    Signal(sig);
   }
 }
 

@@ -34,10 +34,18 @@ struct SpawnOptions {
   // which so becomes its controlling terminal, onto each of `terminal_fds` (after `fds`).
   std::string controlling_terminal;
   std::vector<int> terminal_fds;
+  // The child leads a process group of its own (its pgid is its pid), so that
+  // Process::SignalGroup reaches everything it starts that stays in its group.
+  bool new_process_group = false;
+  // The child gets SIGKILL when the thread that started it ends, this whole process included,
+  // however it ends (PR_SET_PDEATHSIG, set between fork and exec, and checked against a
+  // parent that died meanwhile, so that it cannot race). Not with `controlling_terminal`.
+  bool kill_with_parent = false;
 };
 
 // One started child process. Owns its pid and pidfd; the destructor kills (SIGKILL) and
-// reaps a process that has not been reaped yet, so no zombie is ever left.
+// reaps a process that has not been reaped yet, so no zombie is ever left, and kills the rest
+// of the process group it leads, if it leads one.
 // Move-only. Thread-compatible: Wait/TryWait from one thread at a time; pidfd() may be
 // polled from any thread.
 class Process {
@@ -64,6 +72,12 @@ class Process {
   absl::StatusOr<int> Wait(absl::Time deadline);
   // Sends `sig` unless the process was already reaped.
   void Signal(int sig);
+  // Sends `sig` to the process group the process leads (SpawnOptions::new_process_group),
+  // also once the process itself was reaped while others of its group live on; to the
+  // process alone when it leads none.
+  void SignalGroup(int sig);
+  // Whether the process leads a process group of its own.
+  bool leads_group() const { return leads_group_; }
   // SIGTERM, then SIGKILL after `grace`; returns the wait status.
   int Terminate(absl::Duration grace);
 
@@ -71,6 +85,7 @@ class Process {
   pid_t pid_ = -1;
   UniqueFd pidfd_;
   std::optional<int> status_;
+  bool leads_group_ = false;
 };
 
 // "exited with status 3", "killed by signal 9 (Killed)".

@@ -47,6 +47,7 @@
 #include "gtest/gtest.h"
 #include "master/master.h"
 #include "tests/leak_check.h"
+#include "tests/support.h"
 #include "tests/sshd.h"
 #include "tests/test.pb.h"
 #include "tests/test_functions.h"
@@ -70,12 +71,6 @@ constexpr int kLeavesPerMiddle = 3;
 // ---------------------------------------------------------------------------------------
 // Helpers.
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
 
 // A pidfd for `pid` (-1 when it is gone already).
 UniqueFd PidFd(int64_t pid) {

@@ -28,6 +28,7 @@
 #include "files/files.h"
 #include "router/functions.h"
 #include "tests/leak_check.h"
+#include "tests/support.h"
 #include "tests/test_functions.h"
 
 namespace grove::testing {
@@ -41,10 +42,6 @@ void WriteFile(const std::string& path, const std::string& data, mode_t mode) {
   ::chmod(path.c_str(), mode);
 }
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
 
 std::string RandomBytes(size_t n, uint32_t seed) {
   std::mt19937 gen(seed);

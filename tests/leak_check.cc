@@ -1,4 +1,5 @@
 #include "tests/leak_check.h"
+#include "tests/support.h"
 
 #include <dirent.h>
 #include <signal.h>
@@ -11,12 +12,21 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
+#include "launch/payload.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 
 namespace grove::testing {
 namespace {
+
+// Whether a process whose executable is `exe` and command line `cmdline` runs (or starts) a
+// copy of this program: remote methods run it from a cache file named by its digest.
+bool RunsThisProgram(const std::string& exe, const std::string& cmdline) {
+  absl::StatusOr<const Payload*> self = ThisProgram();
+  if (!self.ok()) return true;  // Cannot tell: count it.
+  return absl::StrContains(exe, (*self)->sha256) || absl::StrContains(cmdline, (*self)->sha256);
+}
 
 std::vector<std::string> ListDir(const std::string& path) {
   std::vector<std::string> out;
@@ -30,12 +40,6 @@ std::vector<std::string> ListDir(const std::string& path) {
   return out;
 }
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
 
 }  // namespace
 
@@ -105,9 +109,12 @@ ProcessState CaptureState() {
     // Processes of this binary stay in this test's session (local and fork agents never call
     // setsid); one in another session belongs to another run of the same test
     // (bazel test --runs_per_test=N), which bazel starts in a session of its own.
+    // A remote method's agent (and the su, sudo or sh that starts it) is of this test when it
+    // runs this program's digest: another test binary running at the same time ships its own.
     bool agent = st != "Z" && ((std::string(their_exe) == exe && session == self_session) ||
                                (cmdline.find("--grove-agent") != std::string::npos &&
-                                cmdline.find("--grove-stdio") != std::string::npos));
+                                cmdline.find("--grove-stdio") != std::string::npos &&
+                                RunsThisProgram(their_exe, cmdline)));
     if (ppid != self && !agent) continue;
     for (char& c : cmdline) {
       if (c == '\0') c = ' ';

@@ -26,6 +26,7 @@
 #include "gtest/gtest.h"
 #include "master/master.h"
 #include "tests/leak_check.h"
+#include "tests/support.h"
 #include "tests/test.pb.h"
 #include "tests/test_functions.h"
 
@@ -47,12 +48,6 @@ constexpr bool kCheckMemory = false;
 constexpr bool kCheckMemory = true;
 #endif
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
 
 // A field of /proc/PID/status ("VmRSS", "Threads"), as a number (kB for sizes).
 int64_t StatusField(int64_t pid, const std::string& field) {

@@ -1,0 +1,49 @@
+// What the multi-process tests share beyond leak_check.h: files, /proc, waiting on a
+// condition with a deadline, the built CLI, and a status matcher.
+#ifndef GROVE_TESTS_SUPPORT_H_
+#define GROVE_TESTS_SUPPORT_H_
+
+#include <sys/types.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "gmock/gmock.h"
+
+namespace grove::testing {
+
+// The whole file at `path` ("" if unreadable).
+std::string ReadFile(const std::string& path);
+
+// Polls `done` until it holds or `timeout` passes (for states with nothing to wait on, such
+// as /proc); true if it held.
+bool WaitUntil(const std::function<bool()>& done, absl::Duration timeout = absl::Seconds(10));
+
+// The pids of live (not zombie) processes whose command line, arguments joined by spaces,
+// contains `text`.
+std::vector<pid_t> ProcessesWith(const std::string& text);
+
+// The grove CLI built with the tests (//tools:grove in the test's runfiles).
+std::string GroveBinary();
+
+inline const absl::Status& StatusOf(const absl::Status& status) { return status; }
+template <typename T>
+const absl::Status& StatusOf(const absl::StatusOr<T>& status_or) {
+  return status_or.status();
+}
+
+
+// Matches an absl::Status or absl::StatusOr whose code is `code`.
+MATCHER_P(StatusIs, code, "") {
+  const absl::Status& status = ::grove::testing::StatusOf(arg);
+  *result_listener << "status " << status;
+  return status.code() == code;
+}
+
+}  // namespace grove::testing
+
+#endif  // GROVE_TESTS_SUPPORT_H_
