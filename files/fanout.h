@@ -80,9 +80,17 @@ class Fanout {
       group->transfer = NextTransferId();
       groups_.push_back(std::move(group));
     }
+    // The transfer cancelled (Ctrl-C, its caller): every group stops, and its receivers drop
+    // what they wrote.
+    if (options_.call.cancel != nullptr) {
+      chained_ = options_.call.cancel->AddCallback([this] {
+        for (auto& group : groups_) group->cancel.Cancel();
+      });
+    }
   }
 
   ~Fanout() {
+    if (chained_ != 0) options_.call.cancel->RemoveCallback(chained_);
     // Finish() was not reached (an error on our side): stop the receivers.
     for (auto& group : groups_) group->cancel.Cancel();
     WaitForChunks();
@@ -233,6 +241,7 @@ class Fanout {
   const TransferOptions options_;
   CallContext* const parent_;
   std::vector<std::unique_ptr<Group>> groups_;  // Fixed after construction.
+  uint64_t chained_ = 0;  // The callback on options_.call.cancel; set in the constructor.
   std::vector<TargetResult> early_;
   mutable absl::Mutex mu_;
 };

@@ -150,6 +150,9 @@ absl::StatusOr<TransferSummary> PushFiles(Router& router, const std::vector<Cont
     };
     for (const v1::FileEntry& entry : entries) {
       if (live.empty()) break;
+      if (options.call.cancel != nullptr && options.call.cancel->cancelled()) {
+        return absl::CancelledError(absl::StrCat("push of ", src, " cancelled"));
+      }
       const std::string path = Join(root, entry.path());
       const bool has_bytes = entry.kind() == v1::FileEntry::FILE && entry.size() > 0;
       const std::string local = Join(src, entry.path());
@@ -261,6 +264,9 @@ absl::StatusOr<TransferSummary> PullFiles(Router& router, ContextId from, const 
     return summary;
   };
   for (const v1::FileEntry& entry : entries) {
+    if (options.call.cancel != nullptr && options.call.cancel->cancelled()) {
+      return fail(absl::CancelledError(absl::StrCat("pull of ", src, " cancelled")));
+    }
     absl::StatusOr<std::unique_ptr<FileWriter>> writer = destination.Begin(entry, false);
     if (!writer.ok()) return fail(writer.status());
     if (entry.kind() != v1::FileEntry::FILE) continue;

@@ -1,7 +1,9 @@
 // The grove CLI, run as a real process: groups from an inventory, -j, per-context timeouts,
 // the summary, --json, exit statuses and per-verb help.
 #include <poll.h>
+#include <signal.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -10,11 +12,13 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/fd.h"
 #include "common/process.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/leak_check.h"
+#include "tests/support.h"
 
 namespace grove::testing {
 namespace {
@@ -112,12 +116,103 @@ TEST_F(CliTest, FailuresUnreachablesAndTimeoutsAreCountedAndSetTheExitStatus) {
   EXPECT_THAT(unreachable.err, HasSubstr("2 ok, 0 failed, 1 unreachable"));
 
   Ran timed_out = Grove({"run", "--timeout", "0.5", "local", "--", "sleep", "30"});
-  EXPECT_EQ(timed_out.status, 255);
+  EXPECT_EQ(timed_out.status, 124);
   EXPECT_THAT(timed_out.err, HasSubstr("timed out"));
 
   Ran no_group = Grove({"run", "--inventory", inventory_, "@nope", "--", "true"});
   EXPECT_EQ(no_group.status, 2);
   EXPECT_THAT(no_group.err, HasSubstr("no group 'nope'"));
+}
+
+// `grove run local -- yes | head -1`: once stdout is closed, the run is cancelled, the command
+// killed, and grove exits 141 (128 + SIGPIPE), as a shell pipeline's writer would.
+TEST_F(CliTest, AClosedStdoutEndsTheRun) {
+  auto out = Pipe();
+  ASSERT_TRUE(out.ok());
+  SpawnOptions spawn;
+  spawn.argv = {GroveBinary(), "run", "local", "--", "sh", "-c", "exec yes grove-epipe-test"};
+  spawn.fds = {{1, out->second.get()}};
+  absl::StatusOr<Process> cli = Process::Spawn(spawn);
+  ASSERT_TRUE(cli.ok()) << cli.status();
+  out->second.Reset();
+  char line[64];
+  ASSERT_GT(::read(out->first.get(), line, sizeof(line)), 0);
+  out->first.Reset();  // `head -1` has its line.
+  absl::StatusOr<int> status = cli->Wait(absl::Now() + absl::Seconds(20));
+  ASSERT_TRUE(status.ok()) << "grove run went on writing to a closed pipe";
+  EXPECT_EQ(ExitCodeOf(*status), 141);
+  EXPECT_TRUE(WaitUntil([] { return ProcessesWith("yes grove-epipe-test").empty(); }));
+}
+
+// Passwords from paths never appear, whether the context is reached or not, in text or JSON.
+TEST_F(CliTest, PasswordsInPathsAreNeverPrinted) {
+  const std::string secret = "Sekr1t-in-the-path";
+  const std::string path = "ssh:root@127.0.0.1:1,connect_timeout=5,password=" + secret;
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"run", path, "--", "true"},
+        std::vector<std::string>{"run", "--json", path, "--", "true"},
+        std::vector<std::string>{"push", "--json", path, "--", "/etc/hostname", dir_ + "/x"},
+        std::vector<std::string>{"pull", path, "--", "/etc/hostname", dir_ + "/x"}}) {
+    Ran r = Grove(args);
+    EXPECT_EQ(r.status, 255) << args[0] << ": " << r.err;
+    EXPECT_THAT(r.out + r.err, Not(HasSubstr(secret))) << args[0];
+    EXPECT_THAT(r.out + r.err, HasSubstr("password=***")) << args[0];
+  }
+}
+
+// One unreachable target does not cancel a push: the others get the file, the unreachable one
+// is reported (exit 255), in JSON too.
+TEST_F(CliTest, APushServesTheReachableTargetsAndReportsTheOthers) {
+  const std::string src = dir_ + "/src";
+  std::ofstream(src) << "payload\n";
+  Ran r = Grove({"push", "--json", "--inventory", inventory_, "local,name=t1", "@broken",
+                 "local,name=t2", "--", src, dir_ + "/dest"});
+  EXPECT_EQ(r.status, 255) << r.err;
+  EXPECT_EQ(ReadFile(dir_ + "/dest"), "payload\n");
+  EXPECT_THAT(r.out, HasSubstr("{\"context\":\"t1\",\"state\":\"ok\"}"));
+  EXPECT_THAT(r.out, HasSubstr("{\"context\":\"t2\",\"state\":\"ok\"}"));
+  EXPECT_THAT(r.out, HasSubstr("\"state\":\"unreachable\""));
+  ::unlink(src.c_str());
+  ::unlink((dir_ + "/dest").c_str());
+}
+
+// Ctrl-C in the middle of a streamed push or pull: the transfer is cancelled, no temporary
+// file stays behind (in the target or here), and grove exits 130 (128 + SIGINT).
+TEST_F(CliTest, AnInterruptedTransferLeavesNoTemporaryFile) {
+  const std::string big = dir_ + "/big";
+  { std::ofstream create(big); }
+  ASSERT_EQ(::truncate(big.c_str(), int64_t{2} << 30), 0);  // Sparse: 2 GiB of zeros to read.
+  const std::string dest = dir_ + "/dest";
+  ASSERT_EQ(::mkdir(dest.c_str(), 0755), 0);
+  auto temporary = [&dest] {
+    for (const std::string& name : ListDir(dest)) {
+      if (name.find(".grove-") != std::string::npos) return true;
+    }
+    return false;
+  };
+  for (const char* verb : {"push", "pull"}) {
+    SpawnOptions spawn;
+    spawn.argv = {GroveBinary(), verb, "--no-kernel-copy", "local", "--", big, dest + "/"};
+    absl::StatusOr<Process> cli = Process::Spawn(spawn);
+    ASSERT_TRUE(cli.ok()) << cli.status();
+    ASSERT_TRUE(WaitUntil(temporary, absl::Seconds(20))) << verb << ": never started writing";
+    cli->Signal(SIGINT);
+    absl::StatusOr<int> status = cli->Wait(absl::Now() + absl::Seconds(20));
+    ASSERT_TRUE(status.ok()) << verb << " did not end on SIGINT";
+    EXPECT_EQ(ExitCodeOf(*status), 130) << verb;
+    EXPECT_TRUE(ListDir(dest).empty()) << verb << " left " << absl::StrJoin(ListDir(dest), " ");
+    for (const std::string& name : ListDir(dest)) ::unlink((dest + "/" + name).c_str());
+  }
+  ::rmdir(dest.c_str());
+  ::unlink(big.c_str());
+}
+
+TEST_F(CliTest, TransferTimeoutsMustBeAboveZero) {
+  for (const char* bad : {"0", "nan", "-1", "inf", "x"}) {
+    Ran r = Grove({"push", "--timeout", bad, "local", "--", "/etc/hostname", dir_ + "/x"});
+    EXPECT_EQ(r.status, 2) << bad;
+    EXPECT_THAT(r.err, HasSubstr("--timeout needs a number of seconds above 0")) << bad;
+  }
 }
 
 // A name with a terminal control in it is printed as text; JSON keeps it as JSON.

@@ -747,8 +747,8 @@ TEST_F(FilesTest, CliPushPullAndCall) {
                  dir_ + "/pushed"},
                 &out),
             0);
-  EXPECT_THAT(out, HasSubstr("\"context\":\"p1\",\"ok\":true"));
-  EXPECT_THAT(out, HasSubstr("\"context\":\"p2\",\"ok\":true"));
+  EXPECT_THAT(out, HasSubstr("\"context\":\"p1\",\"state\":\"ok\""));
+  EXPECT_THAT(out, HasSubstr("\"context\":\"p2\",\"state\":\"ok\""));
   ExpectSameTree(src, dir_ + "/pushed");
   out.clear();
   EXPECT_EQ(run({"pull", "-r", "local", "--", src, dir_ + "/pulled"}, &out), 0);

@@ -28,19 +28,6 @@ bool RunsThisProgram(const std::string& exe, const std::string& cmdline) {
   return absl::StrContains(exe, (*self)->sha256) || absl::StrContains(cmdline, (*self)->sha256);
 }
 
-std::vector<std::string> ListDir(const std::string& path) {
-  std::vector<std::string> out;
-  DIR* dir = ::opendir(path.c_str());
-  if (dir == nullptr) return out;
-  while (struct dirent* e = ::readdir(dir)) {
-    std::string name = e->d_name;
-    if (name != "." && name != "..") out.push_back(name);
-  }
-  ::closedir(dir);
-  return out;
-}
-
-
 }  // namespace
 
 std::string Readlink(const std::string& path) {

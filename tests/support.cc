@@ -20,6 +20,18 @@ std::string ReadFile(const std::string& path) {
   return s.str();
 }
 
+std::vector<std::string> ListDir(const std::string& path) {
+  std::vector<std::string> out;
+  DIR* dir = ::opendir(path.c_str());
+  if (dir == nullptr) return out;
+  for (struct dirent* e; (e = ::readdir(dir)) != nullptr;) {
+    std::string name = e->d_name;
+    if (name != "." && name != "..") out.push_back(name);
+  }
+  ::closedir(dir);
+  return out;
+}
+
 bool WaitUntil(const std::function<bool()>& done, absl::Duration timeout) {
   const absl::Time deadline = absl::Now() + timeout;
   while (!done()) {

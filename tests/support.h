@@ -19,6 +19,9 @@ namespace grove::testing {
 // The whole file at `path` ("" if unreadable).
 std::string ReadFile(const std::string& path);
 
+// The names in directory `path` but "." and ".." (none if unreadable).
+std::vector<std::string> ListDir(const std::string& path);
+
 // Polls `done` until it holds or `timeout` passes (for states with nothing to wait on, such
 // as /proc); true if it held.
 bool WaitUntil(const std::function<bool()>& done, absl::Duration timeout = absl::Seconds(10));

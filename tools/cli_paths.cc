@@ -2,6 +2,8 @@
 
 #include <stdlib.h>
 
+#include <algorithm>
+
 #include <fstream>
 #include <map>
 #include <thread>
@@ -9,8 +11,11 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "common/status_util.h"
+#include "link/hop.h"
 
 namespace grove::cli {
 
@@ -171,6 +176,25 @@ absl::StatusOr<std::vector<std::string>> ExpandGroups(const std::vector<std::str
     }
     out.insert(out.end(), it->second.begin(), it->second.end());
   }
+  return out;
+}
+
+std::string Redacted(const std::string& text, const std::vector<std::string>& paths) {
+  std::vector<std::string> secrets;
+  for (const std::string& path : paths) {
+    // Each "key=value" between ',' and '/' whose key is secret; parsed by hand, so that a path
+    // that does not parse is redacted too.
+    for (absl::string_view part : absl::StrSplit(path, absl::ByAnyChar(",/"))) {
+      size_t eq = part.find('=');
+      if (eq == absl::string_view::npos || eq + 1 >= part.size()) continue;
+      if (IsSecretOption(part.substr(0, eq))) secrets.emplace_back(part.substr(eq + 1));
+    }
+  }
+  // Longest first, so that a secret inside another is not left half shown.
+  std::sort(secrets.begin(), secrets.end(),
+            [](const std::string& a, const std::string& b) { return a.size() > b.size(); });
+  std::string out = text;
+  for (const std::string& secret : secrets) out = absl::StrReplaceAll(out, {{secret, "***"}});
   return out;
 }
 

@@ -30,6 +30,10 @@ std::vector<absl::StatusOr<Context>> StartEach(Master& master,
 absl::StatusOr<std::vector<std::string>> ExpandGroups(const std::vector<std::string>& args,
                                                       std::string inventory);
 
+// `text` with the value of every secret option (password=...) of `paths` replaced by "***":
+// for anything the CLI prints about those paths (names, errors, --json).
+std::string Redacted(const std::string& text, const std::vector<std::string>& paths);
+
 }  // namespace grove::cli
 
 #endif  // GROVE_TOOLS_CLI_PATHS_H_

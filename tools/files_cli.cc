@@ -1,9 +1,11 @@
 // grove push / grove pull / grove call.
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdio>
 #include <mutex>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
@@ -12,10 +14,11 @@
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/dynamic_message.h"
 #include "google/protobuf/util/json_util.h"
-#include "grove.h"
 #include "files/files.h"
+#include "grove.h"
 #include "tools/cli.h"
 #include "tools/cli_paths.h"
+#include "tools/cli_signals.h"
 
 namespace grove::cli {
 namespace {
@@ -68,15 +71,30 @@ class Progress {
 struct FileArgs {
   bool recursive = false;
   bool json = false;
+  bool kernel_copy = true;
+  double timeout_s = 0;  // 0: none.
+  double connect_s = 30;
+  std::string inventory;
   std::vector<std::string> paths;
   std::string src, dest;
 };
 
-// [-r] [--json] PATH... -- SRC DEST
+// [-r] [--json] [--timeout S] [--connect-timeout S] [--inventory FILE] [--no-kernel-copy]
+// PATH... -- SRC DEST, with @GROUPs expanded.
 bool ParseFileArgs(const char* verb, const std::vector<std::string>& args, FileArgs* out) {
   std::vector<std::string> after;
   bool dashes = false;
-  for (const std::string& a : args) {
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    auto seconds = [&](double* value) {
+      if (i + 1 >= args.size() || !absl::SimpleAtod(args[i + 1], value) || !(*value > 0) ||
+          std::isinf(*value)) {
+        fprintf(stderr, "grove %s: %s needs a number of seconds above 0\n", verb, a.c_str());
+        return false;
+      }
+      ++i;
+      return true;
+    };
     if (!dashes && a == "--") {
       dashes = true;
     } else if (dashes) {
@@ -85,12 +103,31 @@ bool ParseFileArgs(const char* verb, const std::vector<std::string>& args, FileA
       out->recursive = true;
     } else if (a == "--json") {
       out->json = true;
+    } else if (a == "--no-kernel-copy") {
+      out->kernel_copy = false;
+    } else if (a == "--timeout") {
+      if (!seconds(&out->timeout_s)) return false;
+    } else if (a == "--connect-timeout") {
+      if (!seconds(&out->connect_s)) return false;
+    } else if (a == "--inventory" && i + 1 < args.size()) {
+      out->inventory = args[++i];
+    } else if (a.size() > 1 && a[0] == '-') {
+      fprintf(stderr, "grove %s: unknown option %s (see grove %s --help)\n", verb, a.c_str(),
+              verb);
+      return false;
     } else {
       out->paths.push_back(a);
     }
   }
+  absl::StatusOr<std::vector<std::string>> expanded = ExpandGroups(out->paths, out->inventory);
+  if (!expanded.ok()) {
+    fprintf(stderr, "grove %s: %s\n", verb, Printable(expanded.status().message()).c_str());
+    return false;
+  }
+  out->paths = *std::move(expanded);
   if (out->paths.empty() || after.size() != 2) {
-    fprintf(stderr, "grove %s: need [-r] [--json] PATH... -- SRC DEST\n", verb);
+    fprintf(stderr, "grove %s: need [options] PATH... -- SRC DEST (see grove %s --help)\n", verb,
+            verb);
     return false;
   }
   out->src = after[0];
@@ -98,10 +135,31 @@ bool ParseFileArgs(const char* verb, const std::vector<std::string>& args, FileA
   return true;
 }
 
+// The transfer's options from the command line: its deadline, and cancelled by Ctrl-C.
+TransferOptions OptionsOf(const FileArgs& args, Progress* progress) {
+  TransferOptions options;
+  options.recursive = args.recursive;
+  options.kernel_copy = args.kernel_copy;
+  options.progress = [progress](int64_t done, int64_t total) { progress->Update(done, total); };
+  options.call.cancel = &CliCancel();
+  if (args.timeout_s > 0) options.call.deadline = absl::Now() + absl::Seconds(args.timeout_s);
+  return options;
+}
+
+// A context that could not be started: its path (secrets hidden) and why.
+struct Unreachable {
+  std::string path;
+  absl::Status status;
+};
+
 int Report(const char* verb, Master& master, const FileArgs& args,
-           const TransferSummary& summary, absl::Duration took) {
-  int failed = 0;
-  for (const TargetResult& r : summary.results) failed += r.status.ok() ? 0 : 1;
+           const TransferSummary& summary, const std::vector<Unreachable>& unreachable,
+           absl::Duration took) {
+  int failed = 0, late = 0;
+  for (const TargetResult& r : summary.results) {
+    failed += r.status.ok() ? 0 : 1;
+    late += r.status.code() == absl::StatusCode::kDeadlineExceeded ? 1 : 0;
+  }
   if (args.json) {
     std::string out = absl::StrFormat(
         "{\"verb\":\"%s\",\"bytes\":%d,\"entries\":%d,\"seconds\":%.3f,\"results\":[", verb,
@@ -110,12 +168,20 @@ int Report(const char* verb, Master& master, const FileArgs& args,
       const TargetResult& r = summary.results[i];
       std::optional<ContextRecord> rec = master.registry().Find(r.id);
       absl::StrAppend(&out, i ? "," : "", "{\"context\":", JsonQuote(rec ? rec->name : ""),
-                      ",\"ok\":", r.status.ok() ? "true" : "false");
+                      ",\"state\":\"", r.status.ok() ? "ok" : "failed", "\"");
       if (!r.status.ok()) {
         absl::StrAppend(&out, ",\"code\":", JsonQuote(absl::StatusCodeToString(r.status.code())),
-                        ",\"error\":", JsonQuote(std::string(r.status.message())));
+                        ",\"error\":",
+                        JsonQuote(Redacted(std::string(r.status.message()), args.paths)));
       }
       out += "}";
+    }
+    for (size_t i = 0; i < unreachable.size(); ++i) {
+      const Unreachable& u = unreachable[i];
+      absl::StrAppend(&out, summary.results.empty() && i == 0 ? "" : ",",
+                      "{\"path\":", JsonQuote(u.path), ",\"state\":\"unreachable\",\"code\":",
+                      JsonQuote(absl::StatusCodeToString(u.status.code())), ",\"error\":",
+                      JsonQuote(Redacted(std::string(u.status.message()), args.paths)), "}");
     }
     out += "]}\n";
     fputs(out.c_str(), stdout);
@@ -124,66 +190,83 @@ int Report(const char* verb, Master& master, const FileArgs& args,
       if (r.status.ok()) continue;
       std::optional<ContextRecord> rec = master.registry().Find(r.id);
       fprintf(stderr, "grove %s: %s: %s\n", verb, rec ? Printable(rec->name).c_str() : "?",
-              Printable(r.status.message()).c_str());
+              Printable(Redacted(std::string(r.status.message()), args.paths)).c_str());
+    }
+    for (const Unreachable& u : unreachable) {
+      fprintf(stderr, "grove %s: %s: unreachable: %s\n", verb, Printable(u.path).c_str(),
+              Printable(Redacted(std::string(u.status.message()), args.paths)).c_str());
     }
   }
-  return failed == 0 ? 0 : 1;
+  if (!unreachable.empty()) return kExitUnreachable;
+  if (late > 0) return kExitTimeout;
+  return failed == 0 ? 0 : kExitFailed;
+}
+
+// Starts every path's context; the reachable ones in `contexts`, the others in `unreachable`.
+void StartTargets(Master& master, const FileArgs& args, std::vector<Context>* contexts,
+                  std::vector<Unreachable>* unreachable) {
+  std::vector<absl::StatusOr<Context>> started =
+      StartEach(master, args.paths, absl::Seconds(args.connect_s), 0);
+  for (size_t i = 0; i < started.size(); ++i) {
+    if (started[i].ok()) {
+      contexts->push_back(*started[i]);
+    } else {
+      unreachable->push_back({Redacted(args.paths[i], args.paths), started[i].status()});
+    }
+  }
 }
 
 }  // namespace
 
 int Push(Master& master, const std::vector<std::string>& args) {
   FileArgs parsed;
-  if (!ParseFileArgs("push", args, &parsed)) return 2;
-  absl::StatusOr<std::vector<Context>> contexts =
-      StartPaths(master, parsed.paths, absl::Seconds(30));
-  if (!contexts.ok()) {
-    fprintf(stderr, "grove push: %s\n", std::string(contexts.status().message()).c_str());
-    return 255;
-  }
+  if (!ParseFileArgs("push", args, &parsed)) return kExitUsage;
+  std::vector<Context> contexts;
+  std::vector<Unreachable> unreachable;
+  StartTargets(master, parsed, &contexts, &unreachable);
   std::vector<ContextId> targets;
-  for (const Context& c : *contexts) targets.push_back(c.id());
+  for (const Context& c : contexts) targets.push_back(c.id());
   Progress progress;
-  TransferOptions options;
-  options.recursive = parsed.recursive;
-  options.progress = [&progress](int64_t done, int64_t total) { progress.Update(done, total); };
+  TransferOptions options = OptionsOf(parsed, &progress);
   absl::Time start = absl::Now();
-  absl::StatusOr<TransferSummary> summary =
-      PushFiles(master.router(), targets, parsed.src, parsed.dest, options);
+  absl::StatusOr<TransferSummary> summary = TransferSummary();
+  if (!targets.empty()) {
+    summary = PushFiles(master.router(), targets, parsed.src, parsed.dest, options);
+  }
   progress.End();
   if (!summary.ok()) {
     fprintf(stderr, "grove push: %s\n", Printable(summary.status().message()).c_str());
-    return 1;
+    return kExitFailed;
   }
-  return Report("push", master, parsed, *summary, absl::Now() - start);
+  return Report("push", master, parsed, *summary, unreachable, absl::Now() - start);
 }
 
 int Pull(Master& master, const std::vector<std::string>& args) {
   FileArgs parsed;
-  if (!ParseFileArgs("pull", args, &parsed)) return 2;
+  if (!ParseFileArgs("pull", args, &parsed)) return kExitUsage;
   if (parsed.paths.size() != 1) {
     fprintf(stderr, "grove pull: takes one PATH\n");
-    return 2;
+    return kExitUsage;
   }
-  absl::StatusOr<std::vector<Context>> contexts =
-      StartPaths(master, parsed.paths, absl::Seconds(30));
-  if (!contexts.ok()) {
-    fprintf(stderr, "grove pull: %s\n", std::string(contexts.status().message()).c_str());
-    return 255;
-  }
+  std::vector<Context> contexts;
+  std::vector<Unreachable> unreachable;
+  StartTargets(master, parsed, &contexts, &unreachable);
   Progress progress;
-  TransferOptions options;
-  options.recursive = parsed.recursive;
-  options.progress = [&progress](int64_t done, int64_t total) { progress.Update(done, total); };
+  TransferOptions options = OptionsOf(parsed, &progress);
   absl::Time start = absl::Now();
-  absl::StatusOr<TransferSummary> summary =
-      PullFiles(master.router(), contexts->front().id(), parsed.src, parsed.dest, options);
+  absl::StatusOr<TransferSummary> summary = TransferSummary();
+  if (!contexts.empty()) {
+    summary =
+        PullFiles(master.router(), contexts.front().id(), parsed.src, parsed.dest, options);
+  }
   progress.End();
   if (!summary.ok()) {
-    fprintf(stderr, "grove pull: %s\n", Printable(summary.status().message()).c_str());
-    return 1;
+    fprintf(stderr, "grove pull: %s: %s\n", Printable(contexts.front().name()).c_str(),
+            Printable(summary.status().message()).c_str());
+    return summary.status().code() == absl::StatusCode::kDeadlineExceeded ? kExitTimeout
+                                                                          : kExitFailed;
   }
-  return Report("pull", master, parsed, *summary, absl::Now() - start);
+  return Report("pull", master, parsed, *summary, unreachable, absl::Now() - start);
 }
 
 int Call(Master& master, const std::vector<std::string>& args) {

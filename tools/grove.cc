@@ -26,6 +26,7 @@
 #include "common/printable.h"
 #include "google/protobuf/wrappers.pb.h"
 #include "tools/cli.h"
+#include "tools/cli_signals.h"
 #include "tools/cli_paths.h"
 #include "tools/floors.h"
 #include "grove.h"
@@ -184,7 +185,21 @@ class OutputMux {
     for (size_t i = 0; i < names.size(); ++i) colours_[names[i]] = kPalette[i % 6];
   }
   void Write(const std::string& context, int stream, const std::string& data) {
+    bool broke = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (broken_) return;
+      WriteLocked(context, stream, data);
+      // A closed stdout (`| head -1`): nothing more can be shown; the runs are cancelled.
+      if (stream == 1 && ferror(stdout) && errno == EPIPE) broken_ = broke = true;
+    }
+    if (broke) CliCancel().Cancel();
+  }
+  bool broken() {
     std::lock_guard<std::mutex> lock(mu_);
+    return broken_;
+  }
+  void WriteLocked(const std::string& context, int stream, const std::string& data) {
     FILE* f = stream == 2 ? stderr : stdout;
     if (!prefix_) {
       fwrite(data.data(), 1, data.size(), f);
@@ -226,6 +241,7 @@ class OutputMux {
   std::map<std::string, const char*> colours_;
   std::mutex mu_;
   std::map<std::pair<std::string, int>, std::string> partial_;
+  bool broken_ = false;  // Guarded by mu_.
 };
 
 
@@ -367,7 +383,7 @@ int Run(Master& master, const std::vector<std::string>& raw_args) {
       StartEach(master, paths, absl::Seconds(connect_s), jobs);
   std::vector<std::string> names(paths.size());
   for (size_t i = 0; i < paths.size(); ++i) {
-    names[i] = contexts[i].ok() ? contexts[i]->name() : paths[i];
+    names[i] = contexts[i].ok() ? contexts[i]->name() : Redacted(paths[i], paths);
   }
   std::vector<std::string> live_names;
   for (size_t i = 0; i < paths.size(); ++i) {
@@ -390,7 +406,8 @@ int Run(Master& master, const std::vector<std::string>& raw_args) {
   int running = 0;
   for (size_t i = 0; i < paths.size(); ++i) {
     if (!contexts[i].ok()) {
-      outcomes[i] = {255, "unreachable", std::string(contexts[i].status().message())};
+      outcomes[i] = {kExitUnreachable, "unreachable",
+                     Redacted(std::string(contexts[i].status().message()), paths)};
       continue;
     }
     threads.emplace_back([&, i] {
@@ -402,6 +419,7 @@ int Run(Master& master, const std::vector<std::string>& raw_args) {
       const Context& c = *contexts[i];
       CallOptions options;
       if (timeout_s > 0) options.timeout = absl::Seconds(timeout_s);
+      options.cancel = &CliCancel();
       if (!json) {
         options.on_output = [&mux, name = c.name()](int stream, const std::string& data) {
           mux.Write(name, stream, data);
@@ -410,12 +428,13 @@ int Run(Master& master, const std::vector<std::string>& raw_args) {
       Outcome& o = outcomes[i];
       o.reply = c.Run(request, options);
       if (!o.reply.ok()) {
-        bool lost = o.reply.status().code() == absl::StatusCode::kUnavailable;
-        o.state = lost ? "unreachable" : "failed";
-        o.status = 255;
-        o.error = o.reply.status().code() == absl::StatusCode::kDeadlineExceeded
-                      ? "timed out"
-                      : std::string(o.reply.status().message());
+        const absl::StatusCode code = o.reply.status().code();
+        const bool lost = code == absl::StatusCode::kUnavailable;
+        const bool late = code == absl::StatusCode::kDeadlineExceeded;
+        o.state = lost ? "unreachable" : late ? "timed out" : "failed";
+        o.status = lost ? kExitUnreachable : late ? kExitTimeout : kExitFailed;
+        o.error = late ? absl::StrCat("timed out after ", timeout_s, " s")
+                       : Redacted(std::string(o.reply.status().message()), paths);
       } else {
         o.status = o.reply->exit_status();
         o.state = o.status == 0 ? "ok" : "failed";
@@ -435,12 +454,13 @@ int Run(Master& master, const std::vector<std::string>& raw_args) {
   for (size_t i = 0; i < paths.size(); ++i) {
     const Outcome& o = outcomes[i];
     ok += o.state == "ok";
-    failed += o.state == "failed";
+    failed += o.state == "failed" || o.state == "timed out";
     unreachable += o.state == "unreachable";
     worst = std::max(worst, o.status);
     if (json) {
       absl::StrAppend(&json_out, i ? "," : "", "\n{\"context\":", JsonQuote(names[i]),
-                      ",\"path\":", JsonQuote(paths[i]), ",\"state\":", JsonQuote(o.state),
+                      ",\"path\":", JsonQuote(Redacted(paths[i], paths)),
+                      ",\"state\":", JsonQuote(o.state),
                       ",\"exit_status\":", o.reply.ok() ? o.reply->exit_status() : -1);
       if (o.reply.ok()) {
         absl::StrAppend(&json_out, ",\"stdout\":", JsonQuote(o.reply->stdout()),
@@ -448,11 +468,12 @@ int Run(Master& master, const std::vector<std::string>& raw_args) {
       }
       if (!o.error.empty()) absl::StrAppend(&json_out, ",\"error\":", JsonQuote(o.error));
       json_out += "}";
-    } else if (!o.error.empty()) {
-      fprintf(stderr, "grove run: %s: %s: %s\n", names[i].c_str(), o.state.c_str(),
+    } else if (!o.error.empty() && !mux.broken()) {
+      fprintf(stderr, "grove run: %s: %s: %s\n", Printable(names[i]).c_str(), o.state.c_str(),
               Printable(o.error).c_str());
     }
   }
+  if (mux.broken()) return kExitBrokenPipe;
   if (json) {
     printf("%s\n]\n", json_out.c_str());
   } else if (paths.size() > 1 || failed + unreachable > 0) {
@@ -486,6 +507,25 @@ int Tree(Master& master, const std::vector<std::string>& args) {
 
 }  // namespace grove::cli
 
+namespace {
+
+// Runs `verb` of the CLI in `master`'s tree.
+int RunVerb(grove::Master& master, const std::string& verb, const std::vector<std::string>& args) {
+  using namespace grove;
+  if (verb == "run") return cli::Run(master, args);
+  if (verb == "tree") return cli::Tree(master, args);
+  if (verb == "bench") return cli::Bench(master, args);
+  if (verb == "demo") return cli::Demo(master, args);
+  if (verb == "push") return cli::Push(master, args);
+  if (verb == "pull") return cli::Pull(master, args);
+  if (verb == "call") return cli::Call(master, args);
+  if (verb == "grpc") return cli::Grpc(master, args);
+  fprintf(stderr, "grove: unknown verb '%s'\n", verb.c_str());
+  return cli::Usage(2);
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   using namespace grove;
   const Functions& functions = cli::CliFunctions();
@@ -503,15 +543,10 @@ int main(int argc, char** argv) {
   MasterOptions options;
   options.name = "master";
   return Main(argc, argv, functions, [&](Master& master) {
-    if (verb == "run") return cli::Run(master, args);
-    if (verb == "tree") return cli::Tree(master, args);
-    if (verb == "bench") return cli::Bench(master, args);
-    if (verb == "demo") return cli::Demo(master, args);
-    if (verb == "push") return cli::Push(master, args);
-    if (verb == "pull") return cli::Pull(master, args);
-    if (verb == "call") return cli::Call(master, args);
-    if (verb == "grpc") return cli::Grpc(master, args);
-    fprintf(stderr, "grove: unknown verb '%s'\n", verb.c_str());
-    return cli::Usage(2);
+    cli::HandleInterrupts();
+    int status = RunVerb(master, verb, args);
+    // Interrupted: the verb cancelled what it did; the tree goes down as Main returns.
+    if (int sig = cli::InterruptSignal(); sig != 0) return 128 + sig;
+    return status;
   }, options);
 }
