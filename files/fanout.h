@@ -101,6 +101,11 @@ class Fanout {
 
   bool empty() const { return groups_.empty(); }
 
+  // Stops every group: their receivers drop what they wrote, and Finish reports them failed.
+  void Abort() {
+    for (auto& group : groups_) group->cancel.Cancel();
+  }
+
   // Starts the receive at each group's root.
   void Open(const v1::FileEntry& entry, const std::string& dest, bool finish_directory) {
     for (auto& group : groups_) {

@@ -56,6 +56,7 @@ using files_internal::Fanout;
 using files_internal::FileWriter;
 using files_internal::Join;
 using files_internal::KernelCopies;
+using files_internal::Matches;
 using files_internal::OriginOf;
 using files_internal::PathError;
 using files_internal::PullDestination;
@@ -197,6 +198,12 @@ absl::StatusOr<TransferSummary> PushFiles(Router& router, const std::vector<Cont
       }
       Fanout fanout(router, stream, options, options.call.parent);
       fanout.Open(entry, path, false);
+      // The source as it was when sending began: checked again before the last chunk goes,
+      // so that a file rewritten or grown meanwhile is never committed anywhere.
+      absl::StatusOr<v1::Origin> before =
+          has_bytes ? OriginOf(fd.get(), local, router.name()) : v1::Origin();
+      if (!before.ok()) return before.status();
+      absl::Status changed;
       if (has_bytes) {
         std::string buffer;
         Sha256 sha;  // Sent with the last chunk (the entry went without it: see Scan).
@@ -211,6 +218,12 @@ absl::StatusOr<TransferSummary> PushFiles(Router& router, const std::vector<Cont
           buffer.resize(static_cast<size_t>(n));
           sha.Update(buffer.data(), buffer.size());
           const bool last = offset + n == entry.size();
+          if (last && (before->size() != entry.size() || !Matches(fd.get(), *before))) {
+            changed = absl::DataLossError(absl::StrCat(
+                local, " in context ", router.name(), " changed while it was sent"));
+            fanout.Abort();  // The receivers drop what they wrote.
+            break;
+          }
           if (fanout.Write(offset, buffer, last ? sha.HexDigest() : "") == 0) break;
           offset += n;
           summary.bytes += n;
@@ -218,7 +231,11 @@ absl::StatusOr<TransferSummary> PushFiles(Router& router, const std::vector<Cont
           progress.Report(done);
         }
       }
-      drop_failed(fanout.Finish());
+      std::vector<TargetResult> results = fanout.Finish();
+      if (!changed.ok()) {
+        for (TargetResult& r : results) r.status = changed;
+      }
+      drop_failed(std::move(results));
     }
     // Directories get their times once their contents are in place, deepest first.
     for (auto it = entries.rbegin(); it != entries.rend() && !live.empty(); ++it) {

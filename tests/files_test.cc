@@ -720,6 +720,77 @@ TEST_F(FilesTest, AContextLostMidTransferLeavesNoTemporaryFile) {
   EXPECT_THAT(Temporaries(dir_ + "/out"), ::testing::IsEmpty());
 }
 
+// Names are bytes on Linux: a tree whose names are not UTF-8 goes and comes back whole,
+// streamed and copied in the kernel; a command's argv may hold such bytes too.
+TEST_F(FilesTest, NamesAndArgumentsThatAreNotUtf8) {
+  const std::string src = dir_ + "/src\xff";
+  fs::create_directories(src + "/d\xfe" "x");
+  WriteFile(src + "/d\xfe" "x/f\xff", "bytes\n", 0644);
+  ASSERT_EQ(::symlink("d\xfe" "x/f\xff", (src + "/l\xfd").c_str()), 0);
+  Master master(TestFunctions());
+  absl::StatusOr<Context> child = master.Spawn("local");
+  ASSERT_TRUE(child.ok()) << child.status();
+  for (bool kernel_copy : {true, false}) {
+    const std::string to = dir_ + (kernel_copy ? "/k" : "/s");
+    TransferOptions options;
+    options.recursive = true;
+    options.kernel_copy = kernel_copy;
+    absl::StatusOr<TransferSummary> pushed =
+        PushFiles(master.router(), {child->id()}, src, to + "\xff", options);
+    ASSERT_TRUE(pushed.ok()) << pushed.status();
+    ASSERT_TRUE(pushed->ok()) << pushed->results[0].status;
+    absl::StatusOr<TransferSummary> pulled =
+        PullFiles(master.router(), child->id(), to + "\xff", to + "-back", options);
+    ASSERT_TRUE(pulled.ok()) << pulled.status();
+    ASSERT_TRUE(pulled->ok()) << pulled->results[0].status;
+    EXPECT_EQ(ReadFile(to + "-back/d\xfe" "x/f\xff"), "bytes\n");
+    EXPECT_EQ(fs::read_symlink(to + "-back/l\xfd").string(), "d\xfe" "x/f\xff");
+  }
+  v1::RunRequest run;
+  run.add_argv("printf");
+  run.add_argv("%s");
+  run.add_argv("a\xff" "b");
+  absl::StatusOr<v1::RunReply> ran = child->Run(run);
+  ASSERT_TRUE(ran.ok()) << ran.status();
+  EXPECT_EQ(ran->stdout(), "a\xff" "b");
+}
+
+// A source that changes while a streamed push reads it fails the push with DATA_LOSS for
+// every target, and nothing is left under the final name (nor a temporary file): rewritten
+// in the middle, or grown.
+TEST_F(FilesTest, ASourceChangedDuringAStreamedPushFailsIt) {
+  Master master(TestFunctions());
+  absl::StatusOr<Context> child = master.Spawn("local");
+  ASSERT_TRUE(child.ok()) << child.status();
+  for (const char* change : {"rewritten", "grown"}) {
+    const std::string src = dir_ + "/changing";
+    WriteFile(src, RandomBytes(8 << 20, 11), 0644);
+    const std::string dest = dir_ + "/dest-" + change;
+    TransferOptions options;
+    options.kernel_copy = false;
+    options.chunk_bytes = 256 << 10;
+    bool changed = false;
+    // Called on the pushing thread as chunks go: the change happens mid-transfer, for sure.
+    options.progress = [&](int64_t done, int64_t) {
+      if (changed || done == 0) return;
+      changed = true;
+      std::fstream f(src, std::ios::in | std::ios::out | std::ios::binary);
+      if (std::string(change) == "grown") f.seekp(0, std::ios::end);
+      f << "changed";
+    };
+    absl::StatusOr<TransferSummary> pushed =
+        PushFiles(master.router(), {child->id()}, src, dest, options);
+    ASSERT_TRUE(changed) << change;
+    ASSERT_TRUE(pushed.ok()) << pushed.status();
+    ASSERT_EQ(pushed->results.size(), 1u);
+    EXPECT_EQ(pushed->results[0].status.code(), absl::StatusCode::kDataLoss)
+        << change << ": " << pushed->results[0].status;
+    EXPECT_FALSE(fs::exists(dest)) << change;
+    // The receiver drops its temporary file when the cancellation reaches it.
+    EXPECT_TRUE(WaitForNoTemporaries(dir_, absl::Now() + absl::Seconds(10))) << change;
+  }
+}
+
 TEST_F(FilesTest, CliPushPullAndCall) {
   const char* srcdir = ::getenv("TEST_SRCDIR");
   const std::string grove =
@@ -760,7 +831,8 @@ TEST_F(FilesTest, CliPushPullAndCall) {
   EXPECT_THAT(out, HasSubstr("\"name\":\"called\""));
   out.clear();
   EXPECT_EQ(run({"call", "local", "grove.run", "{\"argv\":[\"echo\",\"hi\"]}"}, &out), 0);
-  EXPECT_THAT(out, HasSubstr("\"stdout\":\"aGkK\""));  // "hi\n", base64 in JSON.
+  EXPECT_THAT(out, HasSubstr("\"stdout\":\"hi\\n\""));  // Bytes that are text, as text.
+  EXPECT_THAT(out, HasSubstr("\"exit_status\":0"));
   out.clear();
   EXPECT_EQ(run({"call", "local", "grove.run", "{not json"}, &out), 2);
   EXPECT_EQ(run({"call", "local", "no.such.function", "{}"}, &out), 2);

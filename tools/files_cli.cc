@@ -19,6 +19,7 @@
 #include "tools/cli.h"
 #include "tools/cli_paths.h"
 #include "tools/cli_signals.h"
+#include "tools/json_bridge.h"
 
 namespace grove::cli {
 namespace {
@@ -291,11 +292,10 @@ int Call(Master& master, const std::vector<std::string>& args) {
   }
   google::protobuf::MessageFactory* factory = google::protobuf::MessageFactory::generated_factory();
   std::unique_ptr<google::protobuf::Message> in(factory->GetPrototype(in_type)->New());
-  auto parsed = google::protobuf::util::JsonStringToMessage(args[2], in.get());
-  if (!parsed.ok()) {
+  if (absl::Status parsed = JsonToMessage(args[2], in.get()); !parsed.ok()) {
     fprintf(stderr, "grove call: the argument is not a %s in JSON: %s\n",
-            in_type->full_name().c_str(), parsed.ToString().c_str());
-    return 2;
+            in_type->full_name().c_str(), std::string(parsed.message()).c_str());
+    return kExitUsage;
   }
   absl::StatusOr<std::vector<Context>> contexts = StartPaths(master, {args[0]}, absl::Seconds(30));
   if (!contexts.ok()) {
@@ -314,12 +314,12 @@ int Call(Master& master, const std::vector<std::string>& args) {
   }
   std::unique_ptr<google::protobuf::Message> out(factory->GetPrototype(out_type)->New());
   out->ParseFromString(*result);
-  std::string json;
-  google::protobuf::util::JsonPrintOptions print;
-  print.always_print_primitive_fields = true;
-  print.preserve_proto_field_names = true;
-  (void)google::protobuf::util::MessageToJsonString(*out, &json, print);
-  printf("%s\n", json.c_str());
+  absl::StatusOr<std::string> json = MessageToJson(*out);
+  if (!json.ok()) {
+    fprintf(stderr, "grove call: %s\n", std::string(json.status().message()).c_str());
+    return kExitFailed;
+  }
+  printf("%s\n", json->c_str());
   return 0;
 }
 
