@@ -417,14 +417,17 @@ Zygote::Entry ForkChildEntry(const Functions& functions) {
 }  // namespace
 
 absl::StatusOr<std::shared_ptr<Zygote>> StartZygote(const Functions& functions) {
+  RaiseOpenFileLimit();  // Before the fork: the zygote and its children inherit it.
   return Zygote::Start(ForkChildEntry(functions));
 }
 
 void RunAgent(int argc, char** argv, const Functions& functions) {
   // Run again by a context to be its zygote (Zygote::StartOnFirstFork).
   if (argc == 2 && std::strcmp(argv[1], kZygoteFlag) == 0) {
+    RaiseOpenFileLimit();
     Zygote::RunExecuted(ForkChildEntry(functions));
   }
+  RaiseOpenFileLimit();  // Inherited by its fork children (the zygote forks after this).
   AgentFlags flags;
   std::string error;
   if (!ParseFlags(argc, argv, &flags, &error)) {

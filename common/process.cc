@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <pwd.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <signal.h>
 #include <spawn.h>
 #include <string.h>
@@ -289,6 +290,31 @@ int Process::Terminate(absl::Duration grace) {
   }
   Signal(SIGKILL);
   return Wait(absl::InfiniteFuture()).value_or(0);
+}
+
+uint64_t RaiseOpenFileLimit() {
+  struct rlimit limit;
+  if (::getrlimit(RLIMIT_NOFILE, &limit) != 0) return 0;
+  if (limit.rlim_cur < limit.rlim_max) {
+    struct rlimit raised = {limit.rlim_max, limit.rlim_max};
+    if (::setrlimit(RLIMIT_NOFILE, &raised) == 0) limit = raised;
+  }
+  return limit.rlim_cur;
+}
+
+std::string OpenFilesHint() {
+  struct rlimit limit = {};
+  ::getrlimit(RLIMIT_NOFILE, &limit);
+  int open = 0;
+  if (DIR* fds = ::opendir("/proc/self/fd")) {
+    while (::readdir(fds) != nullptr) ++open;
+    ::closedir(fds);
+    open -= 3;  // ".", ".." and the directory's own fd.
+  }
+  return absl::StrCat("this process holds ", open, " open files and may hold ", limit.rlim_cur,
+                      " (RLIMIT_NOFILE, hard limit ", limit.rlim_max,
+                      "); each direct child needs about 4: raise the hard limit (ulimit -Hn, "
+                      "LimitNOFILE= in a systemd unit, /etc/security/limits.conf)");
 }
 
 std::string DescribeWaitStatus(int status) {

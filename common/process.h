@@ -8,6 +8,7 @@
 
 #include <sys/types.h>
 
+#include <cstdint>
 #include <optional>
 #include <set>
 #include <string>
@@ -87,6 +88,15 @@ class Process {
   std::optional<int> status_;
   bool leads_group_ = false;
 };
+
+// Raises this process's soft limit on open files (RLIMIT_NOFILE) to its hard limit: a context
+// holds a few fds per child link, and Debian's default soft limit (1024) would cap a tree at a
+// few hundred children. Processes it starts inherit the raised limit. Returns the limit now.
+uint64_t RaiseOpenFileLimit();
+
+// What EMFILE means for a context: how many fds this process holds, its limit, and how to
+// raise the hard one. For errors that end in "Too many open files".
+std::string OpenFilesHint();
 
 // "exited with status 3", "killed by signal 9 (Killed)".
 std::string DescribeWaitStatus(int status);

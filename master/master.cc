@@ -50,6 +50,7 @@ Master::Master(const Functions& functions, MasterOptions options)
                  "the master has no zygote: start one with grove::StartZygote at the top "
                  "of main() and pass it in MasterOptions::zygote, or use grove::Main") {
   ::signal(SIGPIPE, SIG_IGN);
+  RaiseOpenFileLimit();
   v1::ContextInfo self;
   self.set_id(0);
   self.set_name(options_.name);

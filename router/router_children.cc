@@ -8,8 +8,10 @@
 #include <optional>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/printable.h"
+#include "common/process.h"
 #include "common/status_util.h"
 #include "glog/logging.h"
 #include "proto/builtins.pb.h"
@@ -147,7 +149,11 @@ absl::StatusOr<v1::ContextInfo> Router::SpawnChild(const Hop& hop, absl::Time de
   absl::StatusOr<LaunchedChild> launched = launcher->Launch(hop, request);
   if (!launched.ok()) {
     forget_name();
-    return Annotate(launched.status(),
+    absl::Status status = launched.status();
+    if (absl::StrContains(status.message(), "Too many open files")) {
+      status = absl::Status(status.code(), absl::StrCat(status.message(), " (", OpenFilesHint(), ")"));
+    }
+    return Annotate(status,
                     absl::StrCat("cannot start '", hop.DebugString(), "' from ", self_.name()));
   }
   auto child = std::make_shared<Child>();

@@ -2,6 +2,9 @@
 // children x 10 fork children (100 under a sanitizer, whose shadow memory would not fit 1000
 // processes): spawned in parallel, every one called at once, every one listed in the
 // registry by name, and nothing left once the tree is shut down (the fixture checks).
+#include <sys/resource.h>
+
+#include <atomic>
 #include <future>
 #include <set>
 #include <thread>
@@ -100,6 +103,60 @@ TEST_F(ScaleTest, AThousandContextsAnswerOneCallEachAndAllAreListed) {
       EXPECT_EQ(r.state, ContextState::kGone) << r.name;
     }
   }
+}
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr int kDirect = 100;
+constexpr rlim_t kSoftLimit = 128;
+#else
+constexpr int kDirect = 1000;
+constexpr rlim_t kSoftLimit = 1024;  // Debian's default.
+#endif
+
+// A master started under a low soft limit on open files raises it to the hard limit, so that
+// it holds 1000 direct children (several fds each) where 1024 fds would stop it at ~200.
+TEST_F(ScaleTest, AThousandDirectChildrenUnderTheDefaultSoftLimitOnOpenFiles) {
+  struct rlimit before;
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &before), 0);
+  if (before.rlim_max <= static_cast<rlim_t>(kDirect) * 8) {
+    GTEST_SKIP() << "the hard limit (" << before.rlim_max << ") is too low to test this";
+  }
+  struct rlimit low = {kSoftLimit, before.rlim_max};
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &low), 0);
+  {
+    MasterOptions options;
+    options.zygote = TestZygote();
+    Master master(TestFunctions(), options);
+    struct rlimit now;
+    ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &now), 0);
+    EXPECT_EQ(now.rlim_cur, before.rlim_max);
+    absl::Mutex mu;
+    std::vector<std::string> errors;
+    std::vector<std::thread> threads;
+    std::atomic<int> started{0};
+    for (int t = 0; t < 10; ++t) {
+      threads.emplace_back([&, t] {
+        for (int i = t; i < kDirect; i += 10) {
+          absl::StatusOr<Context> c = master.Spawn(absl::StrCat("fork,name=d", i));
+          if (c.ok()) {
+            ++started;
+          } else {
+            absl::MutexLock lock(&mu);
+            errors.push_back(c.status().ToString());
+          }
+        }
+      });
+    }
+    for (std::thread& t : threads) t.join();
+    ASSERT_TRUE(errors.empty()) << errors.size() << " spawns failed, the first: " << errors[0];
+    EXPECT_EQ(started.load(), kDirect);
+    int listed = 0;
+    for (const ContextRecord& r : master.registry().List(false)) {
+      listed += r.parent == master.router().id() && r.id != master.router().id();
+    }
+    EXPECT_EQ(listed, kDirect);
+  }
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &before), 0);
 }
 
 }  // namespace
