@@ -77,36 +77,45 @@ absl::StatusOr<Process> SpawnWithParentDeathSignal(const SpawnOptions& options,
   const char* cwd = options.cwd.empty() ? nullptr : options.cwd.c_str();
   const pid_t parent = ::getpid();
   const bool group = options.new_process_group;
-  volatile int child_errno = 0;  // Written by the child before it exits: memory is shared.
+  // The child reports a failure before exec as its errno on this pipe; exec closes it. (A
+  // sanitizer's runtime may make vfork a fork, so nothing is passed through memory.)
+  int report[2];
+  if (::pipe2(report, O_CLOEXEC) != 0) return ErrnoStatus(errno, "pipe");
+  UniqueFd report_read(report[0]), report_write(report[1]);
+  const int report_fd = report_write.get();
   sigset_t all, old;
   sigfillset(&all);
   ::pthread_sigmask(SIG_SETMASK, &all, &old);
   pid_t pid = ::vfork();
   if (pid == 0) {
+    auto fail = [report_fd]() {
+      int err = errno;
+      (void)!::write(report_fd, &err, sizeof(err));
+      _exit(127);
+    };
     for (int sig : kDefaultSignals) ::signal(sig, SIG_DFL);
     if (group) ::setpgid(0, 0);
     if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || ::getppid() != parent) _exit(127);
     for (size_t i = 0; i < scratch.size(); ++i) {
-      if (::dup2(scratch[i].get(), options.fds[i].first) < 0) {
-        child_errno = errno;
-        _exit(127);
-      }
+      if (::dup2(scratch[i].get(), options.fds[i].first) < 0) fail();
     }
-    if (cwd != nullptr && ::chdir(cwd) != 0) {
-      child_errno = errno;
-      _exit(127);
-    }
+    if (cwd != nullptr && ::chdir(cwd) != 0) fail();
     sigset_t none;
     sigemptyset(&none);
     ::sigprocmask(SIG_SETMASK, &none, nullptr);
     ::execve(path.c_str(), argv.data(), env);
-    child_errno = errno;
-    _exit(127);
+    fail();
   }
   const int vfork_errno = errno;
   ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
   if (pid < 0) return ErrnoStatus(vfork_errno, "vfork");
-  if (child_errno != 0) {
+  report_write.Reset();
+  int child_errno = 0;
+  ssize_t n;
+  do {
+    n = ::read(report_read.get(), &child_errno, sizeof(child_errno));
+  } while (n < 0 && errno == EINTR);
+  if (n == sizeof(child_errno)) {
     while (::waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
     }
     return ErrnoStatus(child_errno, absl::StrCat("cannot start ", options.argv[0],
