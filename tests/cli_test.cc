@@ -264,12 +264,12 @@ TEST_F(CliTest, BenchMeasuresARoundTripBesideItsFloors) {
 }
 
 TEST_F(CliTest, EveryVerbExplainsItself) {
-  for (const char* verb : {"run", "tree", "call", "push", "pull", "bench"}) {
+  for (const char* verb : {"run", "tree", "call", "push", "pull", "bench", "grpc", "demo"}) {
     Ran r = Grove({verb, "--help"});
     EXPECT_EQ(r.status, 0) << verb;
     EXPECT_THAT(r.out, HasSubstr("usage: grove ")) << verb;
-    EXPECT_THAT(r.out, HasSubstr(absl::StrCat("grove ", verb, " "))) << verb;
-    if (std::string(verb) != "bench") {
+    EXPECT_THAT(r.out, HasSubstr(absl::StrCat("grove ", verb))) << verb;
+    if (std::string(verb) != "bench" && std::string(verb) != "demo") {
       EXPECT_THAT(r.out, HasSubstr("ssh:[USER@]HOST[:PORT]")) << verb;
       EXPECT_THAT(r.out, HasSubstr("Examples:")) << verb;
     }
@@ -280,6 +280,26 @@ TEST_F(CliTest, EveryVerbExplainsItself) {
     EXPECT_THAT(top.out, HasSubstr(absl::StrCat("grove ", verb))) << verb;
   }
   EXPECT_EQ(Grove({"frobnicate"}).status, 2);
+  EXPECT_EQ(Grove({}).status, 2);
+  Ran no_dashes = Grove({"run", "local", "uname", "-a"});
+  EXPECT_EQ(no_dashes.status, 2);
+  EXPECT_THAT(no_dashes.err, HasSubstr("is '--' missing before the command?"));
+  for (const char* bad : {"0", "nan", "-3", "inf"}) {
+    EXPECT_EQ(Grove({"run", "--timeout", bad, "local", "--", "true"}).status, 2) << bad;
+    EXPECT_EQ(Grove({"run", "-j", bad, "local", "--", "true"}).status, 2) << bad;
+  }
+  Ran version = Grove({"--version"});
+  EXPECT_EQ(version.status, 0);
+  EXPECT_THAT(version.out, ::testing::MatchesRegex("grove [0-9.]+\nbuild [0-9a-f]{64}\n"));
+}
+
+// tree --json: every field its help lists, and the master's parent is null.
+TEST_F(CliTest, TreeJsonHasTheFieldsItsHelpLists) {
+  Ran r = Grove({"tree", "--json", "local,name=t"});
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("\"name\":\"master\",\"parent\":null"));
+  EXPECT_THAT(r.out, HasSubstr("\"name\":\"t\",\"parent\":0,\"method\":\"local\""));
+  EXPECT_THAT(r.out, HasSubstr(absl::StrCat("\"user\":\"", CurrentUserName(), "\"")));
 }
 
 }  // namespace

@@ -13,6 +13,11 @@ namespace grove::cli {
 // The CLI program's own functions (bench sink, spawning from inside a child for the demo).
 const Functions& CliFunctions();
 
+// `grove --version`: the version and the build (this program's SHA-256).
+int Version();
+int Usage(int status);
+int VerbHelp(const std::string& verb);
+
 int Run(Master& master, const std::vector<std::string>& args);
 int Tree(Master& master, const std::vector<std::string>& args);
 int Bench(Master& master, const std::vector<std::string>& args);

@@ -13,6 +13,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstring>
+#include <cmath>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -24,6 +25,7 @@
 #include "absl/strings/str_replace.h"
 #include "common/json.h"
 #include "common/printable.h"
+#include "launch/payload.h"
 #include "google/protobuf/wrappers.pb.h"
 #include "tools/cli.h"
 #include "tools/cli_signals.h"
@@ -33,6 +35,9 @@
 
 namespace grove::cli {
 namespace {
+
+// The version of grove; the build is named by the SHA-256 of this very program.
+constexpr char kVersion[] = "0.1.0";
 
 constexpr char kPaths[] = R"(
 PATHS
@@ -62,13 +67,19 @@ constexpr char kUsage[] = R"(usage: grove VERB ...   (grove VERB --help for more
   grove grpc PATH list              the gRPC services the context hosts (server reflection)
   grove grpc PATH SERVICE/METHOD 'JSON'
                                     call one of them with a JSON request, print the response
-  grove push [-r] [--json] PATH... -- SRC DEST
+  grove push [-r] [--json] [--timeout S] PATH... -- SRC DEST
                                     copy a local file (a tree with -r) to each context
-  grove pull [-r] [--json] PATH -- SRC DEST
+  grove pull [-r] [--json] [--timeout S] PATH -- SRC DEST
                                     copy SRC from a context to DEST here
   grove bench [--json] [--only METRIC,...] [--ssh HOP]
                                     measure grove on local (and ssh) contexts
   grove demo                        a tour: a tree, calls, a killed subtree, a clean shutdown
+  grove --version                   the version and the build's digest
+
+Exit status (every verb): 0 success; 1 something failed; 2 bad arguments; 124 --timeout
+passed; 130/143 interrupted (SIGINT/SIGTERM: what ran was cancelled and cleaned up); 141
+stdout closed; 255 a context could not be reached. grove run exits with its commands' worst
+exit status otherwise.
 
 Examples:
   grove run local -- uname -a
@@ -84,15 +95,19 @@ Starts the contexts on each PATH and runs ARGV in the last hop of each, in paral
 is streamed, each line prefixed with its context's name when there are several (names are
 padded to one width and coloured on a terminal). At the end a summary says which contexts
 succeeded, failed (non-zero exit, timeout) or were unreachable. The exit status is 0 only
-when every context succeeded; otherwise the worst exit status (255: unreachable).
+when every context succeeded; otherwise the worst exit status (124: timed out, 255:
+unreachable). A command runs in a process group of its own, killed whole on --timeout, on
+Ctrl-C and when the command ends. A closed stdout (| head) ends the run (exit status 141).
 
 Options:
-  -j N              at most N contexts starting or running at once (default: no limit)
-  --timeout S       give each command S seconds (then it is killed: "timed out")
+  -j N              at most N contexts starting or running at once (N >= 1; default: no
+                    limit)
+  --timeout S       give each command S seconds, S > 0 (then it is killed: "timed out")
   --connect-timeout S
                     give each hop S seconds to start (default 30)
-  --json            no streaming: print one JSON object per context with its outcome,
-                    exit status, stdout and stderr (base64-free: as JSON strings)
+  --json            no streaming: print a JSON array, one object per context: context, path,
+                    state, exit_status, stdout, stderr (JSON strings; bytes that are not
+                    UTF-8 as \xNN) and error
   --inventory FILE  where @GROUP paths come from
 
 Examples:
@@ -104,7 +119,8 @@ Examples:
 constexpr char kTreeHelp[] = R"(usage: grove tree [--json] PATH...
 
 Starts the contexts on each PATH and prints the master's registry as a tree (or, with
---json, a JSON array of contexts: id, name, parent, method, host, pid, user).
+--json, a JSON array of contexts: id, name, parent (null for the master), method, host,
+pid, user, state).
 
 Examples:
   grove tree local/local,name=deep local/local
@@ -122,15 +138,26 @@ Examples:
   grove call ssh:web1 grove.run '{"argv": ["uname", "-r"]}'
 )";
 
-constexpr char kPushHelp[] = R"(usage: grove push [-r] [--json] PATH... -- SRC DEST
-       grove pull [-r] [--json] PATH -- SRC DEST
+constexpr char kPushHelp[] = R"(usage: grove push [OPTIONS] PATH... -- SRC DEST
+       grove pull [OPTIONS] PATH -- SRC DEST
 
 push copies SRC (a local file, or with -r a directory tree) to DEST in the last hop of each
 PATH; pull copies SRC from the last hop of PATH to DEST here. As with cp, a DEST that is an
 existing directory receives the copy under SRC's name. Files are streamed in chunks,
 verified by SHA-256, written under a temporary name and renamed; modes, times and symlinks
 are kept. Pushing to several contexts sends the bytes once per link. A progress bar is
-drawn on a terminal; --json prints a summary (bytes, entries, seconds, per-context result).
+drawn on a terminal; --json prints a summary (bytes, entries, seconds, and per context its
+state: ok, failed or unreachable). A path that cannot be reached does not stop the others.
+Ctrl-C cancels the transfer and removes what it had written.
+
+Options:
+  -r, --recursive   copy a directory and everything under it
+  --json            print the summary as JSON
+  --timeout S       the whole transfer ends after S seconds, S > 0 (exit status 124)
+  --connect-timeout S
+                    give each hop S seconds to start (default 30)
+  --inventory FILE  where @GROUP paths come from
+  --no-kernel-copy  stream every byte through the links, even on this host
 
 Examples:
   grove push -r @web -- ./site /srv/
@@ -150,7 +177,33 @@ gRPC's callbacks alone). --scale builds trees of that many contexts and reports 
 costs.
 )";
 
+constexpr char kGrpcHelp[] = R"(usage: grove grpc PATH list
+       grove grpc PATH SERVICE/METHOD 'JSON'
+
+The gRPC services the last hop of PATH hosts (the program's own services, health and server
+reflection). list prints them, from server reflection. SERVICE/METHOD calls one with a JSON
+request and prints each response as JSON; the method's types come from the context's
+reflection. Unary and server-streaming methods.
+
+Examples:
+  grove grpc local/local list
+  grove grpc local/local grpc.health.v1.Health/Check '{}'
+)";
+
+constexpr char kDemoHelp[] = R"(usage: grove demo
+
+A tour on local contexts: builds a small tree, calls a function in every context, kills a
+subtree and shows the master noticing, and shuts down leaving nothing behind.
+)";
+
 }  // namespace
+
+int Version() {
+  absl::StatusOr<const Payload*> self = ThisProgram();
+  printf("grove %s\nbuild %s\n", kVersion,
+         self.ok() ? (*self)->sha256.c_str() : "(unknown: cannot read this program)");
+  return 0;
+}
 
 int Usage(int status) {
   fputs(kUsage, status == 0 ? stdout : stderr);
@@ -164,10 +217,12 @@ int VerbHelp(const std::string& verb) {
                      : verb == "call"                    ? kCallHelp
                      : verb == "push" || verb == "pull"  ? kPushHelp
                      : verb == "bench"                   ? kBenchHelp
+                     : verb == "grpc"                    ? kGrpcHelp
+                     : verb == "demo"                    ? kDemoHelp
                                                          : nullptr;
   if (text == nullptr) return Usage(0);
   fputs(text, stdout);
-  if (verb != "bench") fputs(kPaths, stdout);
+  if (verb != "bench" && verb != "demo") fputs(kPaths, stdout);
   return 0;
 }
 
@@ -293,11 +348,14 @@ void PrintTree(Master& master, bool json, bool include_gone) {
   std::vector<ContextRecord> records = master.registry().List(include_gone);
   if (json) {
     std::vector<std::string> items;
-    auto item = [](const ContextRecord& r) {
-      return absl::StrCat("{\"id\":", r.id.value(), ",\"name\":", JsonQuote(r.name),
-                          ",\"parent\":", r.parent.value(), ",\"method\":", JsonQuote(r.method),
-                          ",\"host\":", JsonQuote(r.host), ",\"pid\":", r.pid,
-                          ",\"state\":", JsonQuote(ContextStateName(r.state)), "}");
+    const ContextId master_id = master.router().id();
+    auto item = [master_id](const ContextRecord& r) {
+      return absl::StrCat(
+          "{\"id\":", r.id.value(), ",\"name\":", JsonQuote(r.name), ",\"parent\":",
+          r.id == master_id ? "null" : absl::StrCat(r.parent.value()),
+          ",\"method\":", JsonQuote(r.method), ",\"host\":", JsonQuote(r.host),
+          ",\"pid\":", r.pid, ",\"user\":", JsonQuote(r.user),
+          ",\"state\":", JsonQuote(ContextStateName(r.state)), "}");
     };
     ContextRecord self = RecordFromInfo(master.router().self());
     items.push_back(item(self));
@@ -339,8 +397,9 @@ int Run(Master& master, const std::vector<std::string>& raw_args) {
   for (size_t i = 0; i < raw_args.size(); ++i) {
     const std::string& a = raw_args[i];
     auto number = [&](double* out) {
-      if (i + 1 >= raw_args.size() || !absl::SimpleAtod(raw_args[i + 1], out) || *out < 0) {
-        fprintf(stderr, "grove run: %s needs a number\n", a.c_str());
+      if (i + 1 >= raw_args.size() || !absl::SimpleAtod(raw_args[i + 1], out) || !(*out > 0) ||
+          std::isinf(*out)) {
+        fprintf(stderr, "grove run: %s needs a number above 0\n", a.c_str());
         return false;
       }
       ++i;
@@ -363,7 +422,8 @@ int Run(Master& master, const std::vector<std::string>& raw_args) {
     } else if (a == "--inventory" && i + 1 < raw_args.size()) {
       inventory = raw_args[++i];
     } else if (a.size() > 1 && a[0] == '-' && a != "-") {
-      fprintf(stderr, "grove run: unknown option %s (see grove run --help)\n", a.c_str());
+      fprintf(stderr, "grove run: unknown option %s (%s; see grove run --help)\n", a.c_str(),
+              paths.size() > 1 ? "is '--' missing before the command?" : "grove run's options");
       return 2;
     } else {
       paths.push_back(a);
@@ -375,6 +435,11 @@ int Run(Master& master, const std::vector<std::string>& raw_args) {
     return 2;
   }
   paths = *std::move(expanded);
+  if (!dashes && paths.size() > 1) {
+    fprintf(stderr, "grove run: no '--' before the command (grove run PATH... -- ARGV...; "
+            "see grove run --help)\n");
+    return 2;
+  }
   if (paths.empty() || argv.empty()) {
     fprintf(stderr, "grove run: need PATH... -- ARGV... (see grove run --help)\n");
     return 2;
@@ -535,6 +600,7 @@ int main(int argc, char** argv) {
   if (std::optional<int> status = cli::RunFloorProcess(argc, argv)) return *status;
   std::string verb = argv[1];
   if (verb == "--help" || verb == "-h" || verb == "help") return cli::Usage(0);
+  if (verb == "--version" || verb == "version") return cli::Version();
   std::vector<std::string> args(argv + 2, argv + argc);
   for (const std::string& a : args) {
     if (a == "--") break;
