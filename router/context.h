@@ -48,7 +48,8 @@ class Context {
             [&bytes, &done](absl::StatusOr<std::string> result) {
               bytes = std::move(result);
               done.Notify();
-            });
+            },
+            Out::descriptor()->full_name());
     done.WaitForNotification();
     return Decode<Out>(function, std::move(bytes));
   }
@@ -62,7 +63,8 @@ class Context {
     CallRaw(function, In::descriptor()->full_name(), in.SerializeAsString(), options,
             [promise, function](absl::StatusOr<std::string> bytes) {
               promise->set_value(Decode<Out>(function, std::move(bytes)));
-            });
+            },
+            Out::descriptor()->full_name());
     return future;
   }
 
@@ -79,11 +81,14 @@ class Context {
     return out;
   }
 
-  // The untyped form: `done` runs once with the serialized result.
+  // The untyped form: `done` runs once with the serialized result. With `result_type`
+  // (a full protobuf name), the callee refuses the call (INVALID_ARGUMENT) unless its function
+  // returns that type.
   void CallRaw(const std::string& function, const std::string& argument_type,
-               std::string argument, const CallOptions& options, Router::Done done) const {
+               std::string argument, const CallOptions& options, Router::Done done,
+               const std::string& result_type = "") const {
     router_->StartCall(id_, function, argument_type, std::move(argument), options,
-                       std::move(done));
+                       std::move(done), result_type);
   }
 
   // ---- Built-ins ----

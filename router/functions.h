@@ -18,6 +18,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -117,6 +118,21 @@ struct FunctionOptions {
   bool run_inline = false;
 };
 
+namespace internal {
+
+// Whether `F` can be called as fn(const In&, CallContext&) and returns absl::StatusOr<Out>
+// (or something that converts to it): the signature Functions::Register expects.
+template <typename F, typename In, typename Out, typename = void>
+struct ReturnsStatusOr : std::false_type {};
+template <typename F, typename In, typename Out>
+struct ReturnsStatusOr<
+    F, In, Out,
+    std::void_t<std::invoke_result_t<std::decay_t<F>&, const In&, CallContext&>>>
+    : std::is_convertible<std::invoke_result_t<std::decay_t<F>&, const In&, CallContext&>,
+                          absl::StatusOr<Out>> {};
+
+}  // namespace internal
+
 // One registered function, type-erased to bytes.
 struct Function {
   std::string name;
@@ -148,6 +164,10 @@ class Functions {
   static Function MakeFunction(const std::string& name, F&& fn, FunctionOptions options) {
     static_assert(std::is_base_of_v<google::protobuf::Message, In>, "In must be a protobuf");
     static_assert(std::is_base_of_v<google::protobuf::Message, Out>, "Out must be a protobuf");
+    static_assert(internal::ReturnsStatusOr<F, In, Out>::value,
+                  "a function registered as <In, Out> must be callable as "
+                  "fn(const In& argument, grove::CallContext& call) and return "
+                  "absl::StatusOr<Out> (or Out)");
     Function f;
     f.name = name;
     f.argument_type = In::descriptor()->full_name();

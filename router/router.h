@@ -155,8 +155,11 @@ class Router : public LinkDelegate {
   using Done = std::function<void(absl::StatusOr<std::string> result)>;
   // Calls `function` in context `dst` with a serialized argument of type `argument_type`.
   // `done` runs exactly once, without locks held, possibly before StartCall returns.
+  // `result_type`, when not empty, is the full protobuf name the caller will decode the
+  // result as: a function that returns another type fails the call with INVALID_ARGUMENT.
   void StartCall(ContextId dst, const std::string& function, const std::string& argument_type,
-                 std::string argument, const CallOptions& options, Done done);
+                 std::string argument, const CallOptions& options, Done done,
+                 const std::string& result_type = "");
 
   // Sends output of call `call_id` back to `caller` (see CallContext::Output).
   void SendOutput(ContextId caller, uint64_t call_id, int stream, std::string data);

@@ -29,7 +29,7 @@ size_t Router::pending_calls() const {
 // Calls made here.
 void Router::StartCall(ContextId dst, const std::string& function,
                        const std::string& argument_type, std::string argument,
-                       const CallOptions& options, Done done) {
+                       const CallOptions& options, Done done, const std::string& result_type) {
   if (static_cast<int64_t>(argument.size()) > options_.max_message_bytes) {
     done(absl::ResourceExhaustedError(
         absl::StrCat("the argument of '", function, "' is ", argument.size(),
@@ -56,6 +56,7 @@ void Router::StartCall(ContextId dst, const std::string& function,
   call->set_id(id);
   call->set_function(function);
   call->set_argument_type(argument_type);
+  if (!result_type.empty()) call->set_result_type(result_type);
   *call->mutable_argument() = std::move(argument);
   if (deadline != absl::InfiniteFuture()) {
     call->set_timeout_us(std::max<int64_t>(1, absl::ToInt64Microseconds(deadline - absl::Now())));
@@ -257,6 +258,10 @@ void Router::HandleCall(Link* from, v1::Envelope envelope) {
     refused = absl::InvalidArgumentError(
         absl::StrCat("function '", call->function(), "' in context ", self_.name(), " takes ",
                      function->argument_type, ", not ", call->argument_type()));
+  } else if (!call->result_type().empty() && call->result_type() != function->result_type) {
+    refused = absl::InvalidArgumentError(
+        absl::StrCat("function '", call->function(), "' in context ", self_.name(),
+                     " returns ", function->result_type, ", not ", call->result_type()));
   }
   if (!refused.ok()) {
     SendReply(src, call->id(), refused, self_.name());

@@ -885,6 +885,21 @@ TEST_F(RouterTest, ArgumentTypeMismatchIsInvalidArgument) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("cannot decode")));
 }
 
+// A typed call names the type it will decode the result as: a function that returns another
+// type fails the call instead of having its bytes parsed as the wrong message.
+TEST_F(RouterTest, ResultTypeMismatchIsInvalidArgument) {
+  ASSERT_NO_FATAL_FAILURE(SpawnTree());
+  v1::RunRequest echo;
+  echo.add_argv("x");
+  absl::StatusOr<v1::InfoReply> wrong = g_->Call<v1::InfoReply>("test.echo", echo);
+  EXPECT_THAT(wrong, StatusIs(absl::StatusCode::kInvalidArgument,
+                              AllOf(HasSubstr("test.echo"), HasSubstr("returns grove.v1.RunReply"),
+                                    HasSubstr("not grove.v1.InfoReply"))));
+  auto async = g_->CallAsync<v1::Empty>("test.echo", echo);
+  EXPECT_THAT(async.get(), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("returns")));
+  EXPECT_TRUE(g_->Call<v1::RunReply>("test.echo", echo).ok());
+}
+
 TEST_F(RouterTest, RemoteErrorKeepsCodeMessageAndOrigin) {
   ASSERT_NO_FATAL_FAILURE(SpawnTree());
   absl::StatusOr<v1::RunReply> direct = g_->Call<v1::RunReply>(
