@@ -172,10 +172,3 @@ TEST_F(PullFromAHostileChildTest, AnHonestPullOfATreeWithSymlinksStillWorks) {
 
 }  // namespace
 }  // namespace grove
-
-int main(int argc, char** argv) {
-  FLAGS_logtostderr = true;
-  google::InitGoogleLogging(argv[0]);
-  ::testing::InitGoogleTest(&argc, argv);
-  return RUN_ALL_TESTS();
-}
