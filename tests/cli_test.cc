@@ -144,6 +144,25 @@ TEST_F(CliTest, AClosedStdoutEndsTheRun) {
   EXPECT_TRUE(WaitUntil([] { return ProcessesWith("yes grove-epipe-test").empty(); }));
 }
 
+// What other contexts say reaches the terminal as text, through every verb's errors: a
+// terminal control in a context's name or message is printed escaped.
+TEST_F(CliTest, ErrorsFromOtherContextsCannotReachTheTerminal) {
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"call", "local", "grove.run",
+                                 "{\"argv\": [\"sh\", \"-c\", \"exit 3\"], \"cwd\": \"/no\u001b[2Jwhere\"}"},
+        std::vector<std::string>{"push", "local", "--", "/etc/hostname", "/no\x1b[2Jwhere/x"},
+        std::vector<std::string>{"pull", "local", "--", "/no\x1b[2Jwhere", dir_ + "/x"},
+        std::vector<std::string>{"push", "command:/no\x1b[2Jwhere", "--", "/etc/hostname",
+                                 dir_ + "/x"},
+        std::vector<std::string>{"tree", "command:/no\x1b[2Jwhere"},
+        std::vector<std::string>{"call", "command:/no\x1b[2Jwhere", "grove.info", "{}"}}) {
+    Ran r = Grove(args);
+    EXPECT_NE(r.status, 0) << args[0];
+    EXPECT_THAT(r.err, Not(HasSubstr("\x1b"))) << args[0] << ": " << r.err;
+    EXPECT_THAT(r.err, HasSubstr("\\x1b[2J")) << args[0] << ": " << r.err;
+  }
+}
+
 // Passwords from paths never appear, whether the context is reached or not, in text or JSON.
 TEST_F(CliTest, PasswordsInPathsAreNeverPrinted) {
   const std::string secret = "Sekr1t-in-the-path";

@@ -299,7 +299,8 @@ int Call(Master& master, const std::vector<std::string>& args) {
   }
   absl::StatusOr<std::vector<Context>> contexts = StartPaths(master, {args[0]}, absl::Seconds(30));
   if (!contexts.ok()) {
-    fprintf(stderr, "grove call: %s\n", std::string(contexts.status().message()).c_str());
+    fprintf(stderr, "grove call: %s\n",
+            Printable(Redacted(std::string(contexts.status().message()), {args[0]})).c_str());
     return 255;
   }
   std::promise<absl::StatusOr<std::string>> promise;

@@ -562,7 +562,8 @@ int Tree(Master& master, const std::vector<std::string>& args) {
   if (!paths.empty()) {
     absl::StatusOr<std::vector<Context>> contexts = StartPaths(master, paths, absl::Seconds(30));
     if (!contexts.ok()) {
-      fprintf(stderr, "grove tree: %s\n", std::string(contexts.status().message()).c_str());
+      fprintf(stderr, "grove tree: %s\n",
+              Printable(Redacted(std::string(contexts.status().message()), paths)).c_str());
       return 255;
     }
   }

@@ -17,6 +17,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
+#include "common/printable.h"
+#include "common/status_util.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/descriptor.pb.h"
 #include "google/protobuf/descriptor_database.h"
@@ -224,7 +226,8 @@ int CallMethod(const std::shared_ptr<grpc::Channel>& channel, const std::string&
   const std::string method_name = path.substr(slash + 1);
   pb::SimpleDescriptorDatabase db;
   if (absl::Status s = AddFilesOf(channel, service, &db); !s.ok()) {
-    fprintf(stderr, "grove grpc: cannot describe %s: %s\n", service.c_str(), s.ToString().c_str());
+    fprintf(stderr, "grove grpc: cannot describe %s: %s\n", Printable(service).c_str(),
+            Printable(s.ToString()).c_str());
     return 1;
   }
   pb::DescriptorPool pool(&db);
@@ -283,7 +286,7 @@ int CallMethod(const std::shared_ptr<grpc::Channel>& channel, const std::string&
   if (!status.ok()) {
     fprintf(stderr, "grove grpc: %s: %s\n",
             absl::StatusCodeToString(static_cast<absl::StatusCode>(status.error_code())).c_str(),
-            status.error_message().c_str());
+            Printable(status.error_message()).c_str());
     return 1;
   }
   return 0;
@@ -300,14 +303,15 @@ int Grpc(Master& master, const std::vector<std::string>& args) {
   }
   absl::StatusOr<std::vector<Context>> contexts = StartPaths(master, {args[0]}, kTimeout);
   if (!contexts.ok()) {
-    fprintf(stderr, "grove grpc: %s\n", std::string(contexts.status().message()).c_str());
+    fprintf(stderr, "grove grpc: %s\n",
+            Printable(Redacted(std::string(contexts.status().message()), {args[0]})).c_str());
     return 255;
   }
   std::shared_ptr<grpc::Channel> channel = ChannelTo(contexts->front());
   if (args[1] == "list") {
     absl::StatusOr<std::vector<std::string>> services = ListServices(channel);
     if (!services.ok()) {
-      fprintf(stderr, "grove grpc: %s\n", services.status().ToString().c_str());
+      fprintf(stderr, "grove grpc: %s\n", Printable(services.status().ToString()).c_str());
       return 1;
     }
     for (const std::string& s : *services) printf("%s\n", s.c_str());
