@@ -240,27 +240,33 @@ std::string FirstStage(const Payload& payload, const std::string& cache_dir,
   // A cached agent runs as the shell's child, not through exec, so that a stale copy (the
   // agent's own digest check fails: kStaleAgentExit) falls through to the upload; any other
   // exit of the agent ends the shell with it. A fresh upload is exec'd: it checks itself too.
+  // Each marker split by an empty quoted string ("GRV1''ARCH"): sh prints it whole, but the
+  // script's own text never holds it, so that a command that echoes its input (not a shell)
+  // is not taken for a target that printed a marker.
+  auto m = [](absl::string_view marker) {
+    return absl::StrCat(marker.substr(0, 4), "''", marker.substr(4));
+  };
   const std::string expect = absl::StrCat(kExpectFlag, "=$h");
   return absl::StrCat(
       "umask 077;h=", payload.sha256, ";",
-      "[ \"`uname -m`\" = ", ShellQuote(u.machine), " ] || { printf '", kArchMarker,
+      "[ \"`uname -m`\" = ", ShellQuote(u.machine), " ] || { printf '", m(kArchMarker),
       "%s\\n' \"`uname -m`\";exit 1;};",
       "d=", cache_dir.empty() ? "\"$HOME/.cache/grove\"" : ShellQuote(cache_dir), ";",
       "if ! { mkdir -p \"$d\" 2>/dev/null&&[ -w \"$d\" ];};then d=\"${TMPDIR:-/tmp}/grove-`id -u`\";"
       "mkdir -p \"$d\"||exit 1;fi;",
       // The cache must be ours and private: refused otherwise.
-      "[ -h \"$d\" ]&&{ printf '", kFailMarker, "cache %s is a symlink\\n' \"$d\";exit 1;};",
-      "[ -O \"$d\" ]||{ printf '", kFailMarker, "cache %s is not owned by this user\\n' \"$d\";exit 1;};",
+      "[ -h \"$d\" ]&&{ printf '", m(kFailMarker), "cache %s is a symlink\\n' \"$d\";exit 1;};",
+      "[ -O \"$d\" ]||{ printf '", m(kFailMarker), "cache %s is not owned by this user\\n' \"$d\";exit 1;};",
       "chmod 700 \"$d\";f=\"$d/$h\";",
       "if [ -x \"$f\" ];then \"$f\" ", args, " ", expect, ";s=$?;[ $s = ", kStaleAgentExit,
       " ]||exit $s;fi;",
       "t=`mktemp \"$d/.$h.XXXXXX\"`||exit 1;",
-      "if command -v zstd >/dev/null 2>&1;then printf ", kZstdMarker, ";c='zstd -dcq';",
-      "else printf ", kNeedMarker, ";c='gzip -dc';fi;read n||exit 1;",
+      "if command -v zstd >/dev/null 2>&1;then printf ", m(kZstdMarker), ";c='zstd -dcq';",
+      "else printf ", m(kNeedMarker), ";c='gzip -dc';fi;read n||exit 1;",
       // All but the last piece, each followed by a request for the next (on fd 3: the
       // shell's own stdout, while the pieces go down the pipe).
       "if { { i=$n;while [ $i -gt ", kUploadChunk, " ];do head -c ", kUploadChunk,
-      "||exit 1;printf ", kMoreMarker, ">&3;i=$((i-", kUploadChunk, "));done;head -c $i;}",
+      "||exit 1;printf ", m(kMoreMarker), ">&3;i=$((i-", kUploadChunk, "));done;head -c $i;}",
       "|$c>\"$t\";} 3>&1&&chmod 700 \"$t\"&&mv -f \"$t\" \"$f\";then ",
       // Other builds beyond the newest kKeptBuilds go (only files named like a digest:
       // cache_dir may be a directory with other files in it).
@@ -268,7 +274,7 @@ std::string FirstStage(const Payload& payload, const std::string& cache_dir,
       "[ ${#o} = 64 ]||continue;i=$((i+1));[ $i -le ", kKeptBuilds, " ]||[ $o = $h ]||",
       "rm -f \"$d/$o\";done;};",
       "exec \"$f\" ", args, " ", expect, " ", kUploadedFlag, ";fi;",
-      "rm -f \"$t\";printf '", kFailMarker, "upload did not arrive whole\\n';exit 1");
+      "rm -f \"$t\";printf '", m(kFailMarker), "upload did not arrive whole\\n';exit 1");
 }
 
 }  // namespace grove

@@ -106,6 +106,9 @@ struct StderrVerdict {
 };
 using StderrJudge = std::function<StderrVerdict(const std::string& err_tail, size_t new_from)>;
 
+// How much of the first stage, printed back, shows a command that echoes its input.
+constexpr size_t kEchoProbe = 32;
+
 void AppendTail(std::string* tail, const char* data, size_t size) {
   tail->append(data, size);
   if (tail->size() > kTailBytes) tail->erase(0, tail->size() - kTailBytes);
@@ -177,6 +180,12 @@ absl::Status Bootstrap(Started& s, const Payload& payload, const std::string& sc
       ssize_t n = ::recv(s.socket.get(), &c, 1, 0);
       if (n == 1) {
         AppendTail(tail, &c, 1);
+        // What it printed is the first stage itself: it echoes its input, it is no shell.
+        if (!script.empty() && absl::EndsWith(*tail, script.substr(0, kEchoProbe))) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              what, " echoed the first stage back instead of running it: the command must end "
+              "in a POSIX shell that reads its stdin (sh, bash, dash, busybox sh)"));
+        }
         MarkerScanner::Event event = markers.Feed(c);
         if (event == MarkerScanner::Event::kBoot) {
           VLOG(1) << what << ": agent booted";

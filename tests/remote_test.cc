@@ -499,6 +499,16 @@ TEST_F(RemoteTest, SuFromRootAndWithAPasswordOnATerminal) {
   EXPECT_EQ(bad_name.status().code(), absl::StatusCode::kInvalidArgument) << bad_name.status();
 }
 
+// A command that echoes what it is sent (not a shell) is said to be so at once, not taken for
+// a target of another architecture (the first stage's markers are never whole in its text).
+TEST_F(RemoteTest, ACommandThatEchoesItsInputIsNotAShell) {
+  Master master(TestFunctions());
+  absl::StatusOr<Context> cat = master.Spawn("command:cat,cache_dir=" + cache_);
+  EXPECT_EQ(cat.status().code(), absl::StatusCode::kFailedPrecondition) << cat.status();
+  EXPECT_THAT(cat.status().message(), HasSubstr("echoed the first stage back"));
+  EXPECT_THAT(cat.status().message(), ::testing::Not(HasSubstr("architecture")));
+}
+
 TEST_F(RemoteTest, SshConnectTimeoutKillsAndReapsSsh) {
   // A port that completes TCP handshakes (the backlog) but never speaks: ssh waits for a
   // banner that never comes.
