@@ -15,6 +15,9 @@
 namespace grove::files_internal {
 
 inline constexpr int kMaxDepth = 4096;
+// The SHA-256 of no bytes.
+inline constexpr char kEmptySha256[] =
+    "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 inline constexpr int64_t kMaxChunk = int64_t{4} << 20;
 // A kernel copy is done in steps of this many bytes: between two, it checks for a
 // cancellation and its deadline, and reports its progress.

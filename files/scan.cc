@@ -73,6 +73,12 @@ absl::Status Scan(const std::string& root, const std::string& rel, bool recursiv
     if (hash || st.st_size == 0) {
       absl::StatusOr<std::string> digest = Sha256Of(fd.get(), path, where);
       if (!digest.ok()) return digest.status();
+      // A file that says it is empty but is not (/proc, /sys): its size cannot be trusted.
+      if (st.st_size == 0 && *digest != kEmptySha256) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            path, " in context ", where, " reports a size of 0 but has contents (a /proc or "
+            "/sys file?): it cannot be copied as a file; copy its contents with grove run cat"));
+      }
       entry.set_sha256(*digest);
     }
     out->push_back(std::move(entry));

@@ -229,6 +229,19 @@ std::string ShellQuote(const std::string& s) {
   return absl::StrCat("'", absl::StrReplaceAll(s, {{"'", "'\\''"}}), "'");
 }
 
+namespace {
+
+// The shell word for the cache directory: $HOME/.cache/grove by default; a leading "~/"
+// means the target user's home, as in a shell (quoted, "~" would be a directory named so).
+std::string CacheDirWord(const std::string& cache_dir) {
+  if (cache_dir.empty()) return "\"$HOME/.cache/grove\"";
+  if (cache_dir == "~") return "\"$HOME\"";
+  if (absl::StartsWith(cache_dir, "~/")) return "\"$HOME\"/" + ShellQuote(cache_dir.substr(2));
+  return ShellQuote(cache_dir);
+}
+
+}  // namespace
+
 std::string FirstStage(const Payload& payload, const std::string& cache_dir,
                        const std::vector<std::string>& agent_args) {
   struct utsname u;
@@ -251,7 +264,7 @@ std::string FirstStage(const Payload& payload, const std::string& cache_dir,
       "umask 077;h=", payload.sha256, ";",
       "[ \"`uname -m`\" = ", ShellQuote(u.machine), " ] || { printf '", m(kArchMarker),
       "%s\\n' \"`uname -m`\";exit 1;};",
-      "d=", cache_dir.empty() ? "\"$HOME/.cache/grove\"" : ShellQuote(cache_dir), ";",
+      "d=", CacheDirWord(cache_dir), ";",
       "if ! { mkdir -p \"$d\" 2>/dev/null&&[ -w \"$d\" ];};then d=\"${TMPDIR:-/tmp}/grove-`id -u`\";"
       "mkdir -p \"$d\"||exit 1;fi;",
       // The cache must be ours and private: refused otherwise.

@@ -119,6 +119,14 @@ TEST_F(CliTest, FailuresUnreachablesAndTimeoutsAreCountedAndSetTheExitStatus) {
   EXPECT_EQ(timed_out.status, 124);
   EXPECT_THAT(timed_out.err, HasSubstr("timed out"));
 
+  Ran a_directory = Grove({"run", "--inventory", dir_, "@web", "--", "true"});
+  EXPECT_EQ(a_directory.status, 2);
+  EXPECT_THAT(a_directory.err, HasSubstr("is a directory, not a file"));
+
+  Ran proc = Grove({"push", "local", "--", "/proc/cpuinfo", dir_ + "/cpuinfo"});
+  EXPECT_EQ(proc.status, 1);
+  EXPECT_THAT(proc.err, HasSubstr("reports a size of 0 but has contents"));
+
   Ran no_group = Grove({"run", "--inventory", inventory_, "@nope", "--", "true"});
   EXPECT_EQ(no_group.status, 2);
   EXPECT_THAT(no_group.err, HasSubstr("no group 'nope'"));

@@ -509,6 +509,20 @@ TEST_F(RemoteTest, ACommandThatEchoesItsInputIsNotAShell) {
   EXPECT_THAT(cat.status().message(), ::testing::Not(HasSubstr("architecture")));
 }
 
+// cache_dir=~/DIR is the target user's home, as in a shell, not a directory named "~".
+TEST_F(RemoteTest, ACacheDirUnderTildeIsInTheHome) {
+  Master master(TestFunctions());
+  const std::string home = cache_ + "/home";
+  ASSERT_EQ(Shell("mkdir -p " + home), 0);
+  absl::StatusOr<Context> c = master.Spawn(
+      absl::StrCat("command:env HOME=", home, " sh,cache_dir=~/agents"));
+  ASSERT_TRUE(c.ok()) << c.status();
+  absl::StatusOr<const Payload*> self = ThisProgram();
+  ASSERT_TRUE(self.ok());
+  EXPECT_TRUE(std::filesystem::exists(home + "/agents/" + (*self)->sha256));
+  EXPECT_FALSE(std::filesystem::exists("~"));
+}
+
 TEST_F(RemoteTest, SshConnectTimeoutKillsAndReapsSsh) {
   // A port that completes TCP handshakes (the backlog) but never speaks: ssh waits for a
   // banner that never comes.

@@ -1,6 +1,7 @@
 #include "tools/cli_paths.h"
 
 #include <stdlib.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 
@@ -134,6 +135,11 @@ absl::StatusOr<std::vector<std::string>> ExpandGroups(const std::vector<std::str
     const char* env = ::getenv("GROVE_INVENTORY");
     const char* home = ::getenv("HOME");
     inventory = env != nullptr ? env : absl::StrCat(home ? home : "", "/.config/grove/inventory");
+  }
+  struct stat st;
+  if (::stat(inventory.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the inventory ", inventory, " is a directory, not a file"));
   }
   std::ifstream in(inventory);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot read the inventory ", inventory));
