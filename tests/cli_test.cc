@@ -320,6 +320,30 @@ TEST_F(CliTest, EveryVerbExplainsItself) {
   EXPECT_THAT(version.out, ::testing::MatchesRegex("grove [0-9.]+\nbuild [0-9a-f]{64}\n"));
 }
 
+// tools/install_files puts grove, its manual page and its bash completion under a prefix;
+// the page and the completion come from the same texts as --help.
+TEST_F(CliTest, InstallsWithAManualPageAndBashCompletion) {
+  const char* srcdir = ::getenv("TEST_SRCDIR");
+  const std::string script = srcdir ? std::string(srcdir) + "/grove/tools/install_files"
+                                    : "tools/install_files";
+  const std::string prefix = dir_ + "/prefix";
+  ASSERT_EQ(std::system((script + " " + GroveBinary() + " " + prefix + " 2>/dev/null").c_str()),
+            0);
+  EXPECT_EQ(::access((prefix + "/bin/grove").c_str(), X_OK), 0);
+  const std::string man = ReadFile(prefix + "/share/man/man1/grove.1");
+  EXPECT_THAT(man, HasSubstr(".TH GROVE 1"));
+  for (const char* verb : {"RUN", "TREE", "CALL", "PUSH", "GRPC", "BENCH", "DEMO"}) {
+    EXPECT_THAT(man, HasSubstr(absl::StrCat(".SH \"GROVE ", verb, "\""))) << verb;
+  }
+  const std::string completion = ReadFile(prefix + "/share/bash-completion/completions/grove");
+  EXPECT_THAT(completion, HasSubstr("complete -F _grove grove"));
+  EXPECT_THAT(completion, HasSubstr("run tree call push pull grpc bench demo"));
+  // bash accepts it.
+  EXPECT_EQ(std::system(("bash -n " + prefix + "/share/bash-completion/completions/grove").c_str()),
+            0);
+  std::filesystem::remove_all(prefix);
+}
+
 // tree --json: every field its help lists, and the master's parent is null.
 TEST_F(CliTest, TreeJsonHasTheFieldsItsHelpLists) {
   Ran r = Grove({"tree", "--json", "local,name=t"});

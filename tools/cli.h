@@ -16,6 +16,10 @@ const Functions& CliFunctions();
 // `grove --version`: the version and the build (this program's SHA-256).
 int Version();
 int Usage(int status);
+// `grove --man`: the manual page (roff), from the same texts as --help.
+int Manual();
+// `grove --completion bash`: a bash completion script, from the same table of verbs.
+int Completion(const std::string& shell);
 int VerbHelp(const std::string& verb);
 
 int Run(Master& master, const std::vector<std::string>& args);

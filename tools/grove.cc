@@ -19,6 +19,7 @@
 #include <optional>
 #include <thread>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -211,21 +212,86 @@ int Usage(int status) {
   return status;
 }
 
+namespace {
+
+// Every verb and its help: what `grove VERB --help`, the man page and the shell completion
+// are made from.
+struct VerbText {
+  const char* verb;
+  const char* help;
+  bool paths;  // Takes PATHs (the help then ends with kPaths).
+};
+constexpr VerbText kVerbs[] = {
+    {"run", kRunHelp, true},     {"tree", kTreeHelp, true}, {"call", kCallHelp, true},
+    {"push", kPushHelp, true},   {"pull", kPushHelp, true}, {"grpc", kGrpcHelp, true},
+    {"bench", kBenchHelp, false}, {"demo", kDemoHelp, false},
+};
+
+// `text` for roff: backslashes doubled, and a line that starts with '.' or '\'' guarded.
+std::string Roff(const std::string& text) {
+  std::string out;
+  bool line_start = true;
+  for (char c : text) {
+    if (line_start && (c == '.' || c == '\'')) out += "\\&";
+    if (c == '\\') {
+      out += "\\e";
+    } else {
+      out += c;
+    }
+    line_start = c == '\n';
+  }
+  return out;
+}
+
+}  // namespace
+
 int VerbHelp(const std::string& verb) {
-  const char* text = verb == "run"                       ? kRunHelp
-                     : verb == "tree"                    ? kTreeHelp
-                     : verb == "call"                    ? kCallHelp
-                     : verb == "push" || verb == "pull"  ? kPushHelp
-                     : verb == "bench"                   ? kBenchHelp
-                     : verb == "grpc"                    ? kGrpcHelp
-                     : verb == "demo"                    ? kDemoHelp
-                                                         : nullptr;
-  if (text == nullptr) return Usage(0);
-  fputs(text, stdout);
-  if (verb != "bench" && verb != "demo") fputs(kPaths, stdout);
+  for (const VerbText& v : kVerbs) {
+    if (verb != v.verb) continue;
+    fputs(v.help, stdout);
+    if (v.paths) fputs(kPaths, stdout);
+    return 0;
+  }
+  return Usage(0);
+}
+
+int Manual() {
+  printf(".TH GROVE 1 \"\" \"grove %s\" \"User Commands\"\n", kVersion);
+  printf(".SH NAME\ngrove \\- run functions, commands and file transfers across a tree of "
+         "contexts\n.SH SYNOPSIS\n.nf\n%s.fi\n", Roff(kUsage).c_str());
+  for (const VerbText& v : kVerbs) {
+    if (std::string(v.verb) == "pull") continue;  // With push.
+    printf(".SH \"GROVE %s\"\n.nf\n%s.fi\n", absl::AsciiStrToUpper(v.verb).c_str(),
+           Roff(v.help).c_str());
+  }
+  printf(".SH PATHS\n.nf\n%s.fi\n", Roff(kPaths).c_str());
   return 0;
 }
 
+int Completion(const std::string& shell) {
+  if (shell != "bash") {
+    fprintf(stderr, "grove --completion: only bash\n");
+    return 2;
+  }
+  std::string verbs;
+  for (const VerbText& v : kVerbs) absl::StrAppend(&verbs, verbs.empty() ? "" : " ", v.verb);
+  printf("# bash completion for grove (made by grove --completion bash)\n"
+         "_grove() {\n"
+         "  local cur=${COMP_WORDS[COMP_CWORD]}\n"
+         "  if [ \"$COMP_CWORD\" -eq 1 ]; then\n"
+         "    COMPREPLY=($(compgen -W \"%s --help --version\" -- \"$cur\"))\n"
+         "    return\n"
+         "  fi\n"
+         "  case \"$cur\" in\n"
+         "    -*) COMPREPLY=($(compgen -W \"$(grove \"${COMP_WORDS[1]}\" --help 2>/dev/null |"
+         " grep -oE -- '(^|[ \\[])-(-[a-z-]+|[a-z])' | tr -d ' [' | sort -u)\" -- \"$cur\")) ;;\n"
+         "    *) COMPREPLY=($(compgen -f -- \"$cur\")) ;;\n"
+         "  esac\n"
+         "}\n"
+         "complete -F _grove grove\n",
+         verbs.c_str());
+  return 0;
+}
 namespace {
 
 // Writes streamed output, prefixed with the context name when `prefix` is set (names padded
@@ -602,6 +668,8 @@ int main(int argc, char** argv) {
   std::string verb = argv[1];
   if (verb == "--help" || verb == "-h" || verb == "help") return cli::Usage(0);
   if (verb == "--version" || verb == "version") return cli::Version();
+  if (verb == "--man") return cli::Manual();
+  if (verb == "--completion") return cli::Completion(argc > 2 ? argv[2] : "");
   std::vector<std::string> args(argv + 2, argv + argc);
   for (const std::string& a : args) {
     if (a == "--") break;
