@@ -119,6 +119,11 @@ TEST_F(CliTest, FailuresUnreachablesAndTimeoutsAreCountedAndSetTheExitStatus) {
   EXPECT_EQ(timed_out.status, 124);
   EXPECT_THAT(timed_out.err, HasSubstr("timed out"));
 
+  Ran call_late = Grove({"call", "--timeout", "0.5", "local", "grove.sleep", "{\"ms\": 30000}"});
+  EXPECT_EQ(call_late.status, 124) << call_late.err;
+  EXPECT_THAT(call_late.err, HasSubstr("DEADLINE_EXCEEDED"));
+  EXPECT_EQ(Grove({"call", "--timeout", "0", "local", "grove.ping", "{}"}).status, 2);
+
   Ran a_directory = Grove({"run", "--inventory", dir_, "@web", "--", "true"});
   EXPECT_EQ(a_directory.status, 2);
   EXPECT_THAT(a_directory.err, HasSubstr("is a directory, not a file"));

@@ -270,10 +270,28 @@ int Pull(Master& master, const std::vector<std::string>& args) {
   return Report("pull", master, parsed, *summary, unreachable, absl::Now() - start);
 }
 
-int Call(Master& master, const std::vector<std::string>& args) {
+int Call(Master& master, const std::vector<std::string>& raw_args) {
+  // [--timeout S] PATH FUNCTION 'JSON'
+  std::vector<std::string> args;
+  CallOptions call;
+  call.cancel = &CliCancel();
+  for (size_t i = 0; i < raw_args.size(); ++i) {
+    double seconds = 0;
+    if (raw_args[i] == "--timeout") {
+      if (i + 1 >= raw_args.size() || !absl::SimpleAtod(raw_args[i + 1], &seconds) ||
+          !(seconds > 0) || std::isinf(seconds)) {
+        fprintf(stderr, "grove call: --timeout needs a number of seconds above 0\n");
+        return kExitUsage;
+      }
+      call.timeout = absl::Seconds(seconds);
+      ++i;
+    } else {
+      args.push_back(raw_args[i]);
+    }
+  }
   if (args.size() != 3) {
-    fprintf(stderr, "grove call: need PATH FUNCTION 'JSON'\n");
-    return 2;
+    fprintf(stderr, "grove call: need [--timeout S] PATH FUNCTION 'JSON'\n");
+    return kExitUsage;
   }
   const std::string& function = args[1];
   // The function's types: registered in this program (the CLI) or a built-in.
@@ -304,14 +322,16 @@ int Call(Master& master, const std::vector<std::string>& args) {
     return 255;
   }
   std::promise<absl::StatusOr<std::string>> promise;
-  contexts->front().CallRaw(function, f->argument_type, in->SerializeAsString(), {},
+  contexts->front().CallRaw(function, f->argument_type, in->SerializeAsString(), call,
                             [&promise](absl::StatusOr<std::string> r) {
                               promise.set_value(std::move(r));
                             });
   absl::StatusOr<std::string> result = promise.get_future().get();
   if (!result.ok()) {
     fprintf(stderr, "grove call: %s\n", Printable(result.status().ToString()).c_str());
-    return 1;
+    return result.status().code() == absl::StatusCode::kDeadlineExceeded ? kExitTimeout
+           : result.status().code() == absl::StatusCode::kUnavailable   ? kExitUnreachable
+                                                                         : kExitFailed;
   }
   std::unique_ptr<google::protobuf::Message> out(factory->GetPrototype(out_type)->New());
   out->ParseFromString(*result);

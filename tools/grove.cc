@@ -64,7 +64,8 @@ constexpr char kUsage[] = R"(usage: grove VERB ...   (grove VERB --help for more
   grove run [-j N] [--timeout S] [--json] PATH... -- ARGV...
                                     run ARGV in the last hop of each path, in parallel
   grove tree [--json] PATH...       start the contexts and print the master's registry
-  grove call PATH FUNCTION 'JSON'   call a function with a JSON argument, print the result
+  grove call [--timeout S] PATH FUNCTION 'JSON'
+                                    call a function with a JSON argument, print the result
   grove grpc PATH list              the gRPC services the context hosts (server reflection)
   grove grpc PATH SERVICE/METHOD 'JSON'
                                     call one of them with a JSON request, print the response
@@ -128,11 +129,13 @@ Examples:
   grove tree --json ssh:web1/sudo:root
 )";
 
-constexpr char kCallHelp[] = R"(usage: grove call PATH FUNCTION 'JSON'
+constexpr char kCallHelp[] = R"(usage: grove call [--timeout S] PATH FUNCTION 'JSON'
 
 Calls FUNCTION in the last hop of PATH with a JSON argument (the protobuf JSON mapping of
 its argument type) and prints the result as JSON. FUNCTION is a built-in (grove.ping,
-grove.info, grove.run, ...) or a function this program registers.
+grove.info, grove.run, ...) or a function this program registers. bytes fields are given and
+printed as text ({"base64": "..."} where they are not UTF-8). --timeout S ends the call after S
+seconds (exit status 124).
 
 Examples:
   grove call local grove.info '{}'
