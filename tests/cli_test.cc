@@ -1,11 +1,13 @@
 // The grove CLI, run as a real process: groups from an inventory, -j, per-context timeouts,
 // the summary, --json, exit statuses and per-verb help.
+#include <elf.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -347,6 +349,28 @@ TEST_F(CliTest, InstallsWithAManualPageAndBashCompletion) {
   EXPECT_EQ(std::system(("bash -n " + prefix + "/share/bash-completion/completions/grove").c_str()),
             0);
   std::filesystem::remove_all(prefix);
+}
+
+// The grove binary is the travelling agent: linked fully static (no interpreter), so that it
+// runs on any x86_64 Linux whatever its libc. Sanitizer builds are dynamic.
+TEST_F(CliTest, TheBinaryIsFullyStatic) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  GTEST_SKIP() << "sanitizer builds link dynamically";
+#else
+  const std::string elf = ReadFile(GroveBinary());
+  ASSERT_GT(elf.size(), sizeof(Elf64_Ehdr));
+  Elf64_Ehdr header;
+  std::memcpy(&header, elf.data(), sizeof(header));
+  ASSERT_EQ(std::memcmp(header.e_ident, ELFMAG, SELFMAG), 0);
+  for (int i = 0; i < header.e_phnum; ++i) {
+    Elf64_Phdr program;
+    const size_t at = header.e_phoff + static_cast<size_t>(i) * header.e_phentsize;
+    ASSERT_LE(at + sizeof(program), elf.size());
+    std::memcpy(&program, elf.data() + at, sizeof(program));
+    EXPECT_NE(program.p_type, static_cast<Elf64_Word>(PT_INTERP))
+        << "grove is linked dynamically: it would not run where the libc differs";
+  }
+#endif
 }
 
 // tree --json: every field its help lists, and the master's parent is null.
