@@ -46,8 +46,8 @@ class CliTest : public GroveTest {
                                  "[broken]\nssh:root@127.0.0.1:1,connect_timeout=5\n";
   }
   void TearDown() override {
-    ::unlink(inventory_.c_str());
-    ::rmdir(dir_.c_str());
+    std::error_code ignored;
+    std::filesystem::remove_all(dir_, ignored);
     GroveTest::TearDown();
   }
 

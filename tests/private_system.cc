@@ -65,6 +65,13 @@ absl::Status EnterPrivateSystem() {
       return s;
     }
   }
+  // /tmp too: what the tests' users and contexts leave there (agent caches of users without a
+  // home, temporary directories of a test that was killed) goes with the namespace.
+  if (absl::Status s = Mount("grove-test", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777",
+                             "mount a tmpfs on");
+      !s.ok()) {
+    return s;
+  }
   entered = true;
   return absl::OkStatus();
 }

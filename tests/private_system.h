@@ -3,8 +3,8 @@
 //
 // EnterPrivateSystem() moves this process into a mount namespace of its own and binds, over
 // the originals, a copy of /etc and empty file systems over the places that user management,
-// sudo, su and sshd write (/home, /var/log, /var/lib/sudo, /var/mail) and one for the tests'
-// own use (/srv). Whatever the tests then add (useradd, chpasswd, /etc/sudoers.d) is seen by
+// sudo, su and sshd write (/home, /var/log, /var/lib/sudo, /var/mail), over /tmp, and one for
+// the tests' own use (/srv). Whatever the tests then add (useradd, chpasswd, /etc/sudoers.d) is seen by
 // this process and every process it starts (sshd, sudo, su, the contexts), and by nobody
 // else; it goes with the namespace when the last of those processes exits, however the test
 // ends (SIGKILL included). Nothing is written to the host's disk.
