@@ -18,6 +18,9 @@ namespace {
 
 std::atomic<bool> entered{false};
 
+// Set in the environment of a process in the private view: its children are in it too.
+constexpr char kInheritedVariable[] = "GROVE_TEST_PRIVATE_SYSTEM";
+
 absl::Status Mount(const char* source, const char* target, const char* type,
                    unsigned long flags, const char* data, const char* what) {
   if (::mount(source, target, type, flags, data) != 0) {
@@ -36,6 +39,13 @@ bool IsDirectory(const char* path) {
 absl::Status EnterPrivateSystem() {
   if (::geteuid() != 0) {
     return absl::FailedPreconditionError("private system: needs root (a mount namespace)");
+  }
+  // A test's own helper process (the test binary run again) is in its parent's view already,
+  // and must see the files its parent made there (in /tmp, say): it stays in it.
+  if (const char* inherited = ::getenv(kInheritedVariable);
+      inherited != nullptr && std::string(inherited) == "1") {
+    entered = true;
+    return absl::OkStatus();
   }
   if (::unshare(CLONE_NEWNS) != 0) return ErrnoStatus(errno, "private system: unshare");
   // Nothing mounted from here on propagates back to the host's namespace.
@@ -73,6 +83,7 @@ absl::Status EnterPrivateSystem() {
     return s;
   }
   entered = true;
+  ::setenv(kInheritedVariable, "1", 1);  // For the processes this one starts.
   return absl::OkStatus();
 }
 
