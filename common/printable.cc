@@ -48,6 +48,24 @@ size_t PlainLength(absl::string_view s, size_t* bytes) {
 
 }  // namespace
 
+size_t Utf8SequenceLength(absl::string_view s) {
+  uint32_t code_point;
+  return s.empty() ? 0 : Utf8Length(s, &code_point);
+}
+
+bool IsUtf8(absl::string_view text) {
+  for (size_t i = 0; i < text.size();) {
+    if (static_cast<uint8_t>(text[i]) < 0x80) {
+      ++i;
+      continue;
+    }
+    const size_t n = Utf8SequenceLength(text.substr(i));
+    if (n == 0) return false;
+    i += n;
+  }
+  return true;
+}
+
 std::string Printable(absl::string_view text) {
   std::string out;
   out.reserve(text.size());

@@ -18,6 +18,13 @@ namespace grove {
 // that are not UTF-8, as `\xNN`. Printable ASCII and the rest of UTF-8 are kept as they are.
 std::string Printable(absl::string_view text);
 
+// The length of the well-formed UTF-8 sequence of two to four bytes at the start of `s`, or 0
+// (an ASCII byte, or bytes that are not UTF-8: overlong, a surrogate, past U+10FFFF, cut short).
+size_t Utf8SequenceLength(absl::string_view s);
+
+// Whether `text` is entirely well-formed UTF-8.
+bool IsUtf8(absl::string_view text);
+
 // Whether `text` is UTF-8 with no control at all (not even tab or newline): what Printable
 // leaves as it is, one line. Names must be: `ParseHop` and a parent's router refuse others.
 bool IsPlainText(absl::string_view text);
