@@ -4,12 +4,14 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include <fstream>
 #include <map>
 #include <thread>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
@@ -183,6 +185,10 @@ absl::StatusOr<std::vector<std::string>> ExpandGroups(const std::vector<std::str
     out.insert(out.end(), it->second.begin(), it->second.end());
   }
   return out;
+}
+
+bool ParsePositive(const std::string& text, double* out) {
+  return absl::SimpleAtod(text, out) && *out > 0 && !std::isinf(*out);
 }
 
 std::string Redacted(const std::string& text, const std::vector<std::string>& paths) {

@@ -30,6 +30,10 @@ std::vector<absl::StatusOr<Context>> StartEach(Master& master,
 absl::StatusOr<std::vector<std::string>> ExpandGroups(const std::vector<std::string>& args,
                                                       std::string inventory);
 
+// A number above 0 and finite, as --timeout, --connect-timeout and -j take: false for 0,
+// a negative, nan, inf or anything that is not a number.
+bool ParsePositive(const std::string& text, double* out);
+
 // `text` with the value of every secret option (password=...) of `paths` replaced by "***":
 // for anything the CLI prints about those paths (names, errors, --json).
 std::string Redacted(const std::string& text, const std::vector<std::string>& paths);

@@ -1,11 +1,9 @@
 // grove push / grove pull / grove call.
 #include <unistd.h>
 
-#include <cmath>
 #include <cstdio>
 #include <mutex>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
@@ -88,8 +86,7 @@ bool ParseFileArgs(const char* verb, const std::vector<std::string>& args, FileA
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
     auto seconds = [&](double* value) {
-      if (i + 1 >= args.size() || !absl::SimpleAtod(args[i + 1], value) || !(*value > 0) ||
-          std::isinf(*value)) {
+      if (i + 1 >= args.size() || !ParsePositive(args[i + 1], value)) {
         fprintf(stderr, "grove %s: %s needs a number of seconds above 0\n", verb, a.c_str());
         return false;
       }
@@ -278,8 +275,7 @@ int Call(Master& master, const std::vector<std::string>& raw_args) {
   for (size_t i = 0; i < raw_args.size(); ++i) {
     double seconds = 0;
     if (raw_args[i] == "--timeout") {
-      if (i + 1 >= raw_args.size() || !absl::SimpleAtod(raw_args[i + 1], &seconds) ||
-          !(seconds > 0) || std::isinf(seconds)) {
+      if (i + 1 >= raw_args.size() || !ParsePositive(raw_args[i + 1], &seconds)) {
         fprintf(stderr, "grove call: --timeout needs a number of seconds above 0\n");
         return kExitUsage;
       }

@@ -13,14 +13,12 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstring>
-#include <cmath>
 #include <map>
 #include <mutex>
 #include <optional>
 #include <thread>
 
 #include "absl/strings/ascii.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
@@ -466,8 +464,7 @@ int Run(Master& master, const std::vector<std::string>& raw_args) {
   for (size_t i = 0; i < raw_args.size(); ++i) {
     const std::string& a = raw_args[i];
     auto number = [&](double* out) {
-      if (i + 1 >= raw_args.size() || !absl::SimpleAtod(raw_args[i + 1], out) || !(*out > 0) ||
-          std::isinf(*out)) {
+      if (i + 1 >= raw_args.size() || !ParsePositive(raw_args[i + 1], out)) {
         fprintf(stderr, "grove run: %s needs a number above 0\n", a.c_str());
         return false;
       }
