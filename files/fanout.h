@@ -91,8 +91,7 @@ class Fanout {
 
   ~Fanout() {
     if (chained_ != 0) options_.call.cancel->RemoveCallback(chained_);
-    // Finish() was not reached (an error on our side): stop the receivers.
-    for (auto& group : groups_) group->cancel.Cancel();
+    Abort();  // Finish() was not reached (an error on our side): stop the receivers.
     WaitForChunks();
     for (auto& group : groups_) {
       if (group->receive.valid()) group->receive.wait();

@@ -159,14 +159,18 @@ absl::StatusOr<TransferSummary> PushFiles(Router& router, const std::vector<Cont
       const std::string local = Join(src, entry.path());
       UniqueFd fd;
       std::vector<uint64_t> stream = live;
+      // The source as it was opened: what a kernel copy opens, and what the streamed bytes
+      // are checked against before the last chunk goes (a file rewritten or grown meanwhile
+      // is never committed anywhere).
+      absl::StatusOr<v1::Origin> origin = v1::Origin();
       if (has_bytes) {
         fd.Reset(::open(local.c_str(), O_RDONLY | O_CLOEXEC));
         if (!fd.valid()) return PathError(errno, "read", local, router.name());
+        origin = OriginOf(fd.get(), local, router.name());
+        if (!origin.ok()) return origin.status();
       }
       if (has_bytes && options.kernel_copy) {
         // Every target that can copies in the kernel, all at once; the rest get the bytes.
-        absl::StatusOr<v1::Origin> origin = OriginOf(fd.get(), local, router.name());
-        if (!origin.ok()) return origin.status();
         v1::CopyRequest copy;
         copy.set_dest(path);
         *copy.mutable_entry() = entry;
@@ -198,11 +202,6 @@ absl::StatusOr<TransferSummary> PushFiles(Router& router, const std::vector<Cont
       }
       Fanout fanout(router, stream, options, options.call.parent);
       fanout.Open(entry, path, false);
-      // The source as it was when sending began: checked again before the last chunk goes,
-      // so that a file rewritten or grown meanwhile is never committed anywhere.
-      absl::StatusOr<v1::Origin> before =
-          has_bytes ? OriginOf(fd.get(), local, router.name()) : v1::Origin();
-      if (!before.ok()) return before.status();
       absl::Status changed;
       if (has_bytes) {
         std::string buffer;
@@ -218,7 +217,7 @@ absl::StatusOr<TransferSummary> PushFiles(Router& router, const std::vector<Cont
           buffer.resize(static_cast<size_t>(n));
           sha.Update(buffer.data(), buffer.size());
           const bool last = offset + n == entry.size();
-          if (last && (before->size() != entry.size() || !Matches(fd.get(), *before))) {
+          if (last && (origin->size() != entry.size() || !Matches(fd.get(), *origin))) {
             changed = absl::DataLossError(absl::StrCat(
                 local, " in context ", router.name(), " changed while it was sent"));
             fanout.Abort();  // The receivers drop what they wrote.

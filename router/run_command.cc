@@ -111,7 +111,6 @@ absl::StatusOr<v1::RunReply> RunCommand(const v1::RunRequest& request, CallConte
   } forget{process->pid()};
   // Destroyed before `forget`: the group is killed first (Process's destructor).
   Process command = *std::move(process);
-  Process* const running = &command;
   in->first.Reset();
   out->second.Reset();
   err->second.Reset();
@@ -147,14 +146,14 @@ absl::StatusOr<v1::RunReply> RunCommand(const v1::RunRequest& request, CallConte
       fds[n++] = {err->first.get(), POLLIN, 0};
     }
     int wake_i = n;
-    fds[n++] = {killed ? running->pidfd() : wake.get(), POLLIN, 0};
+    fds[n++] = {killed ? command.pidfd() : wake.get(), POLLIN, 0};
     if (n == 1 && !killed) {
       // No pipes left: wait for the exit (or a cancel).
-      fds[n++] = {running->pidfd(), POLLIN, 0};
+      fds[n++] = {command.pidfd(), POLLIN, 0};
     }
     if (::poll(fds, n, -1) < 0 && errno != EINTR) return ErrnoStatus(errno, "poll");
     if (!killed && (fds[wake_i].revents & POLLIN)) {
-      running->SignalGroup(SIGKILL);
+      command.SignalGroup(SIGKILL);
       killed = true;
       in->second.Reset();
     }
@@ -183,11 +182,11 @@ absl::StatusOr<v1::RunReply> RunCommand(const v1::RunRequest& request, CallConte
         fd.Reset();
       }
     }
-    if (!out->first.valid() && !err->first.valid() && running->TryWait()) break;
-    if (killed && running->TryWait()) break;
+    if (!out->first.valid() && !err->first.valid() && command.TryWait()) break;
+    if (killed && command.TryWait()) break;
   }
   call.cancel_source().RemoveCallback(cancel_id);
-  int status = *running->status();
+  int status = *command.status();
   if (killed) {
     return absl::CancelledError(absl::StrCat("run: '", request.argv(0), "' in ",
                                              call.router().name(), " killed: call cancelled"));
