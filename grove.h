@@ -16,5 +16,6 @@
 #include "mesh/mesh.h"           // ChannelTo (gRPC services through the tree)
 #include "router/registry.h"       // Registry, ContextRecord
 #include "router/router.h"         // Router, CallOptions
+#include "resident/resident.h"     // ResidentOptions, ServeResident (grove up)
 
 #endif  // GROVE_GROVE_H_

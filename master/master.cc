@@ -105,6 +105,12 @@ absl::StatusOr<Context> Master::Find(const std::string& name) {
 int Main(int argc, char** argv, const Functions& functions,
          const std::function<int(Master&)>& body, MasterOptions options) {
   if (IsAgentInvocation(argc, argv)) RunAgent(argc, argv, functions);
+  absl::StatusOr<std::optional<ResidentOptions>> resident = ResidentFromArgs(argc, argv);
+  if (!resident.ok()) {
+    fprintf(stderr, "grove: %s\n", std::string(resident.status().message()).c_str());
+    return 2;
+  }
+  if (resident->has_value()) options.resident = **resident;
   if (options.zygote == nullptr) {
     // First, while this process has one thread. Without it the master offers no `fork`.
     absl::StatusOr<std::shared_ptr<Zygote>> zygote = StartZygote(functions);
@@ -119,7 +125,9 @@ int Main(int argc, char** argv, const Functions& functions,
     google::InitGoogleLogging(argv[0]);
     FLAGS_logtostderr = true;
   }
+  std::optional<ResidentOptions> resident_options = options.resident;
   Master master(functions, std::move(options));
+  if (resident_options.has_value()) return ServeResident(master.router(), *resident_options);
   return body(master);
 }
 

@@ -22,6 +22,7 @@
 #include "absl/status/statusor.h"
 #include "launch/fork_launcher.h"
 #include "launch/standard.h"
+#include "resident/resident.h"
 #include "router/context.h"
 #include "router/functions.h"
 #include "router/registry.h"
@@ -46,6 +47,10 @@ struct MasterOptions {
   // called while the process has one thread). grove::Main starts one when this is null;
   // a master without one refuses `fork` hops (FAILED_PRECONDITION).
   std::shared_ptr<Zygote> zygote;
+  // Set: grove::Main serves the tree as a resident master (resident/resident.h) instead of
+  // running its body. Main also sets it from argv's --grove-resident flags (grove up
+  // --program starts any grove program so).
+  std::optional<ResidentOptions> resident;
 };
 
 // Thread-safe. The destructor shuts the whole tree down and reaps it.
@@ -92,7 +97,9 @@ std::string FormatOutputLines(const ContextRecord& from, const v1::LogRecord& re
 
 // Hands a program to grove: in a context started by grove this runs the agent and never
 // returns; otherwise it starts the zygote (for the `fork` method; the process must not have
-// started a thread yet), initialises glog, builds a Master and runs `body` with it.
+// started a thread yet), initialises glog, builds a Master and runs `body` with it, or, as a
+// resident master (options.resident, or --grove-resident=DIR in argv), serves the tree
+// through its control socket until it is told to stop.
 int Main(int argc, char** argv, const Functions& functions,
          const std::function<int(Master&)>& body, MasterOptions options = {});
 

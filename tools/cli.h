@@ -3,6 +3,7 @@
 #ifndef GROVE_TOOLS_CLI_H_
 #define GROVE_TOOLS_CLI_H_
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -34,6 +35,24 @@ int Grpc(Master& master, const std::vector<std::string>& args);
 
 // Prints the registry of `master` as a tree (or, with `json`, a JSON array).
 void PrintTree(Master& master, bool json, bool include_gone);
+// The same for records from anywhere (a resident master's): `self` is the root.
+void PrintRecords(const ContextRecord& self, const std::vector<ContextRecord>& records,
+                  bool json);
+
+// ---- Resident trees (tools/resident_cli.cc) ----
+// grove up [SPEC] ..., grove down, grove status, grove logs, grove stop PATH, grove reload.
+int Up(const std::vector<std::string>& args);
+int Down(const std::vector<std::string>& args);
+int Status(const std::vector<std::string>& args);
+int Logs(const std::vector<std::string>& args);
+int StopPath(const std::vector<std::string>& args);
+int Reload(const std::vector<std::string>& args);
+// run, tree and call in a resident master's tree: the verb's exit status, or nullopt when
+// the verb runs in a private tree (not one of those verbs, --fresh, or no resident master
+// runs and none was asked for with --attach or $GROVE_SOCKET).
+std::optional<int> MaybeAttached(const std::string& verb, const std::vector<std::string>& args);
+// `args` without --fresh and --attach SOCKET (before "--").
+std::vector<std::string> WithoutAttachOptions(const std::vector<std::string>& args);
 
 }  // namespace grove::cli
 

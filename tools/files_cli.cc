@@ -17,7 +17,7 @@
 #include "tools/cli.h"
 #include "tools/cli_paths.h"
 #include "tools/cli_signals.h"
-#include "tools/json_bridge.h"
+#include "common/json_bridge.h"
 
 namespace grove::cli {
 namespace {

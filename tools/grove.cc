@@ -24,9 +24,11 @@
 #include "absl/strings/str_replace.h"
 #include "common/json.h"
 #include "common/printable.h"
+#include "common/version.h"
 #include "launch/payload.h"
 #include "google/protobuf/wrappers.pb.h"
 #include "tools/cli.h"
+#include "tools/output_mux.h"
 #include "tools/cli_signals.h"
 #include "tools/cli_paths.h"
 #include "tools/floors.h"
@@ -36,7 +38,6 @@ namespace grove::cli {
 namespace {
 
 // The version of grove; the build is named by the SHA-256 of this very program.
-constexpr char kVersion[] = "0.1.0";
 
 constexpr char kPaths[] = R"(
 PATHS
@@ -76,6 +77,16 @@ constexpr char kUsage[] = R"(usage: grove VERB ...   (grove VERB --help for more
   grove demo                        a tour: a tree, calls, a killed subtree, a clean shutdown
   grove --version                   the version and the build's digest
 
+Resident trees (docs/resident.md): while a resident master runs, run, tree and call work in
+its tree (contexts are started once per path and kept; --fresh: a private tree instead).
+  grove up [SPEC] [--idle-timeout S] start this user's resident master (SPEC: supervised
+                                    contexts, proto/spec.proto in text format)
+  grove down                        stop it and its whole tree
+  grove status [--json]             its pid, uptime, build, socket, and every context
+  grove logs [-f] [PATH]            the tree's output and log records
+  grove stop PATH                   stop a kept context and its subtree
+  grove reload SPEC                 apply a changed spec (start new, stop gone, keep the rest)
+
 Exit status (every verb): 0 success; 1 something failed; 2 bad arguments; 124 --timeout
 passed; 130/143 interrupted (SIGINT/SIGTERM: what ran was cancelled and cleaned up); 141
 stdout closed; 255 a context could not be reached. grove run exits with its commands' worst
@@ -83,6 +94,7 @@ exit status otherwise.
 
 Examples:
   grove run local -- uname -a
+  grove up; grove run ssh:web1 -- uptime; grove down
   grove run -j 20 @web -- uptime
   grove tree local/local,name=deep local/local
   grove call local grove.info '{}'
@@ -109,6 +121,11 @@ Options:
                     state, exit_status, stdout, stderr (JSON strings; bytes that are not
                     UTF-8 as \xNN) and error
   --inventory FILE  where @GROUP paths come from
+  --fresh           a private tree for this run, even when a resident master runs
+  --attach SOCKET   work in the resident master at SOCKET (also: $GROVE_SOCKET)
+
+While a resident master runs (grove up), the contexts are those of its tree: a PATH that is
+already running is reused, a missing one is started and kept (see grove up --help).
 
 Examples:
   grove run local -- uname -a
@@ -192,6 +209,34 @@ Examples:
   grove grpc local/local grpc.health.v1.Health/Check '{}'
 )";
 
+constexpr char kUpHelp[] = R"(usage: grove up [SPEC] [--idle-timeout S] [--program BIN] [--foreground]
+       grove down | grove status [--json] | grove logs [-f] [PATH] | grove stop PATH
+       grove reload SPEC
+
+grove up starts this user's resident master in the background and returns once it answers:
+a grove tree that outlives the command that started it. Its control socket (grove.v1.Control,
+proto/control.proto) is $XDG_RUNTIME_DIR/grove/control.sock, or ~/.cache/grove/run/ without
+XDG_RUNTIME_DIR ($GROVE_RUNTIME_DIR overrides the directory); only this user can connect. Its
+log is master.log beside it (capped at 16 MiB, then master.log.1).
+
+While it runs, grove run, tree and call work in its tree: a PATH names a kept context, started
+the first time and found again after (ssh:web1/sudo:root is started once); --fresh gives a
+private tree instead, --attach SOCKET (or $GROVE_SOCKET) picks another master. Kept contexts
+nobody used for --idle-timeout seconds (default 600) are stopped; grove stop PATH stops one.
+
+SPEC declares supervised contexts in protobuf text format (proto/spec.proto):
+  context { path: "local,name=web" restart: ALWAYS }
+  context { path: "ssh:db1" restart: ON_FAILURE backoff { initial_ms: 200 max_ms: 30000 }
+            limit { restarts: 5 window_s: 60 } }
+A lost context (killed, crashed, link or host gone) is started again after the backoff; more
+than `restarts` restarts within `window_s`, and it stays down with the reason (grove status).
+grove reload SPEC applies a changed spec; grove down stops the master and its whole tree.
+--program BIN runs another grove program as the resident master (its functions can then be
+called with grove call); --foreground runs it in this process (for a service manager).
+
+Exit status of grove status: 0 running, 3 not running.
+)";
+
 constexpr char kDemoHelp[] = R"(usage: grove demo
 
 A tour on local contexts: builds a small tree, calls a function in every context, kills a
@@ -202,7 +247,7 @@ subtree and shows the master noticing, and shuts down leaving nothing behind.
 
 int Version() {
   absl::StatusOr<const Payload*> self = ThisProgram();
-  printf("grove %s\nbuild %s\n", kVersion,
+  printf("grove %s\nbuild %s\n", kGroveVersion,
          self.ok() ? (*self)->sha256.c_str() : "(unknown: cannot read this program)");
   return 0;
 }
@@ -226,6 +271,8 @@ constexpr VerbText kVerbs[] = {
     {"run", kRunHelp, true},     {"tree", kTreeHelp, true}, {"call", kCallHelp, true},
     {"push", kPushHelp, true},   {"pull", kPushHelp, true}, {"grpc", kGrpcHelp, true},
     {"bench", kBenchHelp, false}, {"demo", kDemoHelp, false},
+    {"up", kUpHelp, false},       {"down", kUpHelp, false},  {"status", kUpHelp, false},
+    {"logs", kUpHelp, false},     {"stop", kUpHelp, true},   {"reload", kUpHelp, false},
 };
 
 // `text` for roff: backslashes doubled, and a line that starts with '.' or '\'' guarded.
@@ -257,11 +304,13 @@ int VerbHelp(const std::string& verb) {
 }
 
 int Manual() {
-  printf(".TH GROVE 1 \"\" \"grove %s\" \"User Commands\"\n", kVersion);
+  printf(".TH GROVE 1 \"\" \"grove %s\" \"User Commands\"\n", kGroveVersion);
   printf(".SH NAME\ngrove \\- run functions, commands and file transfers across a tree of "
          "contexts\n.SH SYNOPSIS\n.nf\n%s.fi\n", Roff(kUsage).c_str());
   for (const VerbText& v : kVerbs) {
-    if (std::string(v.verb) == "pull") continue;  // With push.
+    // With push, and with up.
+    if (v.help == kPushHelp && std::string(v.verb) != "push") continue;
+    if (v.help == kUpHelp && std::string(v.verb) != "up") continue;
     printf(".SH \"GROVE %s\"\n.nf\n%s.fi\n", absl::AsciiStrToUpper(v.verb).c_str(),
            Roff(v.help).c_str());
   }
@@ -293,81 +342,7 @@ int Completion(const std::string& shell) {
          verbs.c_str());
   return 0;
 }
-namespace {
 
-// Writes streamed output, prefixed with the context name when `prefix` is set (names padded
-// to one width, each in its own colour on a terminal), whole lines at a time so that
-// contexts do not interleave within a line. Thread-safe.
-class OutputMux {
- public:
-  OutputMux(bool prefix, const std::vector<std::string>& names) : prefix_(prefix) {
-    for (const std::string& n : names) width_ = std::max(width_, n.size());
-    colour_[0] = ::isatty(1) != 0;
-    colour_[1] = ::isatty(2) != 0;
-    for (size_t i = 0; i < names.size(); ++i) colours_[names[i]] = kPalette[i % 6];
-  }
-  void Write(const std::string& context, int stream, const std::string& data) {
-    bool broke = false;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (broken_) return;
-      WriteLocked(context, stream, data);
-      // A closed stdout (`| head -1`): nothing more can be shown; the runs are cancelled.
-      if (stream == 1 && ferror(stdout) && errno == EPIPE) broken_ = broke = true;
-    }
-    if (broke) CliCancel().Cancel();
-  }
-  bool broken() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return broken_;
-  }
-  void WriteLocked(const std::string& context, int stream, const std::string& data) {
-    FILE* f = stream == 2 ? stderr : stdout;
-    if (!prefix_) {
-      fwrite(data.data(), 1, data.size(), f);
-      fflush(f);
-      return;
-    }
-    std::string& partial = partial_[{context, stream}];
-    partial += data;
-    size_t start = 0;
-    for (size_t nl; (nl = partial.find('\n', start)) != std::string::npos; start = nl + 1) {
-      PrintLine(f, stream, context, absl::string_view(partial).substr(start, nl - start));
-    }
-    partial.erase(0, start);
-    fflush(f);
-  }
-  void Flush() {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (auto& [key, partial] : partial_) {
-      if (!partial.empty()) {
-        PrintLine(key.second == 2 ? stderr : stdout, key.second, key.first, partial);
-      }
-    }
-    partial_.clear();
-  }
-
- private:
-  static constexpr const char* kPalette[6] = {"\033[36m", "\033[33m", "\033[35m",
-                                              "\033[32m", "\033[34m", "\033[31m"};
-  void PrintLine(FILE* f, int stream, const std::string& context, absl::string_view line) {
-    const bool colour = colour_[stream == 2 ? 1 : 0];
-    const std::string pad(width_ > context.size() ? width_ - context.size() : 0, ' ');
-    fprintf(f, "%s[%s]%s%s %.*s\n", colour ? colours_[context] : "", context.c_str(),
-            colour ? "\033[0m" : "", pad.c_str(), static_cast<int>(line.size()), line.data());
-  }
-
-  const bool prefix_;
-  size_t width_ = 0;
-  bool colour_[2];
-  std::map<std::string, const char*> colours_;
-  std::mutex mu_;
-  std::map<std::pair<std::string, int>, std::string> partial_;
-  bool broken_ = false;  // Guarded by mu_.
-};
-
-
-}  // namespace
 
 const Functions& CliFunctions() {
   static const Functions* functions = [] {
@@ -412,10 +387,15 @@ const Functions& CliFunctions() {
 }
 
 void PrintTree(Master& master, bool json, bool include_gone) {
-  std::vector<ContextRecord> records = master.registry().List(include_gone);
+  PrintRecords(RecordFromInfo(master.router().self()), master.registry().List(include_gone),
+               json);
+}
+
+void PrintRecords(const ContextRecord& self, const std::vector<ContextRecord>& records,
+                  bool json) {
   if (json) {
     std::vector<std::string> items;
-    const ContextId master_id = master.router().id();
+    const ContextId master_id = self.id;
     auto item = [master_id](const ContextRecord& r) {
       return absl::StrCat(
           "{\"id\":", r.id.value(), ",\"name\":", JsonQuote(r.name), ",\"parent\":",
@@ -424,7 +404,6 @@ void PrintTree(Master& master, bool json, bool include_gone) {
           ",\"pid\":", r.pid, ",\"user\":", JsonQuote(r.user),
           ",\"state\":", JsonQuote(ContextStateName(r.state)), "}");
     };
-    ContextRecord self = RecordFromInfo(master.router().self());
     items.push_back(item(self));
     for (const ContextRecord& r : records) items.push_back(item(r));
     printf("[%s]\n", absl::StrJoin(items, ",").c_str());
@@ -432,9 +411,8 @@ void PrintTree(Master& master, bool json, bool include_gone) {
   }
   std::map<uint64_t, std::vector<const ContextRecord*>> children;
   for (const ContextRecord& r : records) children[r.parent.value()].push_back(&r);
-  const v1::ContextInfo& self = master.router().self();
-  printf("%s  id=0 method=master host=%s pid=%lld\n", self.name().c_str(), self.host().c_str(),
-         static_cast<long long>(self.pid()));
+  printf("%s  id=0 method=master host=%s pid=%lld\n", self.name.c_str(), self.host.c_str(),
+         static_cast<long long>(self.pid));
   std::function<void(uint64_t, const std::string&)> walk = [&](uint64_t parent,
                                                                 const std::string& indent) {
     const auto& kids = children[parent];
@@ -675,6 +653,16 @@ int main(int argc, char** argv) {
     if (a == "--") break;
     if (a == "--help" || a == "-h") return cli::VerbHelp(verb);
   }
+  // The resident master's verbs need no tree of their own.
+  if (verb == "up") return cli::Up(args);
+  if (verb == "down") return cli::Down(args);
+  if (verb == "status") return cli::Status(args);
+  if (verb == "logs") return cli::Logs(args);
+  if (verb == "stop") return cli::StopPath(args);
+  if (verb == "reload") return cli::Reload(args);
+  // In a resident master's tree, when one runs (and --fresh is not given).
+  if (std::optional<int> status = cli::MaybeAttached(verb, args)) return *status;
+  args = cli::WithoutAttachOptions(args);
   MasterOptions options;
   options.name = "master";
   return Main(argc, argv, functions, [&](Master& master) {

@@ -1,4 +1,4 @@
-#include "tools/json_bridge.h"
+#include "common/json_bridge.h"
 
 #include <cmath>
 #include <cstdint>
@@ -15,7 +15,7 @@
 #include "google/protobuf/struct.pb.h"
 #include "google/protobuf/util/json_util.h"
 
-namespace grove::cli {
+namespace grove {
 namespace {
 
 namespace pb = google::protobuf;
@@ -191,4 +191,4 @@ absl::StatusOr<std::string> MessageToJson(const pb::Message& message) {
   return out;
 }
 
-}  // namespace grove::cli
+}  // namespace grove

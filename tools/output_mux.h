@@ -1,0 +1,44 @@
+// OutputMux: how `grove run` shows the output of several contexts at once.
+#ifndef GROVE_TOOLS_OUTPUT_MUX_H_
+#define GROVE_TOOLS_OUTPUT_MUX_H_
+
+#include <cstdio>
+#include <map>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/string_view.h"
+
+namespace grove::cli {
+
+// Writes streamed output, prefixed with the context name when `prefix` is set (names padded
+// to one width, each in its own colour on a terminal), whole lines at a time so that
+// contexts do not interleave within a line. A closed stdout (`| head -1`) cancels the CLI
+// (CliCancel) and drops the rest. Thread-safe.
+class OutputMux {
+ public:
+  OutputMux(bool prefix, const std::vector<std::string>& names);
+  void Write(const std::string& context, int stream, const std::string& data);
+  // Whether stdout was closed under it.
+  bool broken();
+  // Prints what is left of unfinished lines.
+  void Flush();
+
+ private:
+  void WriteLocked(const std::string& context, int stream, const std::string& data);
+  void PrintLine(FILE* f, int stream, const std::string& context, absl::string_view line);
+
+  const bool prefix_;
+  size_t width_ = 0;
+  bool colour_[2];
+  std::map<std::string, const char*> colours_;
+  std::mutex mu_;
+  std::map<std::pair<std::string, int>, std::string> partial_;  // Guarded by mu_.
+  bool broken_ = false;                                         // Guarded by mu_.
+};
+
+}  // namespace grove::cli
+
+#endif  // GROVE_TOOLS_OUTPUT_MUX_H_

@@ -1,0 +1,765 @@
+// The resident master's verbs (grove up, down, status, logs, stop, reload) and the verbs that
+// work in a resident tree when one runs (run, tree, call: clients of grove.v1.Control).
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <mutex>
+#include <sstream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/time.h"
+#include "common/json.h"
+#include "common/printable.h"
+#include "common/status_util.h"
+#include "proto/control.grpc.pb.h"
+#include "resident/control_service.h"
+#include "resident/control_socket.h"
+#include "resident/resident.h"
+#include "resident/supervisor.h"
+#include "tools/cli.h"
+#include "tools/cli_paths.h"
+#include "tools/cli_signals.h"
+#include "tools/output_mux.h"
+
+namespace grove::cli {
+namespace {
+
+using Stub = v1::Control::Stub;
+
+// A client context for a call to the resident master, cancelled with the CLI (Ctrl-C).
+class CliCall {
+ public:
+  explicit CliCall(absl::Duration timeout = absl::InfiniteDuration()) {
+    if (timeout != absl::InfiniteDuration()) {
+      context_.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+    }
+    callback_ = CliCancel().AddCallback([this] { context_.TryCancel(); });
+  }
+  ~CliCall() { CliCancel().RemoveCallback(callback_); }
+  grpc::ClientContext* get() { return &context_; }
+
+ private:
+  grpc::ClientContext context_;
+  uint64_t callback_;
+};
+
+std::string Message(const grpc::Status& status) {
+  return Printable(status.error_message());
+}
+
+int ExitFor(grpc::StatusCode code) {
+  switch (code) {
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+      return kExitTimeout;
+    case grpc::StatusCode::UNAVAILABLE:
+      return kExitUnreachable;
+    case grpc::StatusCode::INVALID_ARGUMENT:
+      return kExitUsage;
+    default:
+      return kExitFailed;
+  }
+}
+
+// The resident master at `socket`, with its version checked; `verb` names the caller in
+// errors.
+absl::StatusOr<std::unique_ptr<Stub>> Open(const std::string& socket, v1::VersionReply* version) {
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel = ConnectControl(socket);
+  if (!channel.ok()) return channel.status();
+  auto stub = v1::Control::NewStub(*channel);
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+  grpc::Status status = stub->Version(&context, v1::VersionRequest(), version);
+  if (!status.ok()) {
+    return absl::UnavailableError(
+        absl::StrCat("the resident master at ", socket, " does not answer: ", Message(status)));
+  }
+  if (version->api_version() != kControlApiVersion) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the resident master at ", socket, " (pid ", version->pid(), ", grove ",
+        version->version(), ", build ", version->build().substr(0, 12),
+        ") speaks control API v", version->api_version(), "; this grove speaks v",
+        kControlApiVersion, ": restart it with this build (grove down; grove up) or use --fresh"));
+  }
+  return stub;
+}
+
+ContextRecord RecordOf(const v1::ContextStatus& s) {
+  ContextRecord r;
+  r.id = ContextId(s.id());
+  r.name = s.name();
+  r.parent = ContextId(s.parent());
+  r.method = s.method();
+  r.host = s.host();
+  r.pid = s.pid();
+  r.user = s.user();
+  r.state = s.state() == "gone" ? ContextState::kGone : ContextState::kConnected;
+  r.reason = s.reason();
+  return r;
+}
+
+std::string Ago(int64_t unix_ms) {
+  if (unix_ms <= 0) return "-";
+  return absl::FormatDuration(absl::Trunc(absl::Now() - absl::FromUnixMillis(unix_ms),
+                                          absl::Seconds(1)));
+}
+
+// Waits until process `pid` has exited (not our child: through a pidfd). False on timeout.
+bool WaitForExit(pid_t pid, absl::Duration timeout) {
+  int fd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
+  if (fd < 0) return errno == ESRCH;
+  pollfd p{fd, POLLIN, 0};
+  int ready = poll(&p, 1, static_cast<int>(absl::ToInt64Milliseconds(timeout)));
+  close(fd);
+  return ready > 0;
+}
+
+absl::StatusOr<std::string> ReadWhole(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path, ": ", strerror(errno)));
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+std::string Absolute(const std::string& path) {
+  char buf[PATH_MAX];
+  return realpath(path.c_str(), buf) != nullptr ? std::string(buf) : path;
+}
+
+// Runs `program` as a detached resident master (its own session, stdin and stdout on
+// /dev/null, stderr in the log) and waits for it to say it is ready.
+int StartDetached(const std::string& program, ResidentOptions options) {
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) != 0) {
+    fprintf(stderr, "grove up: pipe: %s\n", strerror(errno));
+    return kExitFailed;
+  }
+  options.ready_fd = fds[1];
+  std::vector<std::string> args = {program};
+  for (std::string& a : ResidentArgs(options)) args.push_back(std::move(a));
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const std::string log = options.dir + "/master.log";
+  const pid_t first = fork();
+  if (first < 0) {
+    fprintf(stderr, "grove up: fork: %s\n", strerror(errno));
+    return kExitFailed;
+  }
+  if (first == 0) {
+    // The intermediate process: a new session, then the master as its child, so that the
+    // master is not this CLI's child and never gets a controlling terminal.
+    setsid();
+    if (fork() != 0) _exit(0);
+    int null = open("/dev/null", O_RDWR);
+    int err = open(log.c_str(), O_WRONLY | O_APPEND | O_CREAT, 0600);
+    dup2(null, 0);
+    dup2(null, 1);
+    if (err >= 0) dup2(err, 2);
+    fcntl(fds[1], F_SETFD, 0);
+    const char* home = getenv("HOME");
+    if (home == nullptr || chdir(home) != 0) (void)!chdir("/");
+    execv(program.c_str(), argv.data());
+    dprintf(fds[1], "error: cannot run %s: %s\n", program.c_str(), strerror(errno));
+    _exit(127);
+  }
+  close(fds[1]);
+  waitpid(first, nullptr, 0);
+  std::string said;
+  char buf[512];
+  pollfd p{fds[0], POLLIN, 0};
+  const absl::Time deadline = absl::Now() + absl::Seconds(120);
+  while (absl::Now() < deadline) {
+    int ready = poll(&p, 1, static_cast<int>(absl::ToInt64Milliseconds(deadline - absl::Now())));
+    if (ready <= 0) break;
+    ssize_t n = read(fds[0], buf, sizeof(buf));
+    if (n <= 0) break;
+    said.append(buf, n);
+  }
+  close(fds[0]);
+  if (said.rfind("ready", 0) == 0) return 0;
+  if (said.rfind("error: ", 0) == 0) {
+    fprintf(stderr, "grove up: %s", Printable(said.substr(7)).c_str());
+    if (said.back() != '\n') fputc('\n', stderr);
+  } else {
+    fprintf(stderr, "grove up: the resident master did not start (see %s)\n", log.c_str());
+  }
+  return kExitFailed;
+}
+
+void PrintStatus(const v1::StatusReply& s, bool json) {
+  if (json) {
+    std::vector<std::string> items;
+    auto item = [](const v1::ContextStatus& c) {
+      return absl::StrCat(
+          "{\"id\":", c.id(), ",\"name\":", JsonQuote(c.name()), ",\"path\":", JsonQuote(c.path()),
+          ",\"state\":", JsonQuote(c.state()), ",\"supervised\":", c.supervised() ? "true" : "false",
+          ",\"restarts\":", c.restarts(), ",\"pid\":", c.pid(), ",\"host\":", JsonQuote(c.host()),
+          ",\"method\":", JsonQuote(c.method()), ",\"parent\":", c.parent(),
+          ",\"reason\":", JsonQuote(c.reason()), "}");
+    };
+    for (const v1::ContextStatus& c : s.contexts()) items.push_back(item(c));
+    for (const v1::ContextStatus& c : s.down()) items.push_back(item(c));
+    printf("{\"pid\":%lld,\"uptime_ms\":%lld,\"build\":%s,\"version\":%s,\"socket\":%s,"
+           "\"log\":%s,\"api_version\":%d,\"contexts\":[%s]}\n",
+           static_cast<long long>(s.master().pid()), static_cast<long long>(s.uptime_ms()),
+           JsonQuote(s.master().build()).c_str(), JsonQuote(s.master().version()).c_str(),
+           JsonQuote(s.master().socket()).c_str(), JsonQuote(s.master().log_file()).c_str(),
+           s.master().api_version(), absl::StrJoin(items, ",").c_str());
+    return;
+  }
+  printf("resident master pid %lld, up %s, grove %s (build %s), control API v%d\n",
+         static_cast<long long>(s.master().pid()),
+         absl::FormatDuration(absl::Trunc(absl::Milliseconds(s.uptime_ms()), absl::Seconds(1)))
+             .c_str(),
+         s.master().version().c_str(), s.master().build().substr(0, 12).c_str(),
+         s.master().api_version());
+  printf("socket %s\nlog    %s\nidle timeout %s (unsupervised kept contexts)\n",
+         s.master().socket().c_str(), s.master().log_file().c_str(),
+         absl::FormatDuration(absl::Milliseconds(s.idle_timeout_ms())).c_str());
+  printf("%-5s %-22s %-28s %-11s %-8s %-8s %-9s %s\n", "ID", "NAME", "PATH", "STATE", "RESTARTS",
+         "PID", "IDLE", "REASON");
+  auto row = [](const v1::ContextStatus& c, bool live) {
+    std::string restarts = c.supervised() ? absl::StrCat(c.restarts()) : "-";
+    printf("%-5s %-22s %-28s %-11s %-8s %-8s %-9s %s\n",
+           live ? absl::StrCat(c.id()).c_str() : "-", Printable(c.name()).c_str(),
+           c.path().empty() ? "-" : Printable(c.path()).c_str(), c.state().c_str(),
+           restarts.c_str(), live ? absl::StrCat(c.pid()).c_str() : "-",
+           c.path().empty() || !live ? "-" : Ago(c.last_used_unix_ms()).c_str(),
+           Printable(c.reason()).c_str());
+  };
+  for (const v1::ContextStatus& c : s.contexts()) row(c, true);
+  for (const v1::ContextStatus& c : s.down()) row(c, false);
+}
+
+// Splits the attach options off a verb's arguments (before "--"): --fresh, --attach SOCKET.
+struct AttachChoice {
+  bool fresh = false;
+  std::string socket;  // --attach
+  std::vector<std::string> rest;
+};
+
+AttachChoice ChooseAttach(const std::vector<std::string>& args) {
+  AttachChoice choice;
+  bool dashes = false;
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (!dashes && args[i] == "--fresh") {
+      choice.fresh = true;
+    } else if (!dashes && args[i] == "--attach" && i + 1 < args.size()) {
+      choice.socket = args[++i];
+    } else {
+      if (args[i] == "--") dashes = true;
+      choice.rest.push_back(args[i]);
+    }
+  }
+  return choice;
+}
+
+int AttachedRun(Stub& stub, const std::vector<std::string>& raw_args) {
+  std::vector<std::string> paths, argv;
+  bool dashes = false, json = false;
+  double timeout_s = 0, connect_s = 30;
+  std::string inventory;
+  for (size_t i = 0; i < raw_args.size(); ++i) {
+    const std::string& a = raw_args[i];
+    auto number = [&](double* out) {
+      if (i + 1 >= raw_args.size() || !ParsePositive(raw_args[i + 1], out)) {
+        fprintf(stderr, "grove run: %s needs a number above 0\n", a.c_str());
+        return false;
+      }
+      ++i;
+      return true;
+    };
+    if (dashes) {
+      argv.push_back(a);
+    } else if (a == "--") {
+      dashes = true;
+    } else if (a == "--json") {
+      json = true;
+    } else if (a == "--timeout") {
+      if (!number(&timeout_s)) return kExitUsage;
+    } else if (a == "--connect-timeout") {
+      if (!number(&connect_s)) return kExitUsage;
+    } else if (a == "-j") {
+      double ignored;  // Every path runs at once in a resident tree.
+      if (!number(&ignored)) return kExitUsage;
+    } else if (a == "--inventory" && i + 1 < raw_args.size()) {
+      inventory = raw_args[++i];
+    } else if (a.size() > 1 && a[0] == '-' && a != "-") {
+      fprintf(stderr, "grove run: unknown option %s (see grove run --help)\n", a.c_str());
+      return kExitUsage;
+    } else {
+      paths.push_back(a);
+    }
+  }
+  absl::StatusOr<std::vector<std::string>> expanded = ExpandGroups(paths, inventory);
+  if (!expanded.ok()) {
+    fprintf(stderr, "grove run: %s\n", std::string(expanded.status().message()).c_str());
+    return kExitUsage;
+  }
+  paths = *std::move(expanded);
+  if (paths.empty() || argv.empty() || (!dashes && paths.size() > 1)) {
+    fprintf(stderr, "grove run: need PATH... -- ARGV... (see grove run --help)\n");
+    return kExitUsage;
+  }
+  // Names first when there are several (the prefixes are padded to one width).
+  std::vector<std::string> names(paths.size());
+  for (size_t i = 0; i < paths.size(); ++i) names[i] = Redacted(paths[i], paths);
+  if (paths.size() > 1) {
+    std::vector<std::thread> spawns;
+    for (size_t i = 0; i < paths.size(); ++i) {
+      spawns.emplace_back([&, i] {
+        CliCall call;
+        v1::SpawnPathRequest request;
+        request.set_path(paths[i]);
+        request.set_connect_timeout_ms(static_cast<int64_t>(connect_s * 1000));
+        v1::ContextStatus reply;
+        if (stub.Spawn(call.get(), request, &reply).ok()) names[i] = reply.name();
+      });
+    }
+    for (std::thread& t : spawns) t.join();
+  }
+  OutputMux mux(paths.size() > 1, names);
+  struct Outcome {
+    int status = 0;
+    std::string state = "ok", error;
+    v1::RunReply reply;
+  };
+  std::vector<Outcome> outcomes(paths.size());
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < paths.size(); ++i) {
+    threads.emplace_back([&, i] {
+      CliCall call;
+      v1::ControlRunRequest request;
+      request.set_path(paths[i]);
+      for (const std::string& a : argv) request.mutable_command()->add_argv(a);
+      if (timeout_s > 0) request.set_timeout_ms(static_cast<int64_t>(timeout_s * 1000));
+      request.set_connect_timeout_ms(static_cast<int64_t>(connect_s * 1000));
+      std::unique_ptr<grpc::ClientReader<v1::ControlRunEvent>> reader =
+          stub.Run(call.get(), request);
+      v1::ControlRunEvent event;
+      Outcome& o = outcomes[i];
+      while (reader->Read(&event)) {
+        switch (event.event_case()) {
+          case v1::ControlRunEvent::kStarted:
+            names[i] = event.started().name();
+            break;
+          case v1::ControlRunEvent::kStdout:
+            if (json) {
+              *o.reply.mutable_stdout() += event.stdout();
+            } else {
+              mux.Write(names[i], 1, event.stdout());
+            }
+            break;
+          case v1::ControlRunEvent::kStderr:
+            if (json) {
+              *o.reply.mutable_stderr() += event.stderr();
+            } else {
+              mux.Write(names[i], 2, event.stderr());
+            }
+            break;
+          case v1::ControlRunEvent::kExit:
+            o.reply.set_exit_status(event.exit().exit_status());
+            o.reply.set_signal(event.exit().signal());
+            break;
+          default:
+            break;
+        }
+      }
+      grpc::Status status = reader->Finish();
+      if (!status.ok()) {
+        const bool late = status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
+        const bool lost = status.error_code() == grpc::StatusCode::UNAVAILABLE;
+        o.state = lost ? "unreachable" : late ? "timed out" : "failed";
+        o.status = lost ? kExitUnreachable : late ? kExitTimeout : kExitFailed;
+        o.error = late ? absl::StrCat("timed out after ", timeout_s, " s")
+                       : Redacted(status.error_message(), paths);
+        o.reply.set_exit_status(-1);
+      } else {
+        o.status = o.reply.exit_status();
+        o.state = o.status == 0 ? "ok" : "failed";
+        if (o.status != 0) o.error = absl::StrCat("exit status ", o.status);
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  mux.Flush();
+  int ok = 0, failed = 0, unreachable = 0, worst = 0;
+  std::string json_out = "[";
+  for (size_t i = 0; i < paths.size(); ++i) {
+    const Outcome& o = outcomes[i];
+    ok += o.state == "ok";
+    failed += o.state == "failed" || o.state == "timed out";
+    unreachable += o.state == "unreachable";
+    worst = std::max(worst, o.status);
+    if (json) {
+      absl::StrAppend(&json_out, i ? "," : "", "\n{\"context\":", JsonQuote(names[i]),
+                      ",\"path\":", JsonQuote(Redacted(paths[i], paths)),
+                      ",\"state\":", JsonQuote(o.state), ",\"exit_status\":",
+                      o.reply.exit_status(), ",\"stdout\":", JsonQuote(o.reply.stdout()),
+                      ",\"stderr\":", JsonQuote(o.reply.stderr()));
+      if (!o.error.empty()) absl::StrAppend(&json_out, ",\"error\":", JsonQuote(o.error));
+      json_out += "}";
+    } else if (!o.error.empty() && !mux.broken()) {
+      fprintf(stderr, "grove run: %s: %s: %s\n", Printable(names[i]).c_str(), o.state.c_str(),
+              Printable(o.error).c_str());
+    }
+  }
+  if (mux.broken()) return kExitBrokenPipe;
+  if (json) {
+    printf("%s\n]\n", json_out.c_str());
+  } else if (paths.size() > 1 || failed + unreachable > 0) {
+    fprintf(stderr, "grove run: %d ok, %d failed, %d unreachable\n", ok, failed, unreachable);
+  }
+  return worst;
+}
+
+int AttachedTree(Stub& stub, const std::vector<std::string>& args) {
+  bool json = false;
+  std::vector<std::string> paths;
+  for (const std::string& a : args) {
+    if (a == "--json") {
+      json = true;
+    } else {
+      paths.push_back(a);
+    }
+  }
+  for (const std::string& path : paths) {
+    CliCall call;
+    v1::SpawnPathRequest request;
+    request.set_path(path);
+    v1::ContextStatus reply;
+    grpc::Status status = stub.Spawn(call.get(), request, &reply);
+    if (!status.ok()) {
+      fprintf(stderr, "grove tree: %s\n", Redacted(Message(status), paths).c_str());
+      return ExitFor(status.error_code());
+    }
+  }
+  CliCall call;
+  v1::ListContextsReply list;
+  grpc::Status status = stub.ListContexts(call.get(), v1::ListContextsRequest(), &list);
+  if (!status.ok() || list.contexts_size() == 0) {
+    fprintf(stderr, "grove tree: %s\n", Message(status).c_str());
+    return ExitFor(status.error_code());
+  }
+  std::vector<ContextRecord> records;
+  for (int i = 1; i < list.contexts_size(); ++i) records.push_back(RecordOf(list.contexts(i)));
+  PrintRecords(RecordOf(list.contexts(0)), records, json);
+  return 0;
+}
+
+int AttachedCall(Stub& stub, const std::vector<std::string>& raw_args) {
+  std::vector<std::string> args;
+  double timeout_s = 0;
+  for (size_t i = 0; i < raw_args.size(); ++i) {
+    if (raw_args[i] == "--timeout") {
+      if (i + 1 >= raw_args.size() || !ParsePositive(raw_args[i + 1], &timeout_s)) {
+        fprintf(stderr, "grove call: --timeout needs a number of seconds above 0\n");
+        return kExitUsage;
+      }
+      ++i;
+    } else {
+      args.push_back(raw_args[i]);
+    }
+  }
+  if (args.size() != 3) {
+    fprintf(stderr, "grove call: need [--timeout S] PATH FUNCTION 'JSON'\n");
+    return kExitUsage;
+  }
+  CliCall call;
+  v1::ControlCallRequest request;
+  request.set_path(args[0]);
+  request.set_function(args[1]);
+  request.set_json(args[2]);
+  if (timeout_s > 0) request.set_timeout_ms(static_cast<int64_t>(timeout_s * 1000));
+  v1::ControlCallReply reply;
+  grpc::Status status = stub.Call(call.get(), request, &reply);
+  if (!status.ok()) {
+    fprintf(stderr, "grove call: %s\n", Redacted(Message(status), {args[0]}).c_str());
+    return ExitFor(status.error_code());
+  }
+  printf("%s\n", reply.json().c_str());
+  return 0;
+}
+
+}  // namespace
+
+std::optional<int> MaybeAttached(const std::string& verb, const std::vector<std::string>& args) {
+  if (verb != "run" && verb != "tree" && verb != "call") return std::nullopt;
+  AttachChoice choice = ChooseAttach(args);
+  if (choice.fresh) return std::nullopt;
+  const bool chosen = !choice.socket.empty() || getenv("GROVE_SOCKET") != nullptr;
+  const std::string socket = choice.socket.empty() ? DefaultControlSocket() : choice.socket;
+  v1::VersionReply version;
+  absl::StatusOr<std::unique_ptr<Stub>> stub = Open(socket, &version);
+  if (!stub.ok()) {
+    // No resident master: a private tree, as --fresh, unless one was asked for.
+    const bool none = stub.status().code() == absl::StatusCode::kUnavailable;
+    if (none && !chosen) return std::nullopt;
+    fprintf(stderr, "grove %s: %s\n", verb.c_str(), std::string(stub.status().message()).c_str());
+    return none ? kExitUnreachable : kExitUsage;
+  }
+  HandleInterrupts();
+  int status = verb == "run"    ? AttachedRun(**stub, choice.rest)
+               : verb == "tree" ? AttachedTree(**stub, choice.rest)
+                                : AttachedCall(**stub, choice.rest);
+  if (int sig = InterruptSignal(); sig != 0) return 128 + sig;
+  return status;
+}
+
+std::vector<std::string> WithoutAttachOptions(const std::vector<std::string>& args) {
+  return ChooseAttach(args).rest;
+}
+
+int Up(const std::vector<std::string>& args) {
+  ResidentOptions options;
+  std::string program;
+  bool foreground = false;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a == "--idle-timeout") {
+      double seconds;
+      if (i + 1 >= args.size() || !ParsePositive(args[i + 1], &seconds)) {
+        fprintf(stderr, "grove up: --idle-timeout needs a number of seconds above 0\n");
+        return kExitUsage;
+      }
+      options.idle_timeout = absl::Seconds(seconds);
+      ++i;
+    } else if (a == "--program" && i + 1 < args.size()) {
+      program = args[++i];
+    } else if (a == "--foreground") {
+      foreground = true;
+    } else if (a.size() > 1 && a[0] == '-') {
+      fprintf(stderr, "grove up: unknown option %s (see grove up --help)\n", a.c_str());
+      return kExitUsage;
+    } else if (options.spec_file.empty()) {
+      options.spec_file = Absolute(a);
+    } else {
+      fprintf(stderr, "grove up: one SPEC at most (see grove up --help)\n");
+      return kExitUsage;
+    }
+  }
+  if (!options.spec_file.empty()) {
+    absl::StatusOr<std::string> text = ReadWhole(options.spec_file);
+    absl::StatusOr<v1::Spec> spec =
+        text.ok() ? ParseSpec(*text, options.spec_file) : absl::StatusOr<v1::Spec>(text.status());
+    if (!spec.ok()) {
+      fprintf(stderr, "grove up: %s\n", std::string(spec.status().message()).c_str());
+      return kExitUsage;
+    }
+  }
+  options.dir = DefaultResidentDir();
+  if (absl::Status dir = EnsurePrivateDir(options.dir); !dir.ok()) {
+    fprintf(stderr, "grove up: %s\n", std::string(dir.message()).c_str());
+    return kExitFailed;
+  }
+  const std::string socket = options.dir + "/control.sock";
+  v1::VersionReply running;
+  if (Open(socket, &running).ok()) {
+    fprintf(stderr, "grove up: a resident master is already running (pid %lld, socket %s)\n",
+            static_cast<long long>(running.pid()), socket.c_str());
+    return kExitFailed;
+  }
+  if (program.empty()) program = Absolute("/proc/self/exe");
+  if (foreground) {
+    std::vector<std::string> args_out = {program};
+    for (std::string& a : ResidentArgs(options)) args_out.push_back(std::move(a));
+    std::vector<char*> argv;
+    for (std::string& a : args_out) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(program.c_str(), argv.data());
+    fprintf(stderr, "grove up: cannot run %s: %s\n", program.c_str(), strerror(errno));
+    return kExitFailed;
+  }
+  if (int status = StartDetached(program, options); status != 0) return status;
+  if (!Open(socket, &running).ok()) {
+    fprintf(stderr, "grove up: the resident master said it was ready but does not answer at %s\n",
+            socket.c_str());
+    return kExitFailed;
+  }
+  printf("grove: resident master up (pid %lld)\nsocket %s\nlog    %s\n",
+         static_cast<long long>(running.pid()), socket.c_str(), running.log_file().c_str());
+  return 0;
+}
+
+int Down(const std::vector<std::string>& args) {
+  if (!args.empty()) {
+    fprintf(stderr, "grove down: takes no arguments\n");
+    return kExitUsage;
+  }
+  const std::string socket = DefaultControlSocket();
+  v1::VersionReply version;
+  absl::StatusOr<std::unique_ptr<Stub>> stub = Open(socket, &version);
+  if (!stub.ok()) {
+    if (stub.status().code() == absl::StatusCode::kUnavailable) {
+      printf("grove: no resident master is running (%s)\n",
+             std::string(stub.status().message()).c_str());
+      return 0;
+    }
+    fprintf(stderr, "grove down: %s\n", std::string(stub.status().message()).c_str());
+    return kExitFailed;
+  }
+  grpc::ClientContext context;
+  v1::ShutdownReply reply;
+  grpc::Status status = (*stub)->Shutdown(&context, v1::ShutdownRequest(), &reply);
+  if (!status.ok()) {
+    fprintf(stderr, "grove down: %s\n", Message(status).c_str());
+    return kExitFailed;
+  }
+  if (!WaitForExit(static_cast<pid_t>(version.pid()), absl::Seconds(60))) {
+    fprintf(stderr, "grove down: the resident master (pid %lld) is still running after 60 s\n",
+            static_cast<long long>(version.pid()));
+    return kExitFailed;
+  }
+  printf("grove: resident master (pid %lld) stopped, with its tree\n",
+         static_cast<long long>(version.pid()));
+  return 0;
+}
+
+int Status(const std::vector<std::string>& args) {
+  bool json = false;
+  for (const std::string& a : args) {
+    if (a == "--json") {
+      json = true;
+    } else {
+      fprintf(stderr, "grove status: unknown argument %s (only --json)\n", a.c_str());
+      return kExitUsage;
+    }
+  }
+  const std::string socket = DefaultControlSocket();
+  v1::VersionReply version;
+  absl::StatusOr<std::unique_ptr<Stub>> stub = Open(socket, &version);
+  if (!stub.ok()) {
+    if (json) {
+      printf("{\"running\":false,\"socket\":%s,\"why\":%s}\n", JsonQuote(socket).c_str(),
+             JsonQuote(std::string(stub.status().message())).c_str());
+    } else {
+      printf("grove: %s\n", std::string(stub.status().message()).c_str());
+    }
+    return 3;  // As `systemctl status` for a unit that is not running.
+  }
+  grpc::ClientContext context;
+  v1::StatusReply reply;
+  grpc::Status status = (*stub)->Status(&context, v1::StatusRequest(), &reply);
+  if (!status.ok()) {
+    fprintf(stderr, "grove status: %s\n", Message(status).c_str());
+    return kExitFailed;
+  }
+  PrintStatus(reply, json);
+  return 0;
+}
+
+int Logs(const std::vector<std::string>& args) {
+  v1::LogsRequest request;
+  for (const std::string& a : args) {
+    if (a == "-f" || a == "--follow") {
+      request.set_follow(true);
+    } else if (a.size() > 1 && a[0] == '-') {
+      fprintf(stderr, "grove logs: unknown option %s (grove logs [-f] [PATH])\n", a.c_str());
+      return kExitUsage;
+    } else if (request.path().empty()) {
+      request.set_path(a);
+    } else {
+      fprintf(stderr, "grove logs: one PATH at most\n");
+      return kExitUsage;
+    }
+  }
+  v1::VersionReply version;
+  absl::StatusOr<std::unique_ptr<Stub>> stub = Open(DefaultControlSocket(), &version);
+  if (!stub.ok()) {
+    fprintf(stderr, "grove logs: %s\n", std::string(stub.status().message()).c_str());
+    return kExitUnreachable;
+  }
+  HandleInterrupts();
+  CliCall call;
+  std::unique_ptr<grpc::ClientReader<v1::LogLine>> reader = (*stub)->Logs(call.get(), request);
+  v1::LogLine line;
+  while (reader->Read(&line)) {
+    const std::string when = absl::FormatTime("%H:%M:%E3S", absl::FromUnixMillis(line.unix_ms()),
+                                              absl::LocalTimeZone());
+    if (printf("%s [%s] %s: %s\n", when.c_str(), Printable(line.context()).c_str(),
+               line.kind().c_str(), Printable(line.text()).c_str()) < 0 ||
+        fflush(stdout) != 0) {
+      call.get()->TryCancel();
+      return kExitBrokenPipe;
+    }
+  }
+  grpc::Status status = reader->Finish();
+  if (InterruptSignal() != 0) return 128 + InterruptSignal();
+  if (!status.ok()) {
+    fprintf(stderr, "grove logs: %s\n", Message(status).c_str());
+    return ExitFor(status.error_code());
+  }
+  return 0;
+}
+
+int StopPath(const std::vector<std::string>& args) {
+  if (args.size() != 1) {
+    fprintf(stderr, "grove stop: need PATH (one)\n");
+    return kExitUsage;
+  }
+  v1::VersionReply version;
+  absl::StatusOr<std::unique_ptr<Stub>> stub = Open(DefaultControlSocket(), &version);
+  if (!stub.ok()) {
+    fprintf(stderr, "grove stop: %s\n", std::string(stub.status().message()).c_str());
+    return kExitUnreachable;
+  }
+  CliCall call;
+  v1::StopPathRequest request;
+  request.set_path(args[0]);
+  v1::StopPathReply reply;
+  grpc::Status status = (*stub)->Stop(call.get(), request, &reply);
+  if (!status.ok()) {
+    fprintf(stderr, "grove stop: %s\n", Redacted(Message(status), args).c_str());
+    return ExitFor(status.error_code());
+  }
+  printf("grove: stopped %s\n", Redacted(args[0], args).c_str());
+  return 0;
+}
+
+int Reload(const std::vector<std::string>& args) {
+  if (args.size() != 1) {
+    fprintf(stderr, "grove reload: need SPEC (one file)\n");
+    return kExitUsage;
+  }
+  absl::StatusOr<std::string> text = ReadWhole(args[0]);
+  absl::StatusOr<v1::Spec> spec =
+      text.ok() ? ParseSpec(*text, args[0]) : absl::StatusOr<v1::Spec>(text.status());
+  if (!spec.ok()) {
+    fprintf(stderr, "grove reload: %s\n", std::string(spec.status().message()).c_str());
+    return kExitUsage;
+  }
+  v1::VersionReply version;
+  absl::StatusOr<std::unique_ptr<Stub>> stub = Open(DefaultControlSocket(), &version);
+  if (!stub.ok()) {
+    fprintf(stderr, "grove reload: %s\n", std::string(stub.status().message()).c_str());
+    return kExitUnreachable;
+  }
+  CliCall call;
+  v1::ReloadRequest request;
+  *request.mutable_spec() = *spec;
+  v1::ReloadReply reply;
+  grpc::Status status = (*stub)->Reload(call.get(), request, &reply);
+  if (!status.ok()) {
+    fprintf(stderr, "grove reload: %s\n", Message(status).c_str());
+    return ExitFor(status.error_code());
+  }
+  for (const std::string& p : reply.started()) printf("started %s\n", Printable(p).c_str());
+  for (const std::string& p : reply.stopped()) printf("stopped %s\n", Printable(p).c_str());
+  for (const std::string& p : reply.kept()) printf("kept    %s\n", Printable(p).c_str());
+  return 0;
+}
+
+}  // namespace grove::cli
