@@ -4,7 +4,7 @@
 
 namespace grove {
 
-inline constexpr char kGroveVersion[] = "0.2.0-dev";
+inline constexpr char kGroveVersion[] = "0.2.0";
 
 }  // namespace grove
 

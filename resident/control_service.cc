@@ -138,10 +138,20 @@ grpc::Status ControlService::Spawn(grpc::ServerContext*, const v1::SpawnPathRequ
 
 grpc::Status ControlService::Stop(grpc::ServerContext*, const v1::StopPathRequest* request,
                                   v1::StopPathReply* reply) {
-  absl::StatusOr<std::string> key = KeptPaths::Canonical(request->path());
-  if (!key.ok()) return ToGrpcStatus(key.status());
+  std::string path = request->path();
+  // A kept context may also be named by its name ("web" for "local,name=web").
+  if (!deps_.kept->Find(path).has_value()) {
+    for (const KeptPaths::Entry& entry : deps_.kept->List()) {
+      if (entry.name == path) path = entry.path;
+    }
+  }
+  absl::StatusOr<std::string> key = KeptPaths::Canonical(path);
+  if (!key.ok()) {
+    return ToGrpcStatus(absl::NotFoundError(absl::StrCat(
+        "no context is kept at path or under the name '", request->path(), "' (", key.status().message(), ")")));
+  }
   const bool supervised = deps_.supervisor->Forget(*key);
-  absl::StatusOr<int> stopped = deps_.kept->Stop(request->path());
+  absl::StatusOr<int> stopped = deps_.kept->Stop(path);
   if (!stopped.ok()) {
     if (supervised && stopped.status().code() == absl::StatusCode::kNotFound) {
       deps_.log->Note(absl::StrCat("stopped supervising ", request->path()));

@@ -207,7 +207,9 @@ int ServeResident(Router& root, const ResidentOptions& given) {
   }
   log->Note("shutting down: the tree goes down, deepest first");
   listener->reset();
-  server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+  // What is in flight is cancelled (commands are killed, follows end); Shutdown returns once
+  // every handler has.
+  server->Shutdown(absl::ToChronoTime(absl::Now()));
   // No restarts while the tree goes down.
   supervisor.reset();
   root.Shutdown(absl::CancelledError("the resident master shut down"));

@@ -28,11 +28,6 @@ namespace {
 using ::testing::HasSubstr;
 using ::testing::Not;
 
-struct Ran {
-  int status = -1;
-  std::string out, err;
-};
-
 class CliTest : public GroveTest {
  protected:
   void SetUp() override {
@@ -51,44 +46,7 @@ class CliTest : public GroveTest {
     GroveTest::TearDown();
   }
 
-  Ran Grove(std::vector<std::string> args) {
-    const char* srcdir = ::getenv("TEST_SRCDIR");
-    args.insert(args.begin(),
-                srcdir ? std::string(srcdir) + "/grove/tools/grove" : "bazel-bin/tools/grove");
-    auto out = Pipe();
-    auto err = Pipe();
-    EXPECT_TRUE(out.ok() && err.ok());
-    SpawnOptions spawn;
-    spawn.argv = std::move(args);
-    spawn.fds = {{1, out->second.get()}, {2, err->second.get()}};
-    absl::StatusOr<Process> cli = Process::Spawn(spawn);
-    EXPECT_TRUE(cli.ok()) << cli.status();
-    out->second.Reset();
-    err->second.Reset();
-    Ran ran;
-    // Drain both pipes (stderr first would block if stdout filled up: read alternately).
-    SetNonBlocking(out->first.get(), true).IgnoreError();
-    SetNonBlocking(err->first.get(), true).IgnoreError();
-    bool out_open = true, err_open = true;
-    while (out_open || err_open) {
-      struct pollfd fds[2] = {{out_open ? out->first.get() : -1, POLLIN, 0},
-                              {err_open ? err->first.get() : -1, POLLIN, 0}};
-      if (::poll(fds, 2, 60000) <= 0) break;
-      char buffer[4096];
-      for (int i = 0; i < 2; ++i) {
-        if (!fds[i].revents) continue;
-        ssize_t n = ::read(fds[i].fd, buffer, sizeof(buffer));
-        if (n > 0) {
-          (i == 0 ? ran.out : ran.err).append(buffer, n);
-        } else {
-          (i == 0 ? out_open : err_open) = false;
-        }
-      }
-    }
-    absl::StatusOr<int> status = cli->Wait(absl::Now() + absl::Seconds(60));
-    ran.status = status.ok() ? ExitCodeOf(*status) : -1;
-    return ran;
-  }
+  Ran Grove(std::vector<std::string> args) { return RunGrove(std::move(args)); }
 
   std::string dir_, inventory_;
 };

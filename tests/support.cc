@@ -1,6 +1,8 @@
 #include "tests/support.h"
 
 #include <dirent.h>
+#include <poll.h>
+#include <unistd.h>
 #include <stdlib.h>
 
 #include <fstream>
@@ -10,6 +12,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/time/clock.h"
+#include "common/fd.h"
+#include "common/process.h"
 
 namespace grove::testing {
 
@@ -65,6 +69,48 @@ std::vector<pid_t> ProcessesWith(const std::string& text) {
 std::string GroveBinary() {
   const char* srcdir = ::getenv("TEST_SRCDIR");
   return srcdir ? std::string(srcdir) + "/grove/tools/grove" : "bazel-bin/tools/grove";
+}
+
+Ran RunGrove(std::vector<std::string> args, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  args.insert(args.begin(), GroveBinary());
+  Ran ran;
+  absl::StatusOr<std::pair<UniqueFd, UniqueFd>> out = Pipe();
+  absl::StatusOr<std::pair<UniqueFd, UniqueFd>> err = Pipe();
+  if (!out.ok() || !err.ok()) return ran;
+  SpawnOptions spawn;
+  spawn.argv = std::move(args);
+  spawn.fds = {{1, out->second.get()}, {2, err->second.get()}};
+  absl::StatusOr<Process> cli = Process::Spawn(spawn);
+  if (!cli.ok()) {
+    ran.err = cli.status().ToString();
+    return ran;
+  }
+  out->second.Reset();
+  err->second.Reset();
+  // Both pipes drained together: either could fill up while the other is read.
+  SetNonBlocking(out->first.get(), true).IgnoreError();
+  SetNonBlocking(err->first.get(), true).IgnoreError();
+  bool out_open = true, err_open = true;
+  while (out_open || err_open) {
+    struct pollfd fds[2] = {{out_open ? out->first.get() : -1, POLLIN, 0},
+                            {err_open ? err->first.get() : -1, POLLIN, 0}};
+    const int64_t left = absl::ToInt64Milliseconds(deadline - absl::Now());
+    if (left <= 0 || ::poll(fds, 2, static_cast<int>(left)) <= 0) break;
+    char buffer[4096];
+    for (int i = 0; i < 2; ++i) {
+      if (!fds[i].revents) continue;
+      ssize_t n = ::read(fds[i].fd, buffer, sizeof(buffer));
+      if (n > 0) {
+        (i == 0 ? ran.out : ran.err).append(buffer, n);
+      } else {
+        (i == 0 ? out_open : err_open) = false;
+      }
+    }
+  }
+  absl::StatusOr<int> status = cli->Wait(std::max(deadline, absl::Now() + absl::Seconds(1)));
+  ran.status = status.ok() ? ExitCodeOf(*status) : -1;
+  return ran;
 }
 
 }  // namespace grove::testing

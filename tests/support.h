@@ -33,6 +33,15 @@ std::vector<pid_t> ProcessesWith(const std::string& text);
 // The grove CLI built with the tests (//tools:grove in the test's runfiles).
 std::string GroveBinary();
 
+// What a run of the CLI did.
+struct Ran {
+  int status = -1;  // Exit status (-1: it did not end within the deadline, and was killed).
+  std::string out, err;
+};
+// Runs the grove CLI with `args` (and this process's environment), collecting its stdout and
+// stderr until it exits; at most `timeout`.
+Ran RunGrove(std::vector<std::string> args, absl::Duration timeout = absl::Seconds(60));
+
 inline const absl::Status& StatusOf(const absl::Status& status) { return status; }
 template <typename T>
 const absl::Status& StatusOf(const absl::StatusOr<T>& status_or) {

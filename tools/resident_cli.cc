@@ -109,10 +109,15 @@ ContextRecord RecordOf(const v1::ContextStatus& s) {
   return r;
 }
 
+// A duration in whole seconds, "0s" rather than "0".
+std::string Seconds(absl::Duration d) {
+  d = absl::Trunc(d, absl::Seconds(1));
+  return d == absl::ZeroDuration() ? "0s" : absl::FormatDuration(d);
+}
+
 std::string Ago(int64_t unix_ms) {
   if (unix_ms <= 0) return "-";
-  return absl::FormatDuration(absl::Trunc(absl::Now() - absl::FromUnixMillis(unix_ms),
-                                          absl::Seconds(1)));
+  return Seconds(absl::Now() - absl::FromUnixMillis(unix_ms));
 }
 
 // Waits until process `pid` has exited (not our child: through a pidfd). False on timeout.
@@ -222,8 +227,7 @@ void PrintStatus(const v1::StatusReply& s, bool json) {
   }
   printf("resident master pid %lld, up %s, grove %s (build %s), control API v%d\n",
          static_cast<long long>(s.master().pid()),
-         absl::FormatDuration(absl::Trunc(absl::Milliseconds(s.uptime_ms()), absl::Seconds(1)))
-             .c_str(),
+         Seconds(absl::Milliseconds(s.uptime_ms())).c_str(),
          s.master().version().c_str(), s.master().build().substr(0, 12).c_str(),
          s.master().api_version());
   printf("socket %s\nlog    %s\nidle timeout %s (unsupervised kept contexts)\n",
@@ -618,6 +622,7 @@ int Down(const std::vector<std::string>& args) {
     fprintf(stderr, "grove down: %s\n", Message(status).c_str());
     return kExitFailed;
   }
+  stub->reset();  // Its connection would hold the master's server up as it stops.
   if (!WaitForExit(static_cast<pid_t>(version.pid()), absl::Seconds(60))) {
     fprintf(stderr, "grove down: the resident master (pid %lld) is still running after 60 s\n",
             static_cast<long long>(version.pid()));
