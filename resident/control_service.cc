@@ -139,12 +139,7 @@ grpc::Status ControlService::Spawn(grpc::ServerContext*, const v1::SpawnPathRequ
 grpc::Status ControlService::Stop(grpc::ServerContext*, const v1::StopPathRequest* request,
                                   v1::StopPathReply* reply) {
   std::string path = request->path();
-  // A kept context may also be named by its name ("web" for "local,name=web").
-  if (!deps_.kept->Find(path).has_value()) {
-    for (const KeptPaths::Entry& entry : deps_.kept->List()) {
-      if (entry.name == path) path = entry.path;
-    }
-  }
+  if (std::optional<KeptPaths::Entry> kept = deps_.kept->FindByPathOrName(path)) path = kept->path;
   absl::StatusOr<std::string> key = KeptPaths::Canonical(path);
   if (!key.ok()) {
     return ToGrpcStatus(absl::NotFoundError(absl::StrCat(
@@ -341,10 +336,11 @@ grpc::Status ControlService::Logs(grpc::ServerContext* context, const v1::LogsRe
                                   grpc::ServerWriter<v1::LogLine>* writer) {
   std::optional<ContextId> under;
   if (!request->path().empty()) {
-    std::optional<KeptPaths::Entry> kept = deps_.kept->Find(request->path());
+    std::optional<KeptPaths::Entry> kept = deps_.kept->FindByPathOrName(request->path());
     if (!kept.has_value()) {
       return grpc::Status(grpc::StatusCode::NOT_FOUND,
-                          absl::StrCat("no context is kept at path ", request->path()));
+                          absl::StrCat("no context is kept at path or under the name '",
+                                       request->path(), "'"));
     }
     under = kept->id;
   }

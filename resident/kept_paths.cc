@@ -182,6 +182,17 @@ std::optional<KeptPaths::Entry> KeptPaths::Find(const std::string& path) const {
   return Entry{it->first, s.display, *s.id, s.name, s.last_used, s.holders};
 }
 
+std::optional<KeptPaths::Entry> KeptPaths::FindByPathOrName(const std::string& which) const {
+  if (std::optional<Entry> entry = Find(which)) return entry;
+  absl::MutexLock lock(&mu_);
+  for (const auto& [key, s] : slots_) {
+    if (s.id.has_value() && s.name == which) {
+      return Entry{key, s.display, *s.id, s.name, s.last_used, s.holders};
+    }
+  }
+  return std::nullopt;
+}
+
 std::optional<KeptPaths::Entry> KeptPaths::FindById(ContextId id) const {
   absl::MutexLock lock(&mu_);
   for (const auto& [key, s] : slots_) {

@@ -72,6 +72,9 @@ class KeptPaths {
 
   // The entry of a kept path, if any.
   std::optional<Entry> Find(const std::string& path) const;
+  // The entry kept at `path_or_name`: a path, or the name of a kept context ("web" for
+  // "local,name=web").
+  std::optional<Entry> FindByPathOrName(const std::string& path_or_name) const;
   // The kept path of context `id`, if any.
   std::optional<Entry> FindById(ContextId id) const;
   // Every kept path, by path.
