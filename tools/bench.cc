@@ -538,7 +538,7 @@ int Bench(Master& master, const std::vector<std::string>& args) {
     }
     out.Emit("child_killed_detect_ms", Percentile(ms, 0.5), "ms");
   }
-  return 0;
+  return BenchResident(out.json, [&out](const std::string& m) { return out.Wants(m); }, ssh_hop);
 }
 
 }  // namespace grove::cli

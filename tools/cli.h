@@ -3,6 +3,7 @@
 #ifndef GROVE_TOOLS_CLI_H_
 #define GROVE_TOOLS_CLI_H_
 
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -47,6 +48,10 @@ int Status(const std::vector<std::string>& args);
 int Logs(const std::vector<std::string>& args);
 int StopPath(const std::vector<std::string>& args);
 int Reload(const std::vector<std::string>& args);
+// grove bench's rows measured against a resident master of its own (tools/resident_bench.cc):
+// those `wants` names; 0, or 1 when one could not be measured.
+int BenchResident(bool json, const std::function<bool(const std::string&)>& wants,
+                  const std::string& ssh_hop);
 // run, tree and call in a resident master's tree: the verb's exit status, or nullopt when
 // the verb runs in a private tree (not one of those verbs, --fresh, or no resident master
 // runs and none was asked for with --attach or $GROVE_SOCKET).
