@@ -15,6 +15,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "common/fd.h"
@@ -435,23 +436,26 @@ absl::StatusOr<LaunchedChild> SshLauncher::Launch(const Hop& hop, const LaunchRe
   const bool has_password = !password->empty();
   StderrJudge judge = [what, has_password](const std::string& err, size_t) -> StderrVerdict {
     auto has = [&err](absl::string_view s) { return absl::StrContains(err, s); };
+    // ssh ends its lines with "\r\n" on some paths: one line ending, none at the end.
+    const std::string text = absl::StrReplaceAll(
+        absl::StripTrailingAsciiWhitespace(err), {{"\r\n", "\n"}, {"\r", ""}});
     StderrVerdict v;
     if (has("Could not resolve hostname") || has("No route to host") ||
         has("Connection refused") || has("Network is unreachable")) {
-      v.error = absl::UnavailableError(absl::StrCat(what, ": host unreachable: ", err));
+      v.error = absl::UnavailableError(absl::StrCat(what, ": host unreachable: ", text));
     } else if (has("REMOTE HOST IDENTIFICATION HAS CHANGED")) {
-      v.error = absl::FailedPreconditionError(absl::StrCat(what, ": host key changed: ", err));
+      v.error = absl::FailedPreconditionError(absl::StrCat(what, ": host key changed: ", text));
     } else if (has("Host key verification failed") || (has("No ") && has("host key is known"))) {
-      v.error = absl::FailedPreconditionError(absl::StrCat(what, ": host key unknown: ", err));
+      v.error = absl::FailedPreconditionError(absl::StrCat(what, ": host key unknown: ", text));
     } else if (has("Permission denied")) {
       v.error = has_password
-                    ? absl::PermissionDeniedError(absl::StrCat(what, ": password wrong: ", err))
+                    ? absl::PermissionDeniedError(absl::StrCat(what, ": password wrong: ", text))
                     : absl::PermissionDeniedError(
-                          absl::StrCat(what, ": authentication refused: ", err));
+                          absl::StrCat(what, ": authentication refused: ", text));
     } else if (has("Connection timed out") || has("timed out during banner")) {
-      v.error = absl::DeadlineExceededError(absl::StrCat(what, ": connect timed out: ", err));
+      v.error = absl::DeadlineExceededError(absl::StrCat(what, ": connect timed out: ", text));
     } else if (has("sh: not found") || has("sh: No such file")) {
-      v.error = absl::FailedPreconditionError(absl::StrCat(what, ": remote shell missing: ", err));
+      v.error = absl::FailedPreconditionError(absl::StrCat(what, ": remote shell missing: ", text));
     }
     return v;
   };

@@ -1,6 +1,7 @@
 #include "resident/control_service.h"
 
 #include <deque>
+#include <thread>
 #include <memory>
 #include <vector>
 
@@ -9,6 +10,7 @@
 #include "absl/synchronization/notification.h"
 #include "common/json_bridge.h"
 #include "common/status_util.h"
+#include "files/files.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/message.h"
 #include "router/functions.h"
@@ -329,6 +331,112 @@ grpc::Status ControlService::Run(grpc::ServerContext* context,
   v1::ControlRunEvent exit;
   *exit.mutable_exit() = *result;
   writer->Write(exit);
+  return grpc::Status::OK;
+}
+
+grpc::Status ControlService::Transfer(bool pull, grpc::ServerContext* context,
+                                      const v1::TransferRequest* request,
+                                      grpc::ServerWriter<v1::TransferEvent>* writer) {
+  const char* verb = pull ? "pull" : "push";
+  if (request->paths().empty() || request->src().empty() || request->dest().empty()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        absl::StrCat(verb, " needs paths, src and dest"));
+  }
+  if (pull && request->paths_size() != 1) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "pull takes one path");
+  }
+  const std::string& local = pull ? request->dest() : request->src();
+  if (local.empty() || local[0] != '/') {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        absl::StrCat("the master's side of a ", verb, " must be an absolute path (",
+                                     local, "): the master does not share the client's directory"));
+  }
+  v1::TransferResult result;
+  std::vector<KeptPaths::Lease> leases(request->paths_size());
+  std::vector<ContextId> targets;
+  std::vector<int> target_index;  // targets[i] is result.targets(target_index[i]).
+  for (int i = 0; i < request->paths_size(); ++i) {
+    v1::TransferTarget* target = result.add_targets();
+    target->set_path(request->paths(i));
+    absl::StatusOr<Context> c = deps_.kept->Ensure(
+        request->paths(i), ConnectTimeout(request->connect_timeout_ms()), &leases[i]);
+    if (!c.ok()) {
+      target->set_unreachable(true);
+      target->set_code(static_cast<int>(c.status().code()));
+      target->set_error(std::string(c.status().message()));
+      continue;
+    }
+    target->set_context(c->name());
+    targets.push_back(c->id());
+    target_index.push_back(i);
+  }
+  // Progress is coalesced: the latest figures, sent when they change.
+  struct Shared {
+    absl::Mutex mu;
+    int64_t done ABSL_GUARDED_BY(mu) = 0, total ABSL_GUARDED_BY(mu) = -1;
+    bool finished ABSL_GUARDED_BY(mu) = false;
+  };
+  auto shared = std::make_shared<Shared>();
+  CancelSource cancel;
+  TransferOptions options;
+  options.recursive = request->recursive();
+  options.kernel_copy = !request->no_kernel_copy();
+  options.call.cancel = &cancel;
+  options.call.deadline = CallDeadline(context, request->timeout_ms());
+  options.progress = [shared](int64_t done, int64_t total) {
+    absl::MutexLock lock(&shared->mu);
+    shared->done = done;
+    shared->total = total;
+  };
+  absl::StatusOr<TransferSummary> summary = TransferSummary();
+  std::thread transfer;
+  if (!targets.empty()) {
+    transfer = std::thread([&] {
+      summary = pull ? PullFiles(*deps_.root, targets[0], request->src(), request->dest(), options)
+                     : PushFiles(*deps_.root, targets, request->src(), request->dest(), options);
+      absl::MutexLock lock(&shared->mu);
+      shared->finished = true;
+    });
+  }
+  int64_t sent_done = -1;
+  bool writing = true;
+  while (transfer.joinable()) {
+    v1::TransferEvent event;
+    bool finished;
+    {
+      absl::MutexLock lock(&shared->mu);
+      auto changed = [&]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+        return shared->finished || shared->done != sent_done;
+      };
+      shared->mu.AwaitWithTimeout(absl::Condition(&changed), kCancelPoll);
+      finished = shared->finished;
+      if (shared->total >= 0 && shared->done != sent_done) {
+        event.mutable_progress()->set_done(shared->done);
+        event.mutable_progress()->set_total(shared->total);
+        sent_done = shared->done;
+      }
+    }
+    if (writing && event.has_progress() && !writer->Write(event)) writing = false;
+    if (writing && context->IsCancelled()) writing = false;
+    if (!writing) cancel.Cancel();
+    if (finished) transfer.join();
+  }
+  if (!summary.ok()) return PathError(request->paths(0), summary.status());
+  result.set_bytes(summary->bytes);
+  result.set_entries(summary->entries);
+  for (const TargetResult& r : summary->results) {
+    for (size_t i = 0; i < targets.size(); ++i) {
+      // A pull's one result is this context's (where it wrote).
+      if (!pull && targets[i] != r.id) continue;
+      v1::TransferTarget* target = result.mutable_targets(target_index[i]);
+      target->set_code(static_cast<int>(r.status.code()));
+      target->set_error(std::string(r.status.message()));
+      break;
+    }
+  }
+  v1::TransferEvent last;
+  *last.mutable_result() = std::move(result);
+  writer->Write(last);
   return grpc::Status::OK;
 }
 

@@ -54,6 +54,14 @@ class ControlService final : public v1::Control::Service {
                     v1::ControlCallReply* reply) override;
   grpc::Status Run(grpc::ServerContext* context, const v1::ControlRunRequest* request,
                    grpc::ServerWriter<v1::ControlRunEvent>* writer) override;
+  grpc::Status Push(grpc::ServerContext* context, const v1::TransferRequest* request,
+                    grpc::ServerWriter<v1::TransferEvent>* writer) override {
+    return Transfer(false, context, request, writer);
+  }
+  grpc::Status Pull(grpc::ServerContext* context, const v1::TransferRequest* request,
+                    grpc::ServerWriter<v1::TransferEvent>* writer) override {
+    return Transfer(true, context, request, writer);
+  }
   grpc::Status Logs(grpc::ServerContext* context, const v1::LogsRequest* request,
                     grpc::ServerWriter<v1::LogLine>* writer) override;
   grpc::Status Reload(grpc::ServerContext*, const v1::ReloadRequest* request,
@@ -62,6 +70,10 @@ class ControlService final : public v1::Control::Service {
                         v1::ShutdownReply*) override;
 
  private:
+  // Push and Pull: the files machinery (files/files.h) run by the master, with progress.
+  grpc::Status Transfer(bool pull, grpc::ServerContext* context,
+                        const v1::TransferRequest* request,
+                        grpc::ServerWriter<v1::TransferEvent>* writer);
   // A context's status, with what the kept paths and the supervisor know of it.
   v1::ContextStatus Describe(const ContextRecord& record) const;
 

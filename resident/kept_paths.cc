@@ -106,9 +106,9 @@ absl::StatusOr<Context> KeptPaths::Ensure(const std::string& path,
       if (!next.ok()) {
         slots_.erase(key);
         if (lease != nullptr) *lease = Lease(this, held);
+        // The router's message names the hop and where it was started from.
         return absl::Status(next.status().code(),
-                            absl::StrCat("cannot start ", Display(*hops, i + 1), " (path ",
-                                         Display(*hops, hops->size()), "): ",
+                            absl::StrCat("path ", Display(*hops, hops->size()), ": ",
                                          next.status().message()));
       }
       slot.id = next->id();

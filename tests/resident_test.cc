@@ -165,13 +165,38 @@ TEST_F(ResidentTest, ErrorsNameThePathAndTheHop) {
   Ran unreachable = RunGrove(
       {"run", "local,name=hop1/ssh:root@127.0.0.1:1,connect_timeout=5", "--", "true"});
   EXPECT_EQ(unreachable.status, 255);
-  EXPECT_THAT(unreachable.err, HasSubstr("cannot start local,name=hop1/ssh:root@127.0.0.1:1"));
-  EXPECT_THAT(unreachable.err, HasSubstr("path local,name=hop1/ssh:"));
+  EXPECT_THAT(unreachable.err, HasSubstr("path local,name=hop1/ssh:root@127.0.0.1:1"));
+  EXPECT_THAT(unreachable.err, HasSubstr("cannot start 'ssh:root@127.0.0.1:1"));
+  EXPECT_THAT(unreachable.err, HasSubstr("from hop1"));
   // The hop that did start is kept.
   EXPECT_EQ(Find("hop1").name(), "hop1");
   Ran no_function = RunGrove({"call", "local", "no.such", "{}"});
   EXPECT_EQ(no_function.status, 1);
   EXPECT_THAT(no_function.err, HasSubstr("no function 'no.such'"));
+}
+
+TEST_F(ResidentTest, PushAndPullWorkInTheResidentTree) {
+  Up();
+  std::filesystem::create_directories(dir_ + "/src/sub");
+  std::ofstream(dir_ + "/src/sub/f") << "hello\n";
+  Ran push = RunGrove({"push", "-r", "local,name=a", "local,name=b", "--", dir_ + "/src",
+                       dir_ + "/dst"});
+  ASSERT_EQ(push.status, 0) << push.err;
+  EXPECT_EQ(ReadFile(dir_ + "/dst/sub/f"), "hello\n");
+  Ran pull = RunGrove({"pull", "--json", "a", "--", dir_ + "/dst/sub/f", dir_ + "/back"});
+  // "a" is not a path: pull names what it could not start.
+  EXPECT_EQ(pull.status, 255);
+  pull = RunGrove({"pull", "--json", "local,name=a", "--", dir_ + "/dst/sub/f", dir_ + "/back"});
+  EXPECT_EQ(pull.status, 0) << pull.err;
+  EXPECT_THAT(pull.out, HasSubstr("\"context\":\"a\",\"state\":\"ok\""));
+  EXPECT_EQ(ReadFile(dir_ + "/back"), "hello\n");
+  // The same contexts served both (kept by path), and an unreachable path is reported.
+  EXPECT_EQ(Status().contexts_size(), 3);
+  Ran partly = RunGrove({"push", "local,name=a", "ssh:root@127.0.0.1:1,connect_timeout=5", "--",
+                         dir_ + "/src/sub/f", dir_ + "/again"});
+  EXPECT_EQ(partly.status, 255);
+  EXPECT_THAT(partly.err, HasSubstr("unreachable"));
+  EXPECT_EQ(ReadFile(dir_ + "/again"), "hello\n");
 }
 
 TEST_F(ResidentTest, IdleContextsAreStopped) {

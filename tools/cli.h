@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "master/master.h"
+#include "proto/control.grpc.pb.h"
 
 namespace grove::cli {
 
@@ -48,11 +49,15 @@ int Status(const std::vector<std::string>& args);
 int Logs(const std::vector<std::string>& args);
 int StopPath(const std::vector<std::string>& args);
 int Reload(const std::vector<std::string>& args);
+// grove push/pull in a resident master's tree (tools/files_cli.cc): `verb` is "push" or "pull".
+int AttachedTransfer(v1::Control::Stub& stub, const char* verb,
+                     const std::vector<std::string>& args);
 // grove bench's rows measured against a resident master of its own (tools/resident_bench.cc):
 // those `wants` names; 0, or 1 when one could not be measured.
 int BenchResident(bool json, const std::function<bool(const std::string&)>& wants,
                   const std::string& ssh_hop);
-// run, tree and call in a resident master's tree: the verb's exit status, or nullopt when
+// run, tree, call, push and pull in a resident master's tree: the verb's exit status, or
+// nullopt when
 // the verb runs in a private tree (not one of those verbs, --fresh, or no resident master
 // runs and none was asked for with --attach or $GROVE_SOCKET).
 std::optional<int> MaybeAttached(const std::string& verb, const std::vector<std::string>& args);

@@ -1,7 +1,9 @@
 // grove push / grove pull / grove call.
 #include <unistd.h>
 
+#include <climits>
 #include <cstdio>
+#include <functional>
 #include <mutex>
 
 #include "absl/strings/str_cat.h"
@@ -18,6 +20,8 @@
 #include "tools/cli_paths.h"
 #include "tools/cli_signals.h"
 #include "common/json_bridge.h"
+#include "common/status_util.h"
+#include "proto/control.grpc.pb.h"
 
 namespace grove::cli {
 namespace {
@@ -150,9 +154,10 @@ struct Unreachable {
   absl::Status status;
 };
 
-int Report(const char* verb, Master& master, const FileArgs& args,
-           const TransferSummary& summary, const std::vector<Unreachable>& unreachable,
-           absl::Duration took) {
+// `name_of` names a target's context by the id in its result.
+int Report(const char* verb, const std::function<std::string(ContextId)>& name_of,
+           const FileArgs& args, const TransferSummary& summary,
+           const std::vector<Unreachable>& unreachable, absl::Duration took) {
   int failed = 0, late = 0;
   for (const TargetResult& r : summary.results) {
     failed += r.status.ok() ? 0 : 1;
@@ -164,8 +169,7 @@ int Report(const char* verb, Master& master, const FileArgs& args,
         summary.bytes, summary.entries, absl::ToDoubleSeconds(took));
     for (size_t i = 0; i < summary.results.size(); ++i) {
       const TargetResult& r = summary.results[i];
-      std::optional<ContextRecord> rec = master.registry().Find(r.id);
-      absl::StrAppend(&out, i ? "," : "", "{\"context\":", JsonQuote(rec ? rec->name : ""),
+      absl::StrAppend(&out, i ? "," : "", "{\"context\":", JsonQuote(name_of(r.id)),
                       ",\"state\":\"", r.status.ok() ? "ok" : "failed", "\"");
       if (!r.status.ok()) {
         absl::StrAppend(&out, ",\"code\":", JsonQuote(absl::StatusCodeToString(r.status.code())),
@@ -186,8 +190,7 @@ int Report(const char* verb, Master& master, const FileArgs& args,
   } else {
     for (const TargetResult& r : summary.results) {
       if (r.status.ok()) continue;
-      std::optional<ContextRecord> rec = master.registry().Find(r.id);
-      fprintf(stderr, "grove %s: %s: %s\n", verb, rec ? Printable(rec->name).c_str() : "?",
+      fprintf(stderr, "grove %s: %s: %s\n", verb, Printable(name_of(r.id)).c_str(),
               Printable(Redacted(std::string(r.status.message()), args.paths)).c_str());
     }
     for (const Unreachable& u : unreachable) {
@@ -198,6 +201,20 @@ int Report(const char* verb, Master& master, const FileArgs& args,
   if (!unreachable.empty()) return kExitUnreachable;
   if (late > 0) return kExitTimeout;
   return failed == 0 ? 0 : kExitFailed;
+}
+
+std::function<std::string(ContextId)> RegistryNames(Master& master) {
+  return [&master](ContextId id) {
+    std::optional<ContextRecord> record = master.registry().Find(id);
+    return record ? record->name : std::string("?");
+  };
+}
+
+// A path as the resident master must see it: absolute (it does not share our directory).
+std::string AbsolutePath(const std::string& path) {
+  if (!path.empty() && path[0] == '/') return path;
+  char cwd[PATH_MAX];
+  return getcwd(cwd, sizeof(cwd)) != nullptr ? absl::StrCat(cwd, "/", path) : path;
 }
 
 // Starts every path's context; the reachable ones in `contexts`, the others in `unreachable`.
@@ -236,7 +253,8 @@ int Push(Master& master, const std::vector<std::string>& args) {
     fprintf(stderr, "grove push: %s\n", Printable(summary.status().message()).c_str());
     return kExitFailed;
   }
-  return Report("push", master, parsed, *summary, unreachable, absl::Now() - start);
+  return Report("push", RegistryNames(master), parsed, *summary, unreachable,
+                absl::Now() - start);
 }
 
 int Pull(Master& master, const std::vector<std::string>& args) {
@@ -264,7 +282,63 @@ int Pull(Master& master, const std::vector<std::string>& args) {
     return summary.status().code() == absl::StatusCode::kDeadlineExceeded ? kExitTimeout
                                                                           : kExitFailed;
   }
-  return Report("pull", master, parsed, *summary, unreachable, absl::Now() - start);
+  return Report("pull", RegistryNames(master), parsed, *summary, unreachable,
+                absl::Now() - start);
+}
+
+int AttachedTransfer(v1::Control::Stub& stub, const char* verb,
+                     const std::vector<std::string>& args) {
+  const bool pull = std::string(verb) == "pull";
+  FileArgs parsed;
+  if (!ParseFileArgs(verb, args, &parsed)) return kExitUsage;
+  if (pull && parsed.paths.size() != 1) {
+    fprintf(stderr, "grove pull: takes one PATH\n");
+    return kExitUsage;
+  }
+  v1::TransferRequest request;
+  for (const std::string& p : parsed.paths) request.add_paths(p);
+  request.set_src(pull ? parsed.src : AbsolutePath(parsed.src));
+  request.set_dest(pull ? AbsolutePath(parsed.dest) : parsed.dest);
+  request.set_recursive(parsed.recursive);
+  request.set_no_kernel_copy(!parsed.kernel_copy);
+  if (parsed.timeout_s > 0) request.set_timeout_ms(static_cast<int64_t>(parsed.timeout_s * 1000));
+  request.set_connect_timeout_ms(static_cast<int64_t>(parsed.connect_s * 1000));
+  grpc::ClientContext context;
+  const uint64_t on_cancel = CliCancel().AddCallback([&context] { context.TryCancel(); });
+  Progress progress;
+  const absl::Time start = absl::Now();
+  auto reader = pull ? stub.Pull(&context, request) : stub.Push(&context, request);
+  v1::TransferEvent event;
+  v1::TransferResult result;
+  while (reader->Read(&event)) {
+    if (event.has_progress()) progress.Update(event.progress().done(), event.progress().total());
+    if (event.has_result()) result = event.result();
+  }
+  grpc::Status status = reader->Finish();
+  CliCancel().RemoveCallback(on_cancel);
+  progress.End();
+  if (!status.ok()) {
+    fprintf(stderr, "grove %s: %s\n", verb,
+            Printable(Redacted(status.error_message(), parsed.paths)).c_str());
+    return status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED ? kExitTimeout
+                                                                      : kExitFailed;
+  }
+  // The results as the private tree's verbs report them; ids are indices into the targets.
+  TransferSummary summary;
+  summary.bytes = result.bytes();
+  summary.entries = result.entries();
+  std::vector<Unreachable> unreachable;
+  for (int i = 0; i < result.targets_size(); ++i) {
+    const v1::TransferTarget& t = result.targets(i);
+    absl::Status outcome(StatusCodeFromWire(t.code()), t.error());
+    if (t.unreachable()) {
+      unreachable.push_back({Redacted(t.path(), parsed.paths), outcome});
+    } else {
+      summary.results.push_back({ContextId(i), outcome});
+    }
+  }
+  auto name_of = [&result](ContextId id) { return result.targets(id.value()).context(); };
+  return Report(verb, name_of, parsed, summary, unreachable, absl::Now() - start);
 }
 
 int Call(Master& master, const std::vector<std::string>& raw_args) {

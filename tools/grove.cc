@@ -77,8 +77,8 @@ constexpr char kUsage[] = R"(usage: grove VERB ...   (grove VERB --help for more
   grove demo                        a tour: a tree, calls, a killed subtree, a clean shutdown
   grove --version                   the version and the build's digest
 
-Resident trees (docs/resident.md): while a resident master runs, run, tree and call work in
-its tree (contexts are started once per path and kept; --fresh: a private tree instead).
+Resident trees (docs/resident.md): while a resident master runs, run, tree, call, push and
+pull work in its tree (contexts are started once per path and kept; --fresh: a private tree).
   grove up [SPEC] [--idle-timeout S] start this user's resident master (SPEC: supervised
                                     contexts, proto/spec.proto in text format)
   grove down                        stop it and its whole tree
@@ -219,9 +219,9 @@ proto/control.proto) is $XDG_RUNTIME_DIR/grove/control.sock, or ~/.cache/grove/r
 XDG_RUNTIME_DIR ($GROVE_RUNTIME_DIR overrides the directory); only this user can connect. Its
 log is master.log beside it (capped at 16 MiB, then master.log.1).
 
-While it runs, grove run, tree and call work in its tree: a PATH names a kept context, started
-the first time and found again after (ssh:web1/sudo:root is started once); --fresh gives a
-private tree instead, --attach SOCKET (or $GROVE_SOCKET) picks another master. Kept contexts
+While it runs, grove run, tree, call, push and pull work in its tree: a PATH names a kept
+context, started the first time and found again after (ssh:web1/sudo:root is started once);
+--fresh gives a private tree instead, --attach SOCKET (or $GROVE_SOCKET) picks another master. Kept contexts
 nobody used for --idle-timeout seconds (default 600) are stopped; grove stop PATH stops one.
 
 SPEC declares supervised contexts in protobuf text format (proto/spec.proto):

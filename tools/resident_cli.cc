@@ -501,7 +501,9 @@ int AttachedCall(Stub& stub, const std::vector<std::string>& raw_args) {
 }  // namespace
 
 std::optional<int> MaybeAttached(const std::string& verb, const std::vector<std::string>& args) {
-  if (verb != "run" && verb != "tree" && verb != "call") return std::nullopt;
+  if (verb != "run" && verb != "tree" && verb != "call" && verb != "push" && verb != "pull") {
+    return std::nullopt;
+  }
   AttachChoice choice = ChooseAttach(args);
   if (choice.fresh) return std::nullopt;
   const bool chosen = !choice.socket.empty() || getenv("GROVE_SOCKET") != nullptr;
@@ -518,7 +520,8 @@ std::optional<int> MaybeAttached(const std::string& verb, const std::vector<std:
   HandleInterrupts();
   int status = verb == "run"    ? AttachedRun(**stub, choice.rest)
                : verb == "tree" ? AttachedTree(**stub, choice.rest)
-                                : AttachedCall(**stub, choice.rest);
+               : verb == "call" ? AttachedCall(**stub, choice.rest)
+                                : AttachedTransfer(**stub, verb.c_str(), choice.rest);
   if (int sig = InterruptSignal(); sig != 0) return 128 + sig;
   return status;
 }
