@@ -16,6 +16,7 @@
 #include "mesh/mesh.h"           // ChannelTo (gRPC services through the tree)
 #include "router/registry.h"       // Registry, ContextRecord
 #include "router/router.h"         // Router, CallOptions
+#include "resident/attach.h"       // Attach: a resident master's tree from another process
 #include "resident/resident.h"     // ResidentOptions, ServeResident (grove up)
 
 #endif  // GROVE_GROVE_H_

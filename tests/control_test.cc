@@ -15,6 +15,7 @@
 #include "gtest/gtest.h"
 #include "master/master.h"
 #include "proto/control.grpc.pb.h"
+#include "resident/attach.h"
 #include "resident/control_socket.h"
 #include "resident/resident.h"
 #include "tests/leak_check.h"
@@ -225,6 +226,35 @@ TEST_F(ControlTest, ConcurrentSpawnsOfOnePathStartItOnce) {
   for (std::thread& t : threads) t.join();
   for (uint64_t id : ids) EXPECT_EQ(id, ids[0]);
   EXPECT_EQ(master_->registry().live_count(), 2u);
+}
+
+// grove::Attach: the same from a C++ program, without the raw stub.
+TEST_F(ControlTest, AttachGivesTypedCallsRunsAndTheRegistry) {
+  Serve();
+  absl::StatusOr<std::unique_ptr<AttachedTree>> tree = Attach(dir_ + "/run/control.sock");
+  ASSERT_TRUE(tree.ok()) << tree.status();
+  EXPECT_EQ((*tree)->version().api_version(), 1);
+  test::Echo echo;
+  echo.set_text("typed");
+  absl::StatusOr<test::Echo> back = (*tree)->Call<test::Echo>("local,name=typed", "echo", echo);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->text(), "typed: typed");
+  v1::RunRequest run;
+  for (const char* a : {"sh", "-c", "echo streamed"}) run.add_argv(a);
+  std::string out;
+  absl::StatusOr<v1::RunReply> ran = (*tree)->Run(
+      "local,name=typed", run, [&out](int stream, const std::string& data) {
+        if (stream == 1) out += data;
+      });
+  ASSERT_TRUE(ran.ok()) << ran.status();
+  EXPECT_EQ(out, "streamed\n");
+  absl::StatusOr<std::vector<v1::ContextStatus>> list = (*tree)->List();
+  ASSERT_TRUE(list.ok());
+  ASSERT_EQ(list->size(), 2u);
+  EXPECT_EQ((*list)[1].path(), "local,name=typed");
+  EXPECT_TRUE((*tree)->Stop("typed").ok());
+  EXPECT_THAT((*tree)->Stop("typed"), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(Attach(dir_ + "/nothing.sock"), StatusIs(absl::StatusCode::kUnavailable));
 }
 
 TEST_F(ControlTest, LogsCarryTheTreesOutputTaggedByContext) {

@@ -22,7 +22,7 @@
 #include "google/protobuf/wrappers.pb.h"
 #include "link/hop.h"
 #include "proto/control.grpc.pb.h"
-#include "resident/control_socket.h"
+#include "resident/attach.h"
 #include "tools/cli.h"
 #include "tools/floors.h"
 
@@ -106,15 +106,15 @@ int BenchResident(bool json, const std::function<bool(const std::string&)>& want
   };
   const UniqueFd null(open("/dev/null", O_WRONLY | O_CLOEXEC));
   int status = RunSelf(run_dir, {"up"}, null.get());
-  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel =
-      status == 0 ? ConnectControl(run_dir + "/control.sock")
-                  : absl::StatusOr<std::shared_ptr<grpc::Channel>>(absl::UnavailableError("up"));
-  if (!channel.ok()) {
+  absl::StatusOr<std::unique_ptr<AttachedTree>> tree =
+      status == 0 ? Attach(run_dir + "/control.sock")
+                  : absl::StatusOr<std::unique_ptr<AttachedTree>>(absl::UnavailableError("up"));
+  if (!tree.ok()) {
     fprintf(stderr, "grove bench: cannot start a resident master (grove up: %d)\n", status);
     std::filesystem::remove_all(dir);
     return 1;
   }
-  std::unique_ptr<v1::Control::Stub> stub = v1::Control::NewStub(*channel);
+  v1::Control::Stub* stub = &(*tree)->stub();
   int failed = 0;
 
   if (wants("attached_run_ms")) {
@@ -140,16 +140,12 @@ int BenchResident(bool json, const std::function<bool(const std::string&)>& want
   }
 
   if (wants("attached_call_rtt_us")) {
-    v1::ControlCallRequest request;
-    request.set_path("local,name=bench-call");
-    request.set_function("bench.sink");
-    request.set_binary(google::protobuf::BytesValue().SerializeAsString());
     std::vector<double> us;
     for (int i = 0; i < 2100; ++i) {
-      grpc::ClientContext context;
-      v1::ControlCallReply reply;
       absl::Time t = absl::Now();
-      if (!stub->Call(&context, request, &reply).ok()) {
+      if (!(*tree)->Call<google::protobuf::Int64Value>("local,name=bench-call", "bench.sink",
+                                                       google::protobuf::BytesValue())
+               .ok()) {
         ++failed;
         break;
       }
@@ -199,8 +195,7 @@ int BenchResident(bool json, const std::function<bool(const std::string&)>& want
     }
   }
 
-  stub.reset();
-  channel->reset();
+  tree->reset();
   if (RunSelf(run_dir, {"down"}, null.get()) != 0) ++failed;
   std::filesystem::remove_all(dir);
   if (failed != 0) fprintf(stderr, "grove bench: %d resident measurements failed\n", failed);

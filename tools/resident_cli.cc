@@ -24,6 +24,7 @@
 #include "common/printable.h"
 #include "common/status_util.h"
 #include "proto/control.grpc.pb.h"
+#include "resident/attach.h"
 #include "resident/control_service.h"
 #include "resident/control_socket.h"
 #include "resident/resident.h"
@@ -72,27 +73,12 @@ int ExitFor(grpc::StatusCode code) {
   }
 }
 
-// The resident master at `socket`, with its version checked; `verb` names the caller in
-// errors.
-absl::StatusOr<std::unique_ptr<Stub>> Open(const std::string& socket, v1::VersionReply* version) {
-  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel = ConnectControl(socket);
-  if (!channel.ok()) return channel.status();
-  auto stub = v1::Control::NewStub(*channel);
-  grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
-  grpc::Status status = stub->Version(&context, v1::VersionRequest(), version);
-  if (!status.ok()) {
-    return absl::UnavailableError(
-        absl::StrCat("the resident master at ", socket, " does not answer: ", Message(status)));
-  }
-  if (version->api_version() != kControlApiVersion) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "the resident master at ", socket, " (pid ", version->pid(), ", grove ",
-        version->version(), ", build ", version->build().substr(0, 12),
-        ") speaks control API v", version->api_version(), "; this grove speaks v",
-        kControlApiVersion, ": restart it with this build (grove down; grove up) or use --fresh"));
-  }
-  return stub;
+// The resident master at `socket`, its control API version checked (grove::Attach).
+absl::StatusOr<std::unique_ptr<AttachedTree>> Open(const std::string& socket,
+                                                   v1::VersionReply* version) {
+  absl::StatusOr<std::unique_ptr<AttachedTree>> tree = Attach(socket);
+  if (tree.ok()) *version = (*tree)->version();
+  return tree;
 }
 
 ContextRecord RecordOf(const v1::ContextStatus& s) {
@@ -430,7 +416,7 @@ int AttachedRun(Stub& stub, const std::vector<std::string>& raw_args) {
   return worst;
 }
 
-int AttachedTree(Stub& stub, const std::vector<std::string>& args) {
+int TreeAttached(Stub& stub, const std::vector<std::string>& args) {
   bool json = false;
   std::vector<std::string> paths;
   for (const std::string& a : args) {
@@ -509,7 +495,7 @@ std::optional<int> MaybeAttached(const std::string& verb, const std::vector<std:
   const bool chosen = !choice.socket.empty() || getenv("GROVE_SOCKET") != nullptr;
   const std::string socket = choice.socket.empty() ? DefaultControlSocket() : choice.socket;
   v1::VersionReply version;
-  absl::StatusOr<std::unique_ptr<Stub>> stub = Open(socket, &version);
+  absl::StatusOr<std::unique_ptr<AttachedTree>> stub = Open(socket, &version);
   if (!stub.ok()) {
     // No resident master: a private tree, as --fresh, unless one was asked for.
     const bool none = stub.status().code() == absl::StatusCode::kUnavailable;
@@ -518,10 +504,10 @@ std::optional<int> MaybeAttached(const std::string& verb, const std::vector<std:
     return none ? kExitUnreachable : kExitUsage;
   }
   HandleInterrupts();
-  int status = verb == "run"    ? AttachedRun(**stub, choice.rest)
-               : verb == "tree" ? AttachedTree(**stub, choice.rest)
-               : verb == "call" ? AttachedCall(**stub, choice.rest)
-                                : AttachedTransfer(**stub, verb.c_str(), choice.rest);
+  int status = verb == "run"    ? AttachedRun((*stub)->stub(), choice.rest)
+               : verb == "tree" ? TreeAttached((*stub)->stub(), choice.rest)
+               : verb == "call" ? AttachedCall((*stub)->stub(), choice.rest)
+                                : AttachedTransfer((*stub)->stub(), verb.c_str(), choice.rest);
   if (int sig = InterruptSignal(); sig != 0) return 128 + sig;
   return status;
 }
@@ -608,7 +594,7 @@ int Down(const std::vector<std::string>& args) {
   }
   const std::string socket = DefaultControlSocket();
   v1::VersionReply version;
-  absl::StatusOr<std::unique_ptr<Stub>> stub = Open(socket, &version);
+  absl::StatusOr<std::unique_ptr<AttachedTree>> stub = Open(socket, &version);
   if (!stub.ok()) {
     if (stub.status().code() == absl::StatusCode::kUnavailable) {
       printf("grove: no resident master is running (%s)\n",
@@ -620,7 +606,7 @@ int Down(const std::vector<std::string>& args) {
   }
   grpc::ClientContext context;
   v1::ShutdownReply reply;
-  grpc::Status status = (*stub)->Shutdown(&context, v1::ShutdownRequest(), &reply);
+  grpc::Status status = (*stub)->stub().Shutdown(&context, v1::ShutdownRequest(), &reply);
   if (!status.ok()) {
     fprintf(stderr, "grove down: %s\n", Message(status).c_str());
     return kExitFailed;
@@ -648,7 +634,7 @@ int Status(const std::vector<std::string>& args) {
   }
   const std::string socket = DefaultControlSocket();
   v1::VersionReply version;
-  absl::StatusOr<std::unique_ptr<Stub>> stub = Open(socket, &version);
+  absl::StatusOr<std::unique_ptr<AttachedTree>> stub = Open(socket, &version);
   if (!stub.ok()) {
     if (json) {
       printf("{\"running\":false,\"socket\":%s,\"why\":%s}\n", JsonQuote(socket).c_str(),
@@ -660,7 +646,7 @@ int Status(const std::vector<std::string>& args) {
   }
   grpc::ClientContext context;
   v1::StatusReply reply;
-  grpc::Status status = (*stub)->Status(&context, v1::StatusRequest(), &reply);
+  grpc::Status status = (*stub)->stub().Status(&context, v1::StatusRequest(), &reply);
   if (!status.ok()) {
     fprintf(stderr, "grove status: %s\n", Message(status).c_str());
     return kExitFailed;
@@ -685,14 +671,15 @@ int Logs(const std::vector<std::string>& args) {
     }
   }
   v1::VersionReply version;
-  absl::StatusOr<std::unique_ptr<Stub>> stub = Open(DefaultControlSocket(), &version);
+  absl::StatusOr<std::unique_ptr<AttachedTree>> stub = Open(DefaultControlSocket(), &version);
   if (!stub.ok()) {
     fprintf(stderr, "grove logs: %s\n", std::string(stub.status().message()).c_str());
     return kExitUnreachable;
   }
   HandleInterrupts();
   CliCall call;
-  std::unique_ptr<grpc::ClientReader<v1::LogLine>> reader = (*stub)->Logs(call.get(), request);
+  std::unique_ptr<grpc::ClientReader<v1::LogLine>> reader =
+      (*stub)->stub().Logs(call.get(), request);
   v1::LogLine line;
   while (reader->Read(&line)) {
     const std::string when = absl::FormatTime("%H:%M:%E3S", absl::FromUnixMillis(line.unix_ms()),
@@ -719,7 +706,7 @@ int StopPath(const std::vector<std::string>& args) {
     return kExitUsage;
   }
   v1::VersionReply version;
-  absl::StatusOr<std::unique_ptr<Stub>> stub = Open(DefaultControlSocket(), &version);
+  absl::StatusOr<std::unique_ptr<AttachedTree>> stub = Open(DefaultControlSocket(), &version);
   if (!stub.ok()) {
     fprintf(stderr, "grove stop: %s\n", std::string(stub.status().message()).c_str());
     return kExitUnreachable;
@@ -728,7 +715,7 @@ int StopPath(const std::vector<std::string>& args) {
   v1::StopPathRequest request;
   request.set_path(args[0]);
   v1::StopPathReply reply;
-  grpc::Status status = (*stub)->Stop(call.get(), request, &reply);
+  grpc::Status status = (*stub)->stub().Stop(call.get(), request, &reply);
   if (!status.ok()) {
     fprintf(stderr, "grove stop: %s\n", Redacted(Message(status), args).c_str());
     return ExitFor(status.error_code());
@@ -750,7 +737,7 @@ int Reload(const std::vector<std::string>& args) {
     return kExitUsage;
   }
   v1::VersionReply version;
-  absl::StatusOr<std::unique_ptr<Stub>> stub = Open(DefaultControlSocket(), &version);
+  absl::StatusOr<std::unique_ptr<AttachedTree>> stub = Open(DefaultControlSocket(), &version);
   if (!stub.ok()) {
     fprintf(stderr, "grove reload: %s\n", std::string(stub.status().message()).c_str());
     return kExitUnreachable;
@@ -759,7 +746,7 @@ int Reload(const std::vector<std::string>& args) {
   v1::ReloadRequest request;
   *request.mutable_spec() = *spec;
   v1::ReloadReply reply;
-  grpc::Status status = (*stub)->Reload(call.get(), request, &reply);
+  grpc::Status status = (*stub)->stub().Reload(call.get(), request, &reply);
   if (!status.ok()) {
     fprintf(stderr, "grove reload: %s\n", Message(status).c_str());
     return ExitFor(status.error_code());
