@@ -259,6 +259,37 @@ TEST_F(ResidentTest, SupervisedContextsRestartAndACrashLoopGivesUp) {
   EXPECT_THAT(bad.err, HasSubstr("bad.txt:2:"));
 }
 
+// A supervised context on host B, reached through host A (network namespaces): the A-B link
+// is cut, the context is lost, restarts fail while the link is down, and once it is up again
+// the context comes back.
+TEST_F(ResidentTest, ASupervisedContextBehindACutLinkComesBack) {
+  if (geteuid() != 0 || !PrivateSystem()) GTEST_SKIP() << "needs root and a private system";
+  absl::StatusOr<std::unique_ptr<TwoHosts>> hosts = TwoHosts::Start();
+  if (!hosts.ok()) GTEST_SKIP() << hosts.status();
+  const std::string path = absl::StrCat(
+      (*hosts)->a().Hop("root"), ",cache_dir=", dir_, "/cache/", (*hosts)->b().Hop("root"),
+      ",cache_dir=", dir_, "/cache,name=far,connect_timeout=2",
+      ",ssh_option=ServerAliveInterval=1,ssh_option=ServerAliveCountMax=2");
+  const std::string spec = dir_ + "/spec.txt";
+  std::ofstream(spec) << "context { path: \"" << path << "\" restart: ALWAYS\n"
+                      << "  backoff { initial_ms: 200 max_ms: 1000 } limit { restarts: 0 } }\n";
+  Up({spec});
+  const v1::ContextStatus far = Find("far");
+  ASSERT_GT(far.pid(), 0);
+  ASSERT_TRUE((*hosts)->CutAToB().ok());
+  // Lost (ssh's keepalive: about 3 s), then restarting while the link is down.
+  EXPECT_TRUE(WaitUntil([&] { return Find("far").pid() == 0; }, absl::Seconds(30)));
+  EXPECT_TRUE(WaitUntil([&] {
+    v1::StatusReply s = Status();
+    return s.down_size() == 1 && s.down(0).state() == "restarting" &&
+           absl::StrContains(s.down(0).reason(), "ssh");
+  }, absl::Seconds(30)));
+  ASSERT_TRUE((*hosts)->RestoreAToB().ok());
+  EXPECT_TRUE(WaitUntil([&] { return Find("far").pid() != 0; }, absl::Seconds(30)));
+  EXPECT_GE(Find("far").restarts(), 1);
+  EXPECT_EQ(RunGrove({"down"}).status, 0);
+}
+
 TEST_F(ResidentTest, AKilledResidentMasterTakesItsTreeDownAndIsReplaced) {
   Up();
   ASSERT_EQ(RunGrove({"run", "local/local", "--", "true"}).status, 0);

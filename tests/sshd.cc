@@ -163,4 +163,11 @@ absl::Status TwoHosts::CutAToB() {
   return absl::OkStatus();
 }
 
+absl::Status TwoHosts::RestoreAToB() {
+  if (Shell(absl::StrCat("ip -n ", kNetnsA, " link set grove-a1 up")) != 0) {
+    return absl::InternalError("cannot take the A-B veth up");
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace grove::testing

@@ -62,6 +62,8 @@ class TwoHosts {
   Sshd& a() { return *a_; }
   Sshd& b() { return *b_; }
   absl::Status CutAToB();
+  // Takes the A-B veth up again (after CutAToB).
+  absl::Status RestoreAToB();
 
  private:
   TwoHosts() = default;
