@@ -136,7 +136,7 @@ v1::ReloadReply Supervisor::Apply(const v1::Spec& spec, absl::Duration connect_t
       if (!wanted.contains(it->first)) {
         to_stop.push_back(it->first);
         reply.add_stopped(it->second.display);
-        entries_.erase(it++);
+        it = entries_.erase(it);  // A btree's erase invalidates every iterator but its result.
       } else {
         ++it;
       }
