@@ -55,6 +55,8 @@ constexpr size_t kMaxLine = 16384;
 
 struct AgentFlags {
   int fd = -1;
+  // Router::Options::silence_limit (the parent's).
+  absl::Duration silence_limit = kDefaultSilenceLimit;
   // The link is on stdin/stdout (pipes, from ssh, sudo or a container runtime).
   bool stdio = false;
   v1::ContextInfo info;
@@ -119,6 +121,9 @@ bool ParseFlags(int argc, char** argv, AgentFlags* flags, std::string* error) {
       ok = absl::SimpleAtoi(value, &flags->min_log_level);
     } else if (key == "--grove-v") {
       ok = absl::SimpleAtoi(value, &flags->verbosity);
+    } else if (key == "--grove-silence-ms") {
+      ok = absl::SimpleAtoi(value, &n) && n >= 0;
+      flags->silence_limit = absl::Milliseconds(n);
     } else if (key == kExpectFlag) {
       flags->expect = std::string(value);
       ok = !value.empty();
@@ -477,9 +482,11 @@ void RunAgent(int argc, char** argv, const Functions& functions) {
   if (info.name().empty()) info.set_name(absl::StrCat(info.method(), ".", ::getpid()));
 
   // Intentionally leaked: the process ends with _exit, never by destroying these.
-  auto* router = new Router(StandardRouterOptions(info, flags.ancestors, &functions,
-                                                  flags.max_message_bytes, flags.min_log_level,
-                                                  flags.verbosity));
+  Router::Options router_options = StandardRouterOptions(
+      info, flags.ancestors, &functions, flags.max_message_bytes, flags.min_log_level,
+      flags.verbosity);
+  router_options.silence_limit = flags.silence_limit;
+  auto* router = new Router(std::move(router_options));
   auto* launchers = new StandardLaunchers(
       zygote.ok() ? *zygote : nullptr,
       zygote.ok() ? "" : absl::StrCat("context ", info.name(), " has no zygote: ",

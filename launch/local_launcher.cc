@@ -149,6 +149,7 @@ std::vector<std::string> AgentArguments(const LaunchRequest& request, int link_f
       absl::StrCat("--grove-max-message=", request.max_message_bytes),
       absl::StrCat("--grove-minloglevel=", request.min_log_level),
       absl::StrCat("--grove-v=", request.verbosity),
+      absl::StrCat("--grove-silence-ms=", absl::ToInt64Milliseconds(request.silence_limit)),
   };
 }
 

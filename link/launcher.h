@@ -29,6 +29,9 @@ struct LaunchRequest {
   // glog settings the child runs with (the master's).
   int min_log_level = 0;
   int verbosity = 0;
+  // The child's links are closed when they deliver nothing for this long (zero: never); see
+  // router/link_watch.h.
+  absl::Duration silence_limit = absl::ZeroDuration();
   absl::Time deadline = absl::InfiniteFuture();
 };
 

@@ -7,6 +7,8 @@
 #ifndef GROVE_LINK_LINK_H_
 #define GROVE_LINK_LINK_H_
 
+#include <atomic>
+#include <cstdint>
 #include <string>
 
 #include "absl/status/status.h"
@@ -56,6 +58,15 @@ class Link {
   // Reads nothing more for `pause` (what is in flight still arrives): backpressure on a
   // neighbour that floods. Transports without it ignore the hint.
   virtual void PauseReading(absl::Duration pause) { (void)pause; }
+
+  // Envelopes received on this link so far: counted by the router as it takes each one, read
+  // by its liveness check (router/link_watch.h). A counter, not a clock: nothing per envelope
+  // but one relaxed increment.
+  void CountReceived() { received_.fetch_add(1, std::memory_order_relaxed); }
+  uint64_t received() const { return received_.load(std::memory_order_relaxed); }
+
+ private:
+  std::atomic<uint64_t> received_{0};
 };
 
 }  // namespace grove

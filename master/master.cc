@@ -62,6 +62,7 @@ Master::Master(const Functions& functions, MasterOptions options)
   Router::Options router_options = StandardRouterOptions(
       self, {}, &functions, options_.max_message_bytes, FLAGS_minloglevel, FLAGS_v);
   router_options.stop_grace = options_.stop_grace;
+  router_options.silence_limit = options_.link_silence_limit;
   router_options.gone_history = options_.gone_history;
   router_ = std::make_unique<Router>(std::move(router_options));
   launchers_.AddTo(*router_);

@@ -36,6 +36,9 @@ struct MasterOptions {
   int64_t max_message_bytes = kDefaultMaxMessageBytes;
   // How long a context gets to exit on its own before SIGTERM, and again before SIGKILL.
   absl::Duration stop_grace = absl::Seconds(2);
+  // A link of the tree that delivers nothing for this long (not even a heartbeat's answer) is
+  // closed as lost (router/link_watch.h); every context of the tree inherits it. Zero: never.
+  absl::Duration link_silence_limit = kDefaultSilenceLimit;
   // How many gone contexts the registry keeps records of (and calls to them are answered
   // "is gone", with why); older ones are forgotten, so that a master that starts and stops
   // contexts for ever keeps its memory flat. Every other context keeps kDefaultGoneHistory.

@@ -29,6 +29,15 @@ Router::Router(Options options)
       id_blocks_(kMaxIdBlocksPerContext) {
   RegisterBuiltins();
   for (const Component& attach : options_.components) attach(*this, builtins_);
+  if (options_.silence_limit > absl::ZeroDuration()) {
+    watch_ = std::make_unique<LinkWatch>(options_.silence_limit, [this] {
+      std::vector<std::shared_ptr<Link>> links;
+      absl::MutexLock lock(&mu_);
+      if (parent_ != nullptr && !parent_down_) links.push_back(parent_);
+      for (const auto& [link, child] : children_) links.push_back(child->link);
+      return links;
+    });
+  }
 }
 
 void Router::SetAttachment(const void* key, std::shared_ptr<void> value) {
@@ -140,6 +149,15 @@ void Router::SendLog(v1::LogRecord record) {
 // ---------------------------------------------------------------------------------------
 // Envelopes arriving on links.
 void Router::OnEnvelope(Link* link, v1::Envelope envelope) {
+  link->CountReceived();
+  if (envelope.body_case() == v1::Envelope::kHeartbeat) {  // This link's own: never routed.
+    if (!envelope.heartbeat().reply()) {
+      v1::Envelope answer;
+      answer.mutable_heartbeat()->set_reply(true);
+      link->Send(std::move(answer));
+    }
+    return;
+  }
   const uint64_t src = envelope.src();
   const uint64_t dst = envelope.dst();
   const auto body = envelope.body_case();

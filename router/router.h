@@ -52,6 +52,7 @@
 #include "router/functions.h"
 #include "router/gone_contexts.h"
 #include "router/id_blocks.h"
+#include "router/link_watch.h"
 #include "link/hop.h"
 #include "link/launcher.h"
 #include "link/link.h"
@@ -60,6 +61,8 @@
 namespace grove {
 
 inline constexpr int64_t kDefaultMaxMessageBytes = int64_t{64} << 20;
+// Router::Options::silence_limit by default.
+inline constexpr absl::Duration kDefaultSilenceLimit = absl::Seconds(10);
 
 struct CallOptions {
   // The call fails with DEADLINE_EXCEEDED (and is cancelled in the callee) after `timeout`
@@ -108,6 +111,10 @@ class Router : public LinkDelegate {
     int max_running_calls_per_link = 10000;
     // Attached in this order as the router is made (router/component.h): files, mesh.
     std::vector<Component> components;
+    // A link (to the parent or a child) that delivers nothing for this long is closed as
+    // UNAVAILABLE ("went silent"): a partition or a frozen peer is noticed without waiting for
+    // ssh's keepalive. Idle links carry a heartbeat from half of it on. Zero: never.
+    absl::Duration silence_limit = kDefaultSilenceLimit;
   };
 
   // How many id blocks (grove.id_block) one context holds at most, in the master and in
@@ -246,7 +253,7 @@ class Router : public LinkDelegate {
   std::string DefaultName(const Hop& hop) const;
   // Stops (SIGTERM, then SIGKILL after the grace period) and reaps the process of `child`,
   // which has a handle, on a worker.
-  void StopInBackground(const std::shared_ptr<Child>& child);
+  void StopInBackground(const std::shared_ptr<Child>& child, bool at_once = false);
   // Sends `child` a Shutdown envelope (it takes its subtree down, then exits).
   void AskToShutDown(const Child& child);
   // Makes sure the process of a child asked to shut down is gone (SIGTERM, then SIGKILL,
@@ -298,6 +305,8 @@ class Router : public LinkDelegate {
   // tasks that still use the members above.
   Timer timer_;
   WorkerPool workers_;
+  // Last: stopped (and its thread joined) before anything it reads goes.
+  std::unique_ptr<LinkWatch> watch_;
 };
 
 }  // namespace grove

@@ -32,9 +32,10 @@ void Router::OnLinkStalled(Link* link, const absl::Status& why) {
   StopInBackground(child);
 }
 
-void Router::StopInBackground(const std::shared_ptr<Child>& child) {
+void Router::StopInBackground(const std::shared_ptr<Child>& child, bool at_once) {
   // StopChild may be waiting for the same process: Stop is idempotent.
-  workers_.Post([child, grace = options_.stop_grace] { child->handle->Stop(grace); });
+  const absl::Duration grace = at_once ? absl::ZeroDuration() : options_.stop_grace;
+  workers_.Post([child, grace] { child->handle->Stop(grace); });
 }
 
 void Router::OnLinkDown(Link* link, const absl::Status& reason) {
@@ -82,7 +83,9 @@ void Router::OnLinkDown(Link* link, const absl::Status& reason) {
     ids.assign(child->routed.begin(), child->routed.end());
   }
   RemoveContexts(child, std::move(ids), why);
-  if (child->handle != nullptr) StopInBackground(child);  // And reaps it.
+  // And reaps it; at once when its link went silent: it cannot be asked to exit (an ssh
+  // client to a host that is cut off would otherwise linger until its own keepalive).
+  if (child->handle != nullptr) StopInBackground(child, IsSilence(reason));
   child->gone.Notify();
   // The last touch of `this` for this link: Shutdown may return as soon as the count is 0.
   absl::MutexLock lock(&mu_);
@@ -143,6 +146,7 @@ absl::StatusOr<v1::ContextInfo> Router::SpawnChild(const Hop& hop, absl::Time de
   request.ancestors.insert(request.ancestors.end(), options_.ancestors.begin(),
                            options_.ancestors.end());
   request.max_message_bytes = options_.max_message_bytes;
+  request.silence_limit = options_.silence_limit;
   request.min_log_level = options_.min_log_level;
   request.verbosity = options_.verbosity;
   request.deadline = deadline;
@@ -272,6 +276,8 @@ void Router::Shutdown(const absl::Status& why) {
     if (shutting_down_) return;
     shutting_down_ = true;
   }
+  // Links are closed on purpose from here on, and slowly (children get a grace period).
+  if (watch_ != nullptr) watch_->Stop();
   StopAllChildren();
   {
     // Links that went down on their own may still be inside OnLinkDown.

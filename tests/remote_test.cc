@@ -614,6 +614,29 @@ TEST_F(RemoteTest, ChainAcrossTwoHostsAndANetworkCutMidCall) {
   EXPECT_EQ(master.registry().Find(a->id())->state, ContextState::kConnected);
 }
 
+// The same cut without ssh's keepalive in play (its default is 15 s x 3): the links' own
+// liveness check (router/link_watch.h), 2 s here, notices that B went silent.
+TEST_F(RemoteTest, ALinkThatGoesSilentIsNoticedWithinItsLimit) {
+  absl::StatusOr<std::unique_ptr<TwoHosts>> hosts = TwoHosts::Start();
+  if (!hosts.ok()) GTEST_SKIP() << hosts.status();
+  MasterOptions options;
+  options.link_silence_limit = absl::Seconds(2);
+  Master master(TestFunctions(), options);
+  absl::StatusOr<Context> b = master.SpawnPath(absl::StrCat(
+      (*hosts)->a().Hop("root"), ",cache_dir=", cache_, "/", (*hosts)->b().Hop("root"),
+      ",cache_dir=", cache_));
+  ASSERT_TRUE(b.ok()) << b.status();
+  v1::SleepRequest sleep;
+  sleep.set_ms(40000);  // Shorter than ssh's keepalive would take (45 s).
+  auto pending = b->CallAsync<v1::Empty>("grove.sleep", sleep);
+  ASSERT_TRUE(b->Ping().ok());
+  ASSERT_TRUE((*hosts)->CutAToB().ok());
+  // Before ssh's keepalive (45 s) or the sleep: the liveness check's own words.
+  absl::StatusOr<v1::Empty> r = pending.get();
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable) << r.status();
+  EXPECT_THAT(r.status().message(), HasSubstr("went silent for 2s"));
+}
+
 TEST_F(RemoteTest, AnotherArchitectureFailsClearly) {
   // A target whose `uname -m` says aarch64.
   const std::string bin = cache_ + "/fake-bin";

@@ -20,6 +20,8 @@ struct InMemoryLink::Pair {
   bool started[2] ABSL_GUARDED_BY(mu) = {false, false};
   std::function<void(const v1::Envelope&)> observer[2] ABSL_GUARDED_BY(mu);
   int64_t delivered[2] ABSL_GUARDED_BY(mu) = {0, 0};
+  // held[i]: end i delivers nothing (what arrives waits), as a peer that froze.
+  bool held[2] ABSL_GUARDED_BY(mu) = {false, false};
 
   void TakeDown(const absl::Status& why) {
     std::deque<std::string> dropped[2];  // Freed outside the lock.
@@ -79,7 +81,7 @@ void InMemoryLink::Deliver(LinkDelegate* delegate) {
     {
       absl::MutexLock lock(&p.mu);
       auto ready = [&p, side]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(p.mu) {
-        return p.down || !p.inbox[side].empty();
+        return p.down || (!p.held[side] && !p.inbox[side].empty());
       };
       p.mu.Await(absl::Condition(&ready));
       if (p.down) break;
@@ -124,6 +126,11 @@ void InMemoryLink::Send(v1::Envelope envelope) {
 void InMemoryLink::SendBytesForTesting(std::string bytes) { Enqueue(std::move(bytes)); }
 
 void InMemoryLink::Close(const absl::Status& reason) { pair_->TakeDown(reason); }
+
+void InMemoryLink::HoldDelivery(bool hold) {
+  absl::MutexLock lock(&pair_->mu);
+  pair_->held[side_] = hold;
+}
 
 void InMemoryLink::SetObserver(std::function<void(const v1::Envelope&)> observer) {
   absl::MutexLock lock(&pair_->mu);

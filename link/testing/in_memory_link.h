@@ -64,6 +64,9 @@ class InMemoryLink final : public Link, public std::enable_shared_from_this<InMe
   // the delegate gets it. Set it before the envelopes of interest are sent.
   void SetObserver(std::function<void(const v1::Envelope&)> observer);
 
+  // While held, this end delivers nothing (what arrives waits, in order): its owner looks
+  // frozen to the peer, as a stopped process or a cut network would.
+  void HoldDelivery(bool hold);
   // True once the link is down (OnLinkDown may still be on its way).
   bool down() const;
   // Why the link went down; OK while it is up (or when closed with an OK status).

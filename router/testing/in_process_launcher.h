@@ -59,6 +59,7 @@ class InProcessLauncher : public Launcher {
     options.min_log_level = request.min_log_level;
     options.verbosity = request.verbosity;
     options.stop_grace = absl::Milliseconds(100);
+    options.silence_limit = request.silence_limit;
     options.components = components_;
 
     auto child = std::make_unique<Child>();
