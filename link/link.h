@@ -59,6 +59,11 @@ class Link {
   // neighbour that floods. Transports without it ignore the hint.
   virtual void PauseReading(absl::Duration pause) { (void)pause; }
 
+  // Whether a write to the peer is in flight now (the peer may be slow to read it). The
+  // liveness check does not call a link silent while it waits on its own write: a peer that
+  // throttles what it reads (PauseReading) is slow, not gone; the stall rule handles it.
+  virtual bool WriteOutstanding() { return false; }
+
   // Envelopes received on this link so far: counted by the router as it takes each one, read
   // by its liveness check (router/link_watch.h). A counter, not a clock: nothing per envelope
   // but one relaxed increment.

@@ -63,7 +63,7 @@ void LinkWatch::Loop() {
       const uint64_t received = link->received();
       auto [it, added] = seen.try_emplace(key, link, Seen{received, now});
       Seen& s = it->second.second;
-      if (added || received != s.received) {
+      if (added || received != s.received || link->WriteOutstanding()) {
         s = {received, now};
         continue;
       }

@@ -3,7 +3,9 @@
 // A link over ssh to a host that froze, or across a network that partitioned, can stay open
 // for minutes: TCP sees nothing, and ssh's keepalive takes 45 s with grove's defaults. Every
 // `limit / 4` the watch looks at each link's count of received envelopes (Link::received):
-//   - a link that received something since the last look is fine;
+//   - a link that received something since the last look is fine, and so is one with a write
+//     of ours in flight (its peer is slow to read, not gone: the router's stall rule, which
+//     stops a child that leaves 1 GiB unread, handles that);
 //   - one idle for `limit / 2` gets a Heartbeat, which its peer answers at once (the peer's
 //     link thread does, whatever its workers are doing);
 //   - one that received nothing at all for `limit` is closed UNAVAILABLE, "went silent for

@@ -663,4 +663,14 @@ void AgentService::OnAttached(bool ok) {
   on_attach_(std::move(link));
 }
 
+bool GrpcClientLink::WriteOutstanding() {
+  absl::MutexLock lock(&mu_);
+  return writing_;
+}
+
+bool GrpcServerLink::WriteOutstanding() {
+  absl::MutexLock lock(&mu_);
+  return writing_;
+}
+
 }  // namespace grove

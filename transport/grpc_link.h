@@ -168,6 +168,7 @@ class GrpcClientLink : public Link, public Corkable {
   void Start(LinkDelegate* delegate) override;
   void Send(v1::Envelope envelope) override;
   void Close(const absl::Status& reason) override;
+  bool WriteOutstanding() override;
   std::string DebugName() const override { return debug_name_; }
   void PauseReading(absl::Duration pause) override;
   // Corkable:
@@ -234,6 +235,7 @@ class GrpcServerLink : public Link, public Corkable {
   void Send(v1::Envelope envelope) override;
   // Sends what is queued, then ends the stream.
   void Close(const absl::Status& reason) override;
+  bool WriteOutstanding() override;
   std::string DebugName() const override { return debug_name_; }
   // Corkable:
   void Flush() override;
