@@ -11,6 +11,9 @@
 #include "common/json_bridge.h"
 #include "common/status_util.h"
 #include "files/files.h"
+#include "grpcpp/generic/generic_stub.h"
+#include "grpcpp/impl/codegen/client_unary_call.h"
+#include "mesh/mesh.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/message.h"
 #include "router/functions.h"
@@ -438,6 +441,70 @@ grpc::Status ControlService::Transfer(bool pull, grpc::ServerContext* context,
   *last.mutable_result() = std::move(result);
   writer->Write(last);
   return grpc::Status::OK;
+}
+
+grpc::Status ControlService::Forward(
+    grpc::ServerContext* context,
+    grpc::ServerReaderWriter<v1::ForwardResponse, v1::ForwardRequest>* stream) {
+  v1::ForwardRequest first;
+  if (!stream->Read(&first) || !first.has_start() || first.start().method().empty()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "Forward's first message names the path and the method");
+  }
+  const v1::ForwardStart& start = first.start();
+  KeptPaths::Lease lease;
+  absl::StatusOr<Context> target = deps_.kept->Ensure(
+      start.path(), ConnectTimeout(start.connect_timeout_ms()), &lease);
+  if (!target.ok()) return ToGrpcStatus(target.status());
+  std::shared_ptr<grpc::Channel> channel = ChannelTo(*target);
+  grpc::ClientContext upstream_context;
+  upstream_context.set_deadline(absl::ToChronoTime(CallDeadline(context, start.timeout_ms())));
+  // Every kind of method goes as a bidirectional stream: the wire is the same, and the
+  // service's handler reads as many messages as its kind takes.
+  grpc::internal::RpcMethod method(start.method().c_str(),
+                                   grpc::internal::RpcMethod::BIDI_STREAMING);
+  std::unique_ptr<grpc::ClientReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>> upstream(
+      grpc::internal::ClientReaderWriterFactory<grpc::ByteBuffer, grpc::ByteBuffer>::Create(
+          channel.get(), method, &upstream_context));
+  // Requests, from the client to the service, on a thread of their own.
+  absl::Notification requests_done;
+  std::thread requests([&] {
+    v1::ForwardRequest request;
+    while (stream->Read(&request)) {
+      grpc::Slice slice(request.message());
+      if (!upstream->Write(grpc::ByteBuffer(&slice, 1))) break;
+    }
+    upstream->WritesDone();
+    requests_done.Notify();
+  });
+  grpc::ByteBuffer buffer;
+  bool client_gone = false;
+  while (upstream->Read(&buffer)) {
+    std::vector<grpc::Slice> slices;
+    v1::ForwardResponse response;
+    if (buffer.Dump(&slices).ok()) {
+      for (const grpc::Slice& s : slices) {
+        response.mutable_message()->append(reinterpret_cast<const char*>(s.begin()), s.size());
+      }
+    }
+    if (!stream->Write(response)) {
+      client_gone = true;
+      upstream_context.TryCancel();
+      break;
+    }
+  }
+  grpc::Status status = upstream->Finish();
+  // The service is done. A client still sending (it has not half-closed a moment later) has
+  // its call cancelled, which ends the reading thread.
+  if (client_gone || !requests_done.WaitForNotificationWithTimeout(absl::Seconds(1))) {
+    context->TryCancel();
+  }
+  requests.join();
+  if (!status.ok()) {
+    return grpc::Status(status.error_code(),
+                        absl::StrCat("path ", start.path(), ": ", status.error_message()));
+  }
+  return status;
 }
 
 grpc::Status ControlService::Logs(grpc::ServerContext* context, const v1::LogsRequest* request,

@@ -62,6 +62,9 @@ class ControlService final : public v1::Control::Service {
                     grpc::ServerWriter<v1::TransferEvent>* writer) override {
     return Transfer(true, context, request, writer);
   }
+  grpc::Status Forward(
+      grpc::ServerContext* context,
+      grpc::ServerReaderWriter<v1::ForwardResponse, v1::ForwardRequest>* stream) override;
   grpc::Status Logs(grpc::ServerContext* context, const v1::LogsRequest* request,
                     grpc::ServerWriter<v1::LogLine>* writer) override;
   grpc::Status Reload(grpc::ServerContext*, const v1::ReloadRequest* request,

@@ -257,6 +257,45 @@ TEST_F(ControlTest, AttachGivesTypedCallsRunsAndTheRegistry) {
   EXPECT_THAT(Attach(dir_ + "/nothing.sock"), StatusIs(absl::StatusCode::kUnavailable));
 }
 
+// Forward: a hosted gRPC service through the tree, as bytes: health's unary Check, and
+// server reflection's bidirectional stream.
+TEST_F(ControlTest, ForwardReachesAServiceHostedInAContext) {
+  Serve();
+  auto forward = [&](const std::string& method, const std::string& message,
+                     std::vector<std::string>* responses) {
+    grpc::ClientContext context;
+    auto stream = stub_->Forward(&context);
+    v1::ForwardRequest start;
+    start.mutable_start()->set_path("local,name=server");
+    start.mutable_start()->set_method(method);
+    v1::ForwardRequest request;
+    request.set_message(message);
+    EXPECT_TRUE(stream->Write(start));
+    EXPECT_TRUE(stream->Write(request));
+    stream->WritesDone();
+    v1::ForwardResponse response;
+    while (stream->Read(&response)) responses->push_back(response.message());
+    return stream->Finish();
+  };
+  // grpc.health.v1.HealthCheckRequest{} is empty; the response is {status: SERVING (1)}.
+  std::vector<std::string> health;
+  grpc::Status status = forward("/grpc.health.v1.Health/Check", "", &health);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_THAT(health, ::testing::ElementsAre(std::string("\x08\x01", 2)));
+  // ServerReflectionRequest{list_services: ""} (field 7).
+  std::vector<std::string> reflection;
+  status = forward("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                   std::string("\x3a\x00", 2), &reflection);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  ASSERT_EQ(reflection.size(), 1u);
+  EXPECT_THAT(reflection[0], HasSubstr("grpc.health.v1.Health"));
+  // A method nobody serves: the service's own status, naming the path.
+  std::vector<std::string> none;
+  status = forward("/no.Such/Method", "", &none);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNIMPLEMENTED);
+  EXPECT_THAT(status.error_message(), HasSubstr("path local,name=server"));
+}
+
 TEST_F(ControlTest, LogsCarryTheTreesOutputTaggedByContext) {
   Serve();
   grpc::ClientContext context;

@@ -3,8 +3,8 @@
 
 It uses Debian's python3-grpcio and stubs generated from proto/control.proto with Debian's
 grpc_python_plugin (examples/control/run shows how). It starts a context, runs a command in it
-with the output streamed, calls a built-in function, and prints the registry's events
-meanwhile, then stops what it started.
+with the output streamed, calls a built-in function, checks the health service hosted there,
+and prints the registry's events meanwhile, then stops what it started.
 
     python3 control_client.py [SOCKET]
 
@@ -79,6 +79,16 @@ def main():
     info = control.Call(control_pb2.ControlCallRequest(
         path="local,name=py-worker", function="grove.info", json="{}"), timeout=10)
     print(f"grove.info from {info.context}: {info.json}")
+
+    # A gRPC service hosted in the context, through the tree: the standard health check.
+    # grpc.health.v1.HealthCheckRequest{} is empty; the response's field 1 is the status.
+    def health_check():
+        yield control_pb2.ForwardRequest(start=control_pb2.ForwardStart(
+            path="local,name=py-worker", method="/grpc.health.v1.Health/Check"))
+        yield control_pb2.ForwardRequest(message=b"")
+    answers = [r.message for r in control.Forward(health_check(), timeout=10)]
+    serving = answers == [b"\x08\x01"]
+    print("health of py-worker: " + ("SERVING" if serving else repr(answers)))
 
     control.Stop(control_pb2.StopPathRequest(path="local,name=py-worker"), timeout=30)
     print("stopped py-worker")

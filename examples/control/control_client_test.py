@@ -37,7 +37,8 @@ try:
         fail(f"the client exited {client.returncode}: {out}{client.stderr}")
     for expected in ["resident master pid ", "started py-worker (pid ", "event ADDED py-worker",
                      "stdout: hello from sh", "stderr: to stderr", "exit status 0",
-                     "grove.info from py-worker: {", "event REMOVED py-worker", "stopped py-worker"]:
+                     "grove.info from py-worker: {", "health of py-worker: SERVING",
+                     "event REMOVED py-worker", "stopped py-worker"]:
         if expected not in out:
             fail(f"no '{expected}' in: {out}")
     status = subprocess.run([grove, "status"], env=env, capture_output=True, text=True, timeout=30)
