@@ -1,5 +1,6 @@
 #include "common/json_bridge.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <optional>
@@ -10,6 +11,8 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/json.h"
 #include "common/printable.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/struct.pb.h"
@@ -71,6 +74,11 @@ class JsonValue {
     return out;
   }
   bool is_list() const { return Has("list_value"); }
+  bool is_object() const { return Has("struct_value"); }
+  bool is_number() const { return Has("number_value"); }
+  double number() const { return reflection_->GetDouble(*value_, Field("number_value")); }
+  bool is_bool() const { return Has("bool_value"); }
+  bool boolean() const { return reflection_->GetBool(*value_, Field("bool_value")); }
   // Makes this value {"base64": <what it was>}.
   void WrapAsBase64() {
     const std::string text = string();
@@ -100,10 +108,82 @@ class JsonValue {
   const pb::Reflection* reflection_;
 };
 
+// A JSON number as protobuf prints one: an integer exactly, otherwise the shortest text that
+// reads back as the same double.
+std::string NumberText(double n) {
+  if (std::nearbyint(n) == n && std::fabs(n) <= 9007199254740992.0) {
+    return absl::StrCat(static_cast<int64_t>(n));
+  }
+  for (int precision = 1; precision < 17; ++precision) {
+    std::string text = absl::StrFormat("%.*g", precision, n);
+    double back = 0;
+    if (absl::SimpleAtod(text, &back) && back == n) return text;
+  }
+  return absl::StrFormat("%.17g", n);
+}
+
+// `value` as one line of JSON: the members of an object of message `type` in the order its
+// fields are declared (then any others, and a map's keys, sorted), not in a hash map's order.
+std::string Print(JsonValue value, const pb::Descriptor* type) {
+  if (value.is_object()) {
+    std::vector<std::pair<std::string, JsonValue>> members = value.members();
+    std::vector<std::pair<int, size_t>> order;  // (declaration index or past the end, member)
+    for (size_t i = 0; i < members.size(); ++i) {
+      const pb::FieldDescriptor* field = type ? FieldOf(type, members[i].first) : nullptr;
+      order.emplace_back(field ? field->index() : type ? type->field_count() : 0, i);
+    }
+    std::sort(order.begin(), order.end(), [&](const auto& a, const auto& b) {
+      return a.first != b.first ? a.first < b.first
+                                : members[a.second].first < members[b.second].first;
+    });
+    std::string out = "{";
+    for (size_t k = 0; k < order.size(); ++k) {
+      auto& [key, member] = members[order[k].second];
+      const pb::FieldDescriptor* field = type ? FieldOf(type, key) : nullptr;
+      const pb::Descriptor* inner = nullptr;
+      if (field != nullptr && field->is_map()) {
+        const pb::FieldDescriptor* map_value = field->message_type()->FindFieldByName("value");
+        // A map is an object whose values are of the map's value type.
+        std::string map = "{";
+        std::vector<std::pair<std::string, JsonValue>> entries = member.members();
+        std::sort(entries.begin(), entries.end(),
+                  [](const auto& a, const auto& b) { return a.first < b.first; });
+        for (size_t e = 0; e < entries.size(); ++e) {
+          absl::StrAppend(&map, e ? "," : "", JsonQuote(entries[e].first), ":",
+                          Print(entries[e].second, map_value->message_type()));
+        }
+        absl::StrAppend(&out, k ? "," : "", JsonQuote(key), ":", map, "}");
+        continue;
+      }
+      if (field != nullptr) inner = field->message_type();
+      absl::StrAppend(&out, k ? "," : "", JsonQuote(key), ":", Print(member, inner));
+    }
+    return out + "}";
+  }
+  if (value.is_list()) {
+    std::string out = "[";
+    std::vector<JsonValue> elements = value.elements();
+    for (size_t i = 0; i < elements.size(); ++i) {
+      absl::StrAppend(&out, i ? "," : "", Print(elements[i], type));
+    }
+    return out + "]";
+  }
+  if (value.is_string()) return JsonQuote(value.string());
+  if (value.is_number()) return NumberText(value.number());
+  if (value.is_bool()) return value.boolean() ? "true" : "false";
+  return "null";
+}
+
 // Walks `value` (JSON of a message of `type`), changing each value of a bytes field with
 // `bytes` and each of a 64-bit integer field with `int64`.
 template <typename Bytes, typename Int64>
 void Walk(JsonValue value, const pb::Descriptor* type, const Bytes& bytes, const Int64& int64) {
+  // A wrapper's JSON is its bare value (google.protobuf.BytesValue is "...", not an object).
+  if (type->full_name() == "google.protobuf.BytesValue") return bytes(value);
+  if (type->full_name() == "google.protobuf.Int64Value" ||
+      type->full_name() == "google.protobuf.UInt64Value") {
+    return int64(value);
+  }
   for (auto& [key, member] : value.members()) {
     const pb::FieldDescriptor* field = FieldOf(type, key);
     if (field == nullptr) continue;
@@ -184,11 +264,7 @@ absl::StatusOr<std::string> MessageToJson(const pb::Message& message) {
           v.set_number(static_cast<double>(n));
         }
       });
-  std::string out;
-  if (auto printed = pb::util::MessageToJsonString(value, &out); !printed.ok()) {
-    return absl::InternalError(printed.ToString());
-  }
-  return out;
+  return Print(JsonValue(&value), message.GetDescriptor());
 }
 
 }  // namespace grove
