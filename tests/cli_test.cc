@@ -280,6 +280,13 @@ TEST_F(CliTest, EveryVerbExplainsItself) {
     EXPECT_EQ(Grove({"run", "--timeout", bad, "local", "--", "true"}).status, 2) << bad;
     EXPECT_EQ(Grove({"run", "-j", bad, "local", "--", "true"}).status, 2) << bad;
   }
+  Ran no_metric = Grove({"bench", "--only", "rtt_us,no_such_metric"});
+  EXPECT_EQ(no_metric.status, 2);
+  EXPECT_THAT(no_metric.err, HasSubstr("no metric 'no_such_metric'"));
+  Ran metrics = Grove({"bench", "--list"});
+  EXPECT_EQ(metrics.status, 0);
+  EXPECT_THAT(metrics.out, HasSubstr("attached_run_ms"));
+  EXPECT_THAT(metrics.out, HasSubstr("rtt_us"));
   Ran version = Grove({"--version"});
   EXPECT_EQ(version.status, 0);
   EXPECT_THAT(version.out, ::testing::MatchesRegex("grove [0-9.]+\nbuild [0-9a-f]{64}\n"));

@@ -27,10 +27,12 @@
 namespace grove::cli {
 namespace {
 
+}  // namespace
+
 // What a metric is held against, for the plain output: grove's target, the Python peers'
 // figures on this machine (mitogen, execnet: measured with their own benchmarks, see
 // docs/benchmarks.md), or what kind of floor it is.
-const char* Reference(const std::string& metric) {
+const char* BenchReference(const std::string& metric) {
   static const auto* references = new std::map<std::string, const char*>{
       {"rtt_us", "target <= 60; mitogen 173, execnet 135"},
       {"calls_per_s_concurrent", "target >= 300000; mitogen 36700, execnet 57800"},
@@ -46,9 +48,36 @@ const char* Reference(const std::string& metric) {
       {"socketpair_rtt_us", "floor: the kernel's round trip"},
       {"grpc_stream_rtt_us", "floor: raw gRPC, a blocking stream"},
       {"grpc_callback_rtt_us", "floor: raw gRPC, callbacks only"},
+      {"attached_run_ms", "target <= 5 and <= ssh_controlmaster_true_ms / 2"},
+      {"ssh_controlmaster_true_ms", "OpenSSH connection sharing, warm"},
+      {"attached_call_rtt_us", "target <= 100"},
+      {"supervised_restart_ms", "target <= 20"},
   };
   auto it = references->find(metric);
   return it == references->end() ? "" : it->second;
+}
+
+namespace {
+
+// Every metric grove bench measures (without --scale), in the order it measures them: what
+// --only may name and --list prints.
+constexpr const char* kMetrics[] = {
+    "rss_per_child_kib", "rss_per_child_file_kib", "rtt_us", "rtt_p99_us",
+    "calls_per_s_concurrent", "socketpair_rtt_us", "grpc_stream_rtt_us", "grpc_callback_rtt_us",
+    "spawn_local_ms", "spawn_fork_ms", "fanout_32_ms", "nested_depth4_rtt_us",
+    "transfer_100MiB_MBps", "transfer_fanout_8x100MiB_s", "transfer_streamed_100MiB_MBps",
+    "transfer_streamed_fanout_8x100MiB_s", "pull_100MiB_MBps", "ping_during_transfer_p99_ms",
+    "transfer_calls_100MiB_MBps", "ssh_true_ms", "ssh_first_contact_ms",
+    "ssh_first_contact_bytes", "ssh_bootstrap_ms", "ssh_cached_contact_bytes",
+    "child_killed_detect_ms", "attached_run_ms", "ssh_controlmaster_true_ms",
+    "attached_call_rtt_us", "supervised_restart_ms",
+};
+
+bool KnownMetric(absl::string_view name) {
+  for (const char* m : kMetrics) {
+    if (name == m) return true;
+  }
+  return false;
 }
 
 struct Emitter {
@@ -56,7 +85,7 @@ struct Emitter {
   std::set<std::string> only;
   bool Wants(const std::string& metric) const { return only.empty() || only.count(metric); }
   void Emit(const std::string& metric, double value, const std::string& unit) const {
-    PrintFigure(json, "grove", metric, value, unit, Reference(metric));
+    PrintFigure(json, "grove", metric, value, unit, BenchReference(metric));
   }
 };
 
@@ -359,8 +388,19 @@ int Bench(Master& master, const std::vector<std::string>& args) {
         }
         scales.push_back(total);
       }
+    } else if (args[i] == "--list") {
+      for (const char* m : kMetrics) {
+        const char* reference = BenchReference(m);
+        printf("%-38s %s\n", m, reference);
+      }
+      return 0;
     } else if (args[i] == "--only" && i + 1 < args.size()) {
       for (absl::string_view m : absl::StrSplit(args[++i], ',', absl::SkipEmpty())) {
+        if (!KnownMetric(m)) {
+          fprintf(stderr, "grove bench: no metric '%s' (grove bench --list names them)\n",
+                  std::string(m).c_str());
+          return 2;
+        }
         out.only.insert(std::string(m));
       }
     } else {

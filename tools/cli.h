@@ -52,6 +52,8 @@ int Reload(const std::vector<std::string>& args);
 // grove push/pull in a resident master's tree (tools/files_cli.cc): `verb` is "push" or "pull".
 int AttachedTransfer(v1::Control::Stub& stub, const char* verb,
                      const std::vector<std::string>& args);
+// What grove bench holds `metric` against ("target <= 60; mitogen 173, ..."), or "".
+const char* BenchReference(const std::string& metric);
 // grove bench's rows measured against a resident master of its own (tools/resident_bench.cc):
 // those `wants` names; 0, or 1 when one could not be measured.
 int BenchResident(bool json, const std::function<bool(const std::string&)>& wants,

@@ -185,10 +185,12 @@ Examples:
 
 constexpr char kBenchHelp[] = R"(usage: grove bench [--json] [--only METRIC,...] [--ssh HOP]
        grove bench --scale 10,100,1000
+       grove bench --list
 
 Measures grove on local contexts (and, with --ssh, over one ssh hop) and prints each metric
 with its target and the peers' figures (mitogen, execnet, measured on this project's
-machine); --json prints grove's alone, one object per line. --only picks metrics by name.
+machine); --json prints grove's alone, one object per line. --only picks metrics by name;
+--list names them all, with their targets.
 Beside rtt_us, the same run measures what a round trip cannot go below on this machine:
 socketpair_rtt_us (a byte between two processes), grpc_stream_rtt_us and
 grpc_callback_rtt_us (an empty message on a raw gRPC stream, from a blocking thread and from

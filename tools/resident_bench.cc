@@ -100,9 +100,8 @@ int BenchResident(bool json, const std::function<bool(const std::string&)>& want
   if (mkdtemp(tmpl) == nullptr) return 1;
   const std::string dir = tmpl;
   const std::string run_dir = dir + "/run";
-  auto emit = [json](const std::string& metric, double value, const char* unit,
-                     const char* reference) {
-    PrintFigure(json, "grove", metric, value, unit, reference);
+  auto emit = [json](const std::string& metric, double value, const char* unit) {
+    PrintFigure(json, "grove", metric, value, unit, BenchReference(metric));
   };
   const UniqueFd null(open("/dev/null", O_WRONLY | O_CLOEXEC));
   int status = RunSelf(run_dir, {"up"}, null.get());
@@ -128,14 +127,12 @@ int BenchResident(bool json, const std::function<bool(const std::string&)>& want
       ms.push_back(MsSince(t));
     }
     if (failed == 0) {
-      emit("attached_run_ms", Percentile(ms, 0.5), "ms",
-           ssh_hop.empty() ? "target <= 5 (local context)"
-                           : "target <= 5 and <= ssh_controlmaster_true_ms / 2");
+      emit("attached_run_ms", Percentile(ms, 0.5), "ms");
     }
     if (!ssh_hop.empty() && wants("ssh_controlmaster_true_ms")) {
       absl::StatusOr<Hop> hop = ParseHop(ssh_hop);
       double cm = hop.ok() ? SshControlMasterMs(*hop, dir) : -1;
-      if (cm > 0) emit("ssh_controlmaster_true_ms", cm, "ms", "OpenSSH connection sharing, warm");
+      if (cm > 0) emit("ssh_controlmaster_true_ms", cm, "ms");
     }
   }
 
@@ -151,7 +148,7 @@ int BenchResident(bool json, const std::function<bool(const std::string&)>& want
       }
       if (i >= 100) us.push_back(absl::ToDoubleMicroseconds(absl::Now() - t));  // Warm first.
     }
-    if (!us.empty()) emit("attached_call_rtt_us", Percentile(us, 0.5), "us", "target <= 100");
+    if (!us.empty()) emit("attached_call_rtt_us", Percentile(us, 0.5), "us");
   }
 
   if (wants("supervised_restart_ms")) {
@@ -189,7 +186,7 @@ int BenchResident(bool json, const std::function<bool(const std::string&)>& want
     }
     watch->Finish();
     if (ms.size() == 10) {
-      emit("supervised_restart_ms", Percentile(ms, 0.5), "ms", "target <= 20");
+      emit("supervised_restart_ms", Percentile(ms, 0.5), "ms");
     } else {
       ++failed;
     }
