@@ -25,10 +25,6 @@
 #include "tools/floors.h"
 
 namespace grove::cli {
-namespace {
-
-}  // namespace
-
 // What a metric is held against, for the plain output: grove's target, the Python peers'
 // figures on this machine (mitogen, execnet: measured with their own benchmarks, see
 // docs/benchmarks.md), or what kind of floor it is.
