@@ -100,19 +100,25 @@ absl::StatusOr<Context> KeptPaths::Ensure(const std::string& path,
       CallOptions options;
       options.deadline = deadline;
       absl::StatusOr<Context> next = current.Spawn((*hops)[i].ToString(), options);
-      absl::MutexLock lock(&mu_);
-      Slot& slot = slots_[key];
-      slot.starting = false;
+      {
+        absl::MutexLock lock(&mu_);
+        Slot& slot = slots_[key];
+        slot.starting = false;
+        if (next.ok()) {
+          slot.id = next->id();
+          slot.name = next->name();
+        } else {
+          slots_.erase(key);
+        }
+      }
       if (!next.ok()) {
-        slots_.erase(key);
+        // Outside the lock: replacing a lease releases the one it held.
         if (lease != nullptr) *lease = Lease(this, held);
         // The router's message names the hop and where it was started from.
         return absl::Status(next.status().code(),
                             absl::StrCat("path ", Display(*hops, hops->size()), ": ",
                                          next.status().message()));
       }
-      slot.id = next->id();
-      slot.name = next->name();
       current = *std::move(next);
     }
     absl::MutexLock lock(&mu_);
