@@ -25,8 +25,9 @@ bool IsSilence(const absl::Status& status) {
 }
 
 LinkWatch::LinkWatch(absl::Duration limit,
-                     std::function<std::vector<std::shared_ptr<Link>>()> links)
-    : limit_(limit), links_(std::move(links)) {
+                     std::function<std::vector<std::shared_ptr<Link>>()> links,
+                     std::function<Deliveries()> deliveries)
+    : limit_(limit), links_(std::move(links)), deliveries_(std::move(deliveries)) {
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -49,6 +50,7 @@ void LinkWatch::Loop() {
   // Keyed by the link's address, but holding the link: an address is not reused meanwhile.
   absl::flat_hash_map<Link*, std::pair<std::shared_ptr<Link>, Seen>> seen;
   const absl::Duration tick = limit_ / 4;
+  uint64_t finished = 0;
   while (true) {
     {
       absl::MutexLock lock(&mu_);
@@ -56,6 +58,14 @@ void LinkWatch::Loop() {
       if (mu_.AwaitWithTimeout(absl::Condition(&stopping), tick)) return;
     }
     const absl::Time now = absl::Now();
+    // This process's own reading is stuck: nothing can be judged (see Deliveries).
+    const Deliveries deliveries = deliveries_();
+    const bool stuck = deliveries.in_progress > 0 && deliveries.finished == finished;
+    finished = deliveries.finished;
+    if (stuck) {
+      for (auto& [key, entry] : seen) entry.second.since = now;
+      continue;
+    }
     absl::flat_hash_set<Link*> current;
     for (std::shared_ptr<Link>& link : links_()) {
       Link* key = link.get();

@@ -9,8 +9,11 @@
 //   - one idle for `limit / 2` gets a Heartbeat, which its peer answers at once (the peer's
 //     link thread does, whatever its workers are doing);
 //   - one that received nothing at all for `limit` is closed UNAVAILABLE, "went silent for
-//     10s", and its router treats it as lost (pending calls fail, the child is stopped; a
-//     context whose parent link went silent shuts down).
+//     10s", and its router treats it as lost (pending calls fail, the child is killed).
+// A router watches the links to its children only. A parent may be silent for good reason:
+// the master's reading stops while its output callback waits on a reader that paused
+// (`grove run ... | less`), and its children must not end the tree for that. A context cut off
+// from its parent ends when its transport says so (EOF; over ssh, sshd's keepalive).
 // A busy link costs one relaxed increment per envelope; an idle healthy one, a heartbeat each
 // way per `limit / 2`.
 #ifndef GROVE_ROUTER_LINK_WATCH_H_
@@ -35,11 +38,21 @@ namespace grove {
 absl::Status SilenceError(const Link& link, absl::Duration limit);
 bool IsSilence(const absl::Status& status);
 
-// Owns its thread. Thread-safe. `links` is called on the watch's thread, with no lock of the
-// watch held; it returns the links to watch now.
+// What this process's deliveries are doing: how many are in progress, and how many have
+// finished so far. One that does not finish (an output callback or a log sink blocked on a
+// full pipe, behind a reader that paused) holds up the reading of every link of the process:
+// silence then says nothing about the peers, and no link is judged until deliveries move.
+struct Deliveries {
+  int in_progress = 0;
+  uint64_t finished = 0;
+};
+
+// Owns its thread. Thread-safe. `links` and `deliveries` are called on the watch's thread,
+// with no lock of the watch held; `links` returns the links to watch now.
 class LinkWatch {
  public:
-  LinkWatch(absl::Duration limit, std::function<std::vector<std::shared_ptr<Link>>()> links);
+  LinkWatch(absl::Duration limit, std::function<std::vector<std::shared_ptr<Link>>()> links,
+            std::function<Deliveries()> deliveries);
   ~LinkWatch();  // Stop().
   LinkWatch(const LinkWatch&) = delete;
   LinkWatch& operator=(const LinkWatch&) = delete;
@@ -52,6 +65,7 @@ class LinkWatch {
 
   const absl::Duration limit_;
   const std::function<std::vector<std::shared_ptr<Link>>()> links_;
+  const std::function<Deliveries()> deliveries_;
   absl::Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;

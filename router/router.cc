@@ -30,13 +30,19 @@ Router::Router(Options options)
   RegisterBuiltins();
   for (const Component& attach : options_.components) attach(*this, builtins_);
   if (options_.silence_limit > absl::ZeroDuration()) {
-    watch_ = std::make_unique<LinkWatch>(options_.silence_limit, [this] {
-      std::vector<std::shared_ptr<Link>> links;
-      absl::MutexLock lock(&mu_);
-      if (parent_ != nullptr && !parent_down_) links.push_back(parent_);
-      for (const auto& [link, child] : children_) links.push_back(child->link);
-      return links;
-    });
+    watch_ = std::make_unique<LinkWatch>(
+        options_.silence_limit,
+        [this] {
+          // Child links only: see link_watch.h on why a parent is never judged silent.
+          std::vector<std::shared_ptr<Link>> links;
+          absl::MutexLock lock(&mu_);
+          for (const auto& [link, child] : children_) links.push_back(child->link);
+          return links;
+        },
+        [this] {
+          return Deliveries{delivering_.load(std::memory_order_relaxed),
+                            delivered_.load(std::memory_order_relaxed)};
+        });
   }
 }
 
@@ -150,6 +156,16 @@ void Router::SendLog(v1::LogRecord record) {
 // Envelopes arriving on links.
 void Router::OnEnvelope(Link* link, v1::Envelope envelope) {
   link->CountReceived();
+  // For LinkWatch: a delivery that never ends (an output callback blocked) is ours, not the
+  // peers' silence.
+  delivering_.fetch_add(1, std::memory_order_relaxed);
+  struct Delivered {
+    Router* router;
+    ~Delivered() {
+      router->delivered_.fetch_add(1, std::memory_order_relaxed);
+      router->delivering_.fetch_sub(1, std::memory_order_relaxed);
+    }
+  } delivered{this};
   if (envelope.body_case() == v1::Envelope::kHeartbeat) {  // This link's own: never routed.
     if (!envelope.heartbeat().reply()) {
       v1::Envelope answer;

@@ -111,9 +111,9 @@ class Router : public LinkDelegate {
     int max_running_calls_per_link = 10000;
     // Attached in this order as the router is made (router/component.h): files, mesh.
     std::vector<Component> components;
-    // A link (to the parent or a child) that delivers nothing for this long is closed as
-    // UNAVAILABLE ("went silent"): a partition or a frozen peer is noticed without waiting for
-    // ssh's keepalive. Idle links carry a heartbeat from half of it on. Zero: never.
+    // A link to a child that delivers nothing for this long is closed as UNAVAILABLE ("went
+    // silent"): a partition or a frozen child is noticed without waiting for ssh's keepalive.
+    // Idle links carry a heartbeat from half of it on (router/link_watch.h). Zero: never.
     absl::Duration silence_limit = kDefaultSilenceLimit;
   };
 
@@ -305,6 +305,9 @@ class Router : public LinkDelegate {
   // tasks that still use the members above.
   Timer timer_;
   WorkerPool workers_;
+  // Envelopes being delivered now, and delivered so far (OnEnvelope): for LinkWatch.
+  std::atomic<int> delivering_{0};
+  std::atomic<uint64_t> delivered_{0};
   // Last: stopped (and its thread joined) before anything it reads goes.
   std::unique_ptr<LinkWatch> watch_;
 };
