@@ -1,5 +1,7 @@
 #include "resident/attach.h"
 
+#include <algorithm>
+
 #include "common/status_util.h"
 #include "resident/control_service.h"
 #include "resident/control_socket.h"
@@ -64,29 +66,43 @@ absl::StatusOr<std::string> AttachedTree::CallRaw(const std::string& path,
   return std::move(*reply.mutable_binary());
 }
 
-absl::StatusOr<v1::RunReply> AttachedTree::Run(
-    const std::string& path, const v1::RunRequest& command,
-    const std::function<void(int stream, const std::string& data)>& on_output,
-    absl::Duration timeout) {
-  std::unique_ptr<grpc::ClientContext> context = ContextWith(timeout);
+absl::StatusOr<v1::RunReply> AttachedTree::Run(const std::string& path,
+                                               const v1::RunRequest& command,
+                                               const CallOptions& options,
+                                               v1::ContextStatus* started,
+                                               absl::Duration connect_timeout) {
+  grpc::ClientContext context;
+  absl::Time deadline = options.deadline;
+  if (options.timeout != absl::InfiniteDuration()) {
+    deadline = std::min(deadline, absl::Now() + options.timeout);
+  }
+  if (deadline != absl::InfiniteFuture()) context.set_deadline(absl::ToChronoTime(deadline));
+  uint64_t on_cancel = 0;
+  if (options.cancel != nullptr) {
+    on_cancel = options.cancel->AddCallback([&context] { context.TryCancel(); });
+  }
   v1::ControlRunRequest request;
   request.set_path(path);
   *request.mutable_command() = command;
-  auto reader = stub_->Run(context.get(), request);
+  request.set_connect_timeout_ms(absl::ToInt64Milliseconds(connect_timeout));
+  auto reader = stub_->Run(&context, request);
   v1::ControlRunEvent event;
   v1::RunReply reply;
   while (reader->Read(&event)) {
     switch (event.event_case()) {
+      case v1::ControlRunEvent::kStarted:
+        if (started != nullptr) *started = event.started();
+        break;
       case v1::ControlRunEvent::kStdout:
-        if (on_output) {
-          on_output(1, event.stdout());
+        if (options.on_output) {
+          options.on_output(1, event.stdout());
         } else {
           *reply.mutable_stdout() += event.stdout();
         }
         break;
       case v1::ControlRunEvent::kStderr:
-        if (on_output) {
-          on_output(2, event.stderr());
+        if (options.on_output) {
+          options.on_output(2, event.stderr());
         } else {
           *reply.mutable_stderr() += event.stderr();
         }
@@ -100,6 +116,7 @@ absl::StatusOr<v1::RunReply> AttachedTree::Run(
     }
   }
   grpc::Status status = reader->Finish();
+  if (options.cancel != nullptr) options.cancel->RemoveCallback(on_cancel);
   if (!status.ok()) return FromGrpcStatus(status);
   return reply;
 }

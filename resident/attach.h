@@ -20,6 +20,8 @@
 #include "absl/time/time.h"
 #include "proto/builtins.pb.h"
 #include "proto/control.grpc.pb.h"
+#include "router/context.h"
+#include "router/router.h"
 
 namespace grove {
 
@@ -49,22 +51,18 @@ class AttachedTree {
   template <typename Out, typename In>
   absl::StatusOr<Out> Call(const std::string& path, const std::string& function, const In& in,
                            absl::Duration timeout = absl::InfiniteDuration()) {
-    absl::StatusOr<std::string> bytes = CallRaw(path, function, in.SerializeAsString(), timeout);
-    if (!bytes.ok()) return bytes.status();
-    Out out;
-    if (!out.ParseFromString(*bytes)) {
-      return absl::InternalError(absl::StrCat("cannot decode the result of '", function,
-                                              "' as ", Out::descriptor()->full_name()));
-    }
-    return out;
+    return Context::Decode<Out>(function,
+                                CallRaw(path, function, in.SerializeAsString(), timeout));
   }
 
-  // Runs a command in the context at `path`; its output goes to `on_output` (1: stdout, 2:
-  // stderr) as it comes, or, without it, into the reply.
-  absl::StatusOr<v1::RunReply> Run(
-      const std::string& path, const v1::RunRequest& command,
-      const std::function<void(int stream, const std::string& data)>& on_output = nullptr,
-      absl::Duration timeout = absl::InfiniteDuration());
+  // Runs a command in the context at `path`, as Context::Run does: its output goes to
+  // `options.on_output` (1: stdout, 2: stderr) as it comes, or, without it, into the reply;
+  // `options` also sets the deadline and a CancelSource. `started`, when set, receives the
+  // context the command runs in before any output.
+  absl::StatusOr<v1::RunReply> Run(const std::string& path, const v1::RunRequest& command,
+                                   const CallOptions& options = {},
+                                   v1::ContextStatus* started = nullptr,
+                                   absl::Duration connect_timeout = absl::Seconds(30));
 
  private:
   const v1::VersionReply version_;

@@ -7,9 +7,7 @@
 #include <atomic>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <memory>
-#include <sstream>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -58,14 +56,6 @@ class Readiness {
   }
   int fd_;
 };
-
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path, ": ", strerror(errno)));
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
 
 }  // namespace
 
@@ -122,9 +112,7 @@ int ServeResident(Router& root, const ResidentOptions& given) {
 
   std::optional<v1::Spec> spec;
   if (!options.spec_file.empty()) {
-    absl::StatusOr<std::string> text = ReadFile(options.spec_file);
-    if (!text.ok()) return readiness.Fail(std::string(text.status().message()));
-    absl::StatusOr<v1::Spec> parsed = ParseSpec(*text, options.spec_file);
+    absl::StatusOr<v1::Spec> parsed = ReadSpecFile(options.spec_file);
     if (!parsed.ok()) return readiness.Fail(std::string(parsed.status().message()));
     spec = *std::move(parsed);
   }

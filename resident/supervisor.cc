@@ -1,6 +1,10 @@
 #include "resident/supervisor.h"
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/match.h"
@@ -85,6 +89,14 @@ absl::StatusOr<v1::Spec> ParseSpec(const std::string& text, const std::string& f
     return absl::InvalidArgumentError(absl::StrCat(file_name, ": ", valid.message()));
   }
   return spec;
+}
+
+absl::StatusOr<v1::Spec> ReadSpecFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path, ": ", strerror(errno)));
+  std::stringstream text;
+  text << in.rdbuf();
+  return ParseSpec(text.str(), path);
 }
 
 Supervisor::Supervisor(Router* root, KeptPaths* kept, LogBook* log)

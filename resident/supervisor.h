@@ -37,8 +37,11 @@ namespace grove {
 // Checks a spec: every path parses, none twice, backoff and limits not negative.
 // INVALID_ARGUMENT naming the entry.
 absl::Status ValidateSpec(const v1::Spec& spec);
-// Reads a spec file (protobuf text format). INVALID_ARGUMENT naming the file, line and column.
+// Parses a spec (protobuf text format, the contents of `file_name`). INVALID_ARGUMENT naming
+// the file, line and column.
 absl::StatusOr<v1::Spec> ParseSpec(const std::string& text, const std::string& file_name);
+// Reads and parses the spec file at `path` (NOT_FOUND when it cannot be read).
+absl::StatusOr<v1::Spec> ReadSpecFile(const std::string& path);
 
 // Thread-safe. Owns its restart thread and its registry subscription (both end in the
 // destructor, which leaves the contexts running: the master's shutdown takes them down).

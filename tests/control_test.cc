@@ -242,10 +242,13 @@ TEST_F(ControlTest, AttachGivesTypedCallsRunsAndTheRegistry) {
   v1::RunRequest run;
   for (const char* a : {"sh", "-c", "echo streamed"}) run.add_argv(a);
   std::string out;
-  absl::StatusOr<v1::RunReply> ran = (*tree)->Run(
-      "local,name=typed", run, [&out](int stream, const std::string& data) {
-        if (stream == 1) out += data;
-      });
+  CallOptions options;
+  options.on_output = [&out](int stream, const std::string& data) {
+    if (stream == 1) out += data;
+  };
+  v1::ContextStatus started;
+  absl::StatusOr<v1::RunReply> ran = (*tree)->Run("local,name=typed", run, options, &started);
+  EXPECT_EQ(started.name(), "typed");
   ASSERT_TRUE(ran.ok()) << ran.status();
   EXPECT_EQ(out, "streamed\n");
   absl::StatusOr<std::vector<v1::ContextStatus>> list = (*tree)->List();

@@ -53,8 +53,6 @@ ContextRecord RecordOf(const v1::ContextStatus& s) {
   return r;
 }
 
-// A duration in whole seconds, "0s" rather than "0".
-
 struct AttachChoice {
   bool fresh = false;
   std::string socket;  // --attach
@@ -77,128 +75,54 @@ AttachChoice ChooseAttach(const std::vector<std::string>& args) {
   return choice;
 }
 
-int AttachedRun(Stub& stub, const std::vector<std::string>& raw_args) {
-  std::vector<std::string> paths, argv;
-  bool dashes = false, json = false;
-  double timeout_s = 0, connect_s = 30;
-  std::string inventory;
-  for (size_t i = 0; i < raw_args.size(); ++i) {
-    const std::string& a = raw_args[i];
-    auto number = [&](double* out) {
-      if (i + 1 >= raw_args.size() || !ParsePositive(raw_args[i + 1], out)) {
-        fprintf(stderr, "grove run: %s needs a number above 0\n", a.c_str());
-        return false;
-      }
-      ++i;
-      return true;
-    };
-    if (dashes) {
-      argv.push_back(a);
-    } else if (a == "--") {
-      dashes = true;
-    } else if (a == "--json") {
-      json = true;
-    } else if (a == "--timeout") {
-      if (!number(&timeout_s)) return kExitUsage;
-    } else if (a == "--connect-timeout") {
-      if (!number(&connect_s)) return kExitUsage;
-    } else if (a == "-j") {
-      double ignored;  // Every path runs at once in a resident tree.
-      if (!number(&ignored)) return kExitUsage;
-    } else if (a == "--inventory" && i + 1 < raw_args.size()) {
-      inventory = raw_args[++i];
-    } else if (a.size() > 1 && a[0] == '-' && a != "-") {
-      fprintf(stderr, "grove run: unknown option %s (see grove run --help)\n", a.c_str());
-      return kExitUsage;
-    } else {
-      paths.push_back(a);
-    }
-  }
-  absl::StatusOr<std::vector<std::string>> expanded = ExpandGroups(paths, inventory);
-  if (!expanded.ok()) {
-    fprintf(stderr, "grove run: %s\n", std::string(expanded.status().message()).c_str());
-    return kExitUsage;
-  }
-  paths = *std::move(expanded);
-  if (paths.empty() || argv.empty() || (!dashes && paths.size() > 1)) {
-    fprintf(stderr, "grove run: need PATH... -- ARGV... (see grove run --help)\n");
-    return kExitUsage;
-  }
+int AttachedRun(AttachedTree& tree, const std::vector<std::string>& raw_args) {
+  RunArgs args;
+  if (!ParseRunArgs(raw_args, &args)) return kExitUsage;
+  const std::vector<std::string>& paths = args.paths;
   // Names first when there are several (the prefixes are padded to one width).
   std::vector<std::string> names(paths.size());
   for (size_t i = 0; i < paths.size(); ++i) names[i] = Redacted(paths[i], paths);
+  const absl::Duration connect = absl::Seconds(args.connect_s);
   if (paths.size() > 1) {
     std::vector<std::thread> spawns;
     for (size_t i = 0; i < paths.size(); ++i) {
       spawns.emplace_back([&, i] {
-        CliCall call;
-        v1::SpawnPathRequest request;
-        request.set_path(paths[i]);
-        request.set_connect_timeout_ms(static_cast<int64_t>(connect_s * 1000));
-        v1::ContextStatus reply;
-        if (stub.Spawn(call.get(), request, &reply).ok()) names[i] = reply.name();
+        absl::StatusOr<v1::ContextStatus> c = tree.Spawn(paths[i], connect);
+        if (c.ok()) names[i] = c->name();
       });
     }
     for (std::thread& t : spawns) t.join();
   }
   OutputMux mux(paths.size() > 1, names);
-  struct Outcome {
-    int status = 0;
-    std::string state = "ok", error;
-    v1::RunReply reply;
-  };
-  std::vector<Outcome> outcomes(paths.size());
+  v1::RunRequest command;
+  for (const std::string& a : args.argv) command.add_argv(a);
+  std::vector<RunOutcome> outcomes(paths.size());
   std::vector<std::thread> threads;
+  // Every path runs at once in a resident tree (-j limits starts of a private tree).
   for (size_t i = 0; i < paths.size(); ++i) {
     threads.emplace_back([&, i] {
-      CliCall call;
-      v1::ControlRunRequest request;
-      request.set_path(paths[i]);
-      for (const std::string& a : argv) request.mutable_command()->add_argv(a);
-      if (timeout_s > 0) request.set_timeout_ms(static_cast<int64_t>(timeout_s * 1000));
-      request.set_connect_timeout_ms(static_cast<int64_t>(connect_s * 1000));
-      std::unique_ptr<grpc::ClientReader<v1::ControlRunEvent>> reader =
-          stub.Run(call.get(), request);
-      v1::ControlRunEvent event;
-      Outcome& o = outcomes[i];
-      while (reader->Read(&event)) {
-        switch (event.event_case()) {
-          case v1::ControlRunEvent::kStarted:
-            names[i] = event.started().name();
-            break;
-          case v1::ControlRunEvent::kStdout:
-            if (json) {
-              *o.reply.mutable_stdout() += event.stdout();
-            } else {
-              mux.Write(names[i], 1, event.stdout());
-            }
-            break;
-          case v1::ControlRunEvent::kStderr:
-            if (json) {
-              *o.reply.mutable_stderr() += event.stderr();
-            } else {
-              mux.Write(names[i], 2, event.stderr());
-            }
-            break;
-          case v1::ControlRunEvent::kExit:
-            o.reply.set_exit_status(event.exit().exit_status());
-            o.reply.set_signal(event.exit().signal());
-            break;
-          default:
-            break;
-        }
+      CallOptions options;
+      options.cancel = &CliCancel();
+      if (args.timeout_s > 0) options.timeout = absl::Seconds(args.timeout_s);
+      if (!args.json) {
+        options.on_output = [&mux, &names, i](int stream, const std::string& data) {
+          mux.Write(names[i], stream, data);
+        };
       }
-      grpc::Status status = reader->Finish();
-      if (!status.ok()) {
-        const bool late = status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
-        const bool lost = status.error_code() == grpc::StatusCode::UNAVAILABLE;
+      v1::ContextStatus started;
+      RunOutcome& o = outcomes[i];
+      o.reply = tree.Run(paths[i], command, options, &started, connect);
+      if (!started.name().empty()) names[i] = started.name();
+      if (!o.reply.ok()) {
+        const absl::StatusCode code = o.reply.status().code();
+        const bool late = code == absl::StatusCode::kDeadlineExceeded;
+        const bool lost = code == absl::StatusCode::kUnavailable;
         o.state = lost ? "unreachable" : late ? "timed out" : "failed";
         o.status = lost ? kExitUnreachable : late ? kExitTimeout : kExitFailed;
-        o.error = late ? absl::StrCat("timed out after ", timeout_s, " s")
-                       : Redacted(status.error_message(), paths);
-        o.reply.set_exit_status(-1);
+        o.error = late ? absl::StrCat("timed out after ", args.timeout_s, " s")
+                       : Redacted(std::string(o.reply.status().message()), paths);
       } else {
-        o.status = o.reply.exit_status();
+        o.status = o.reply->exit_status();
         o.state = o.status == 0 ? "ok" : "failed";
         if (o.status != 0) o.error = absl::StrCat("exit status ", o.status);
       }
@@ -206,34 +130,7 @@ int AttachedRun(Stub& stub, const std::vector<std::string>& raw_args) {
   }
   for (std::thread& t : threads) t.join();
   mux.Flush();
-  int ok = 0, failed = 0, unreachable = 0, worst = 0;
-  std::string json_out = "[";
-  for (size_t i = 0; i < paths.size(); ++i) {
-    const Outcome& o = outcomes[i];
-    ok += o.state == "ok";
-    failed += o.state == "failed" || o.state == "timed out";
-    unreachable += o.state == "unreachable";
-    worst = std::max(worst, o.status);
-    if (json) {
-      absl::StrAppend(&json_out, i ? "," : "", "\n{\"context\":", JsonQuote(names[i]),
-                      ",\"path\":", JsonQuote(Redacted(paths[i], paths)),
-                      ",\"state\":", JsonQuote(o.state), ",\"exit_status\":",
-                      o.reply.exit_status(), ",\"stdout\":", JsonQuote(o.reply.stdout()),
-                      ",\"stderr\":", JsonQuote(o.reply.stderr()));
-      if (!o.error.empty()) absl::StrAppend(&json_out, ",\"error\":", JsonQuote(o.error));
-      json_out += "}";
-    } else if (!o.error.empty() && !mux.broken()) {
-      fprintf(stderr, "grove run: %s: %s: %s\n", Printable(names[i]).c_str(), o.state.c_str(),
-              Printable(o.error).c_str());
-    }
-  }
-  if (mux.broken()) return kExitBrokenPipe;
-  if (json) {
-    printf("%s\n]\n", json_out.c_str());
-  } else if (paths.size() > 1 || failed + unreachable > 0) {
-    fprintf(stderr, "grove run: %d ok, %d failed, %d unreachable\n", ok, failed, unreachable);
-  }
-  return worst;
+  return ReportRuns(outcomes, names, paths, args.json, mux);
 }
 
 int TreeAttached(Stub& stub, const std::vector<std::string>& args) {
@@ -324,7 +221,7 @@ std::optional<int> MaybeAttached(const std::string& verb, const std::vector<std:
     return none ? kExitUnreachable : kExitUsage;
   }
   HandleInterrupts();
-  int status = verb == "run"    ? AttachedRun((*stub)->stub(), choice.rest)
+  int status = verb == "run"    ? AttachedRun(**stub, choice.rest)
                : verb == "tree" ? TreeAttached((*stub)->stub(), choice.rest)
                : verb == "call" ? AttachedCall((*stub)->stub(), choice.rest)
                                 : AttachedTransfer((*stub)->stub(), verb.c_str(), choice.rest);

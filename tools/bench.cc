@@ -345,9 +345,9 @@ int Scale(Master& master, const Emitter& out, int total) {
 
 }  // namespace
 
-// Milliseconds of `ssh ... true` through the same hop's host, user, port and options.
-double SshTrueMs(const Hop& hop) {
+std::vector<std::string> SshArgv(const Hop& hop, std::vector<std::string> options) {
   std::vector<std::string> argv = {"ssh", "-T", "-o", "BatchMode=yes"};
+  argv.insert(argv.end(), options.begin(), options.end());
   std::string host = hop.target;
   if (size_t colon = host.rfind(':'); colon != std::string::npos) {
     argv.insert(argv.end(), {"-p", host.substr(colon + 1)});
@@ -357,7 +357,14 @@ double SshTrueMs(const Hop& hop) {
   for (const auto& [k, v] : hop.options) {
     if (k == "ssh_option") argv.insert(argv.end(), {"-o", v});
   }
-  argv.insert(argv.end(), {host, "true"});
+  argv.push_back(host);
+  return argv;
+}
+
+// Milliseconds of `ssh ... true` through the same hop's host, user, port and options.
+double SshTrueMs(const Hop& hop) {
+  std::vector<std::string> argv = SshArgv(hop, {});
+  argv.push_back("true");
   SpawnOptions spawn;
   spawn.argv = argv;
   absl::Time t = absl::Now();

@@ -25,6 +25,19 @@ int Manual();
 int Completion(const std::string& shell);
 int VerbHelp(const std::string& verb);
 
+// grove run's arguments, for a private tree and for a resident one.
+struct RunArgs {
+  std::vector<std::string> paths;  // @GROUPs expanded
+  std::vector<std::string> argv;
+  bool json = false;
+  int jobs = 0;  // 0: no limit
+  double timeout_s = 0;  // 0: none
+  double connect_s = 30;
+  std::string inventory;
+};
+// False (having said why on stderr) when they are not [OPTIONS] PATH... -- ARGV...
+bool ParseRunArgs(const std::vector<std::string>& args, RunArgs* out);
+
 int Run(Master& master, const std::vector<std::string>& args);
 int Tree(Master& master, const std::vector<std::string>& args);
 int Bench(Master& master, const std::vector<std::string>& args);
@@ -52,6 +65,9 @@ int Reload(const std::vector<std::string>& args);
 // grove push/pull in a resident master's tree (tools/files_cli.cc): `verb` is "push" or "pull".
 int AttachedTransfer(v1::Control::Stub& stub, const char* verb,
                      const std::vector<std::string>& args);
+// The ssh command line that reaches `hop`'s host as grove's ssh launcher would (user, port,
+// identity, ssh_option=...), with `options` first, ending with the host.
+std::vector<std::string> SshArgv(const Hop& hop, std::vector<std::string> options);
 // What grove bench holds `metric` against ("target <= 60; mitogen 173, ..."), or "".
 const char* BenchReference(const std::string& metric);
 // grove bench's rows measured against a resident master of its own (tools/resident_bench.cc):

@@ -435,16 +435,13 @@ void PrintRecords(const ContextRecord& self, const std::vector<ContextRecord>& r
   walk(0, "");
 }
 
-int Run(Master& master, const std::vector<std::string>& raw_args) {
-  std::vector<std::string> paths, argv;
-  bool dashes = false, json = false;
-  int jobs = 0;
-  double timeout_s = 0, connect_s = 30;
-  std::string inventory;
+bool ParseRunArgs(const std::vector<std::string>& raw_args, RunArgs* out) {
+  std::vector<std::string>& paths = out->paths;
+  bool dashes = false;
   for (size_t i = 0; i < raw_args.size(); ++i) {
     const std::string& a = raw_args[i];
-    auto number = [&](double* out) {
-      if (i + 1 >= raw_args.size() || !ParsePositive(raw_args[i + 1], out)) {
+    auto number = [&](double* value) {
+      if (i + 1 >= raw_args.size() || !ParsePositive(raw_args[i + 1], value)) {
         fprintf(stderr, "grove run: %s needs a number above 0\n", a.c_str());
         return false;
       }
@@ -452,44 +449,56 @@ int Run(Master& master, const std::vector<std::string>& raw_args) {
       return true;
     };
     if (dashes) {
-      argv.push_back(a);
+      out->argv.push_back(a);
     } else if (a == "--") {
       dashes = true;
     } else if (a == "--json") {
-      json = true;
+      out->json = true;
     } else if (a == "-j") {
       double j;
-      if (!number(&j)) return 2;
-      jobs = static_cast<int>(j);
+      if (!number(&j)) return false;
+      out->jobs = static_cast<int>(j);
     } else if (a == "--timeout") {
-      if (!number(&timeout_s)) return 2;
+      if (!number(&out->timeout_s)) return false;
     } else if (a == "--connect-timeout") {
-      if (!number(&connect_s)) return 2;
+      if (!number(&out->connect_s)) return false;
     } else if (a == "--inventory" && i + 1 < raw_args.size()) {
-      inventory = raw_args[++i];
+      out->inventory = raw_args[++i];
     } else if (a.size() > 1 && a[0] == '-' && a != "-") {
       fprintf(stderr, "grove run: unknown option %s (%s; see grove run --help)\n", a.c_str(),
               paths.size() > 1 ? "is '--' missing before the command?" : "grove run's options");
-      return 2;
+      return false;
     } else {
       paths.push_back(a);
     }
   }
-  absl::StatusOr<std::vector<std::string>> expanded = ExpandGroups(paths, inventory);
+  absl::StatusOr<std::vector<std::string>> expanded = ExpandGroups(paths, out->inventory);
   if (!expanded.ok()) {
     fprintf(stderr, "grove run: %s\n", std::string(expanded.status().message()).c_str());
-    return 2;
+    return false;
   }
   paths = *std::move(expanded);
   if (!dashes && paths.size() > 1) {
     fprintf(stderr, "grove run: no '--' before the command (grove run PATH... -- ARGV...; "
             "see grove run --help)\n");
-    return 2;
+    return false;
   }
-  if (paths.empty() || argv.empty()) {
+  if (paths.empty() || out->argv.empty()) {
     fprintf(stderr, "grove run: need PATH... -- ARGV... (see grove run --help)\n");
-    return 2;
+    return false;
   }
+  return true;
+}
+
+int Run(Master& master, const std::vector<std::string>& raw_args) {
+  RunArgs args;
+  if (!ParseRunArgs(raw_args, &args)) return kExitUsage;
+  const std::vector<std::string>& paths = args.paths;
+  const std::vector<std::string>& argv = args.argv;
+  const bool json = args.json;
+  const int jobs = args.jobs;
+  const double timeout_s = args.timeout_s;
+  const double connect_s = args.connect_s;
   std::vector<absl::StatusOr<Context>> contexts =
       StartEach(master, paths, absl::Seconds(connect_s), jobs);
   std::vector<std::string> names(paths.size());
@@ -504,13 +513,7 @@ int Run(Master& master, const std::vector<std::string>& raw_args) {
   v1::RunRequest request;
   for (const std::string& a : argv) request.add_argv(a);
   request.set_output(json ? v1::RunRequest::CAPTURE : v1::RunRequest::STREAM);
-  struct Outcome {
-    int status = 0;
-    std::string state;  // ok, failed, unreachable
-    std::string error;
-    absl::StatusOr<v1::RunReply> reply = absl::UnknownError("not run");
-  };
-  std::vector<Outcome> outcomes(paths.size());
+  std::vector<RunOutcome> outcomes(paths.size());
   std::vector<std::thread> threads;
   std::mutex job_mu;
   std::condition_variable job_cv;
@@ -536,7 +539,7 @@ int Run(Master& master, const std::vector<std::string>& raw_args) {
           mux.Write(name, stream, data);
         };
       }
-      Outcome& o = outcomes[i];
+      RunOutcome& o = outcomes[i];
       o.reply = c.Run(request, options);
       if (!o.reply.ok()) {
         const absl::StatusCode code = o.reply.status().code();
@@ -560,37 +563,7 @@ int Run(Master& master, const std::vector<std::string>& raw_args) {
   }
   for (std::thread& t : threads) t.join();
   mux.Flush();
-  int ok = 0, failed = 0, unreachable = 0, worst = 0;
-  std::string json_out = "[";
-  for (size_t i = 0; i < paths.size(); ++i) {
-    const Outcome& o = outcomes[i];
-    ok += o.state == "ok";
-    failed += o.state == "failed" || o.state == "timed out";
-    unreachable += o.state == "unreachable";
-    worst = std::max(worst, o.status);
-    if (json) {
-      absl::StrAppend(&json_out, i ? "," : "", "\n{\"context\":", JsonQuote(names[i]),
-                      ",\"path\":", JsonQuote(Redacted(paths[i], paths)),
-                      ",\"state\":", JsonQuote(o.state),
-                      ",\"exit_status\":", o.reply.ok() ? o.reply->exit_status() : -1);
-      if (o.reply.ok()) {
-        absl::StrAppend(&json_out, ",\"stdout\":", JsonQuote(o.reply->stdout()),
-                        ",\"stderr\":", JsonQuote(o.reply->stderr()));
-      }
-      if (!o.error.empty()) absl::StrAppend(&json_out, ",\"error\":", JsonQuote(o.error));
-      json_out += "}";
-    } else if (!o.error.empty() && !mux.broken()) {
-      fprintf(stderr, "grove run: %s: %s: %s\n", Printable(names[i]).c_str(), o.state.c_str(),
-              Printable(o.error).c_str());
-    }
-  }
-  if (mux.broken()) return kExitBrokenPipe;
-  if (json) {
-    printf("%s\n]\n", json_out.c_str());
-  } else if (paths.size() > 1 || failed + unreachable > 0) {
-    fprintf(stderr, "grove run: %d ok, %d failed, %d unreachable\n", ok, failed, unreachable);
-  }
-  return worst;
+  return ReportRuns(outcomes, names, paths, json, mux);
 }
 
 int Tree(Master& master, const std::vector<std::string>& args) {

@@ -5,6 +5,10 @@
 
 #include <algorithm>
 
+#include "absl/strings/str_cat.h"
+#include "common/json.h"
+#include "common/printable.h"
+#include "tools/cli_paths.h"
 #include "tools/cli_signals.h"
 
 namespace grove::cli {
@@ -68,6 +72,41 @@ void OutputMux::PrintLine(FILE* f, int stream, const std::string& context, absl:
   const std::string pad(width_ > context.size() ? width_ - context.size() : 0, ' ');
   fprintf(f, "%s[%s]%s%s %.*s\n", colour ? colours_[context] : "", context.c_str(),
           colour ? "\033[0m" : "", pad.c_str(), static_cast<int>(line.size()), line.data());
+}
+
+int ReportRuns(const std::vector<RunOutcome>& outcomes, const std::vector<std::string>& names,
+               const std::vector<std::string>& paths, bool json, OutputMux& mux) {
+  int ok = 0, failed = 0, unreachable = 0, worst = 0;
+  std::string json_out = "[";
+  for (size_t i = 0; i < outcomes.size(); ++i) {
+    const RunOutcome& o = outcomes[i];
+    ok += o.state == "ok";
+    failed += o.state == "failed" || o.state == "timed out";
+    unreachable += o.state == "unreachable";
+    worst = std::max(worst, o.status);
+    if (json) {
+      absl::StrAppend(&json_out, i ? "," : "", "\n{\"context\":", JsonQuote(names[i]),
+                      ",\"path\":", JsonQuote(Redacted(paths[i], paths)),
+                      ",\"state\":", JsonQuote(o.state),
+                      ",\"exit_status\":", o.reply.ok() ? o.reply->exit_status() : -1);
+      if (o.reply.ok()) {
+        absl::StrAppend(&json_out, ",\"stdout\":", JsonQuote(o.reply->stdout()),
+                        ",\"stderr\":", JsonQuote(o.reply->stderr()));
+      }
+      if (!o.error.empty()) absl::StrAppend(&json_out, ",\"error\":", JsonQuote(o.error));
+      json_out += "}";
+    } else if (!o.error.empty() && !mux.broken()) {
+      fprintf(stderr, "grove run: %s: %s: %s\n", Printable(names[i]).c_str(), o.state.c_str(),
+              Printable(o.error).c_str());
+    }
+  }
+  if (mux.broken()) return kExitBrokenPipe;
+  if (json) {
+    printf("%s\n]\n", json_out.c_str());
+  } else if (outcomes.size() > 1 || failed + unreachable > 0) {
+    fprintf(stderr, "grove run: %d ok, %d failed, %d unreachable\n", ok, failed, unreachable);
+  }
+  return worst;
 }
 
 }  // namespace grove::cli

@@ -9,7 +9,9 @@
 #include <utility>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "proto/builtins.pb.h"
 
 namespace grove::cli {
 
@@ -38,6 +40,20 @@ class OutputMux {
   std::map<std::pair<std::string, int>, std::string> partial_;  // Guarded by mu_.
   bool broken_ = false;                                         // Guarded by mu_.
 };
+
+// How `grove run` went in one context.
+struct RunOutcome {
+  int status = 0;     // The CLI's exit status for it (the command's, or 124, 255, 1).
+  std::string state;  // ok, failed, timed out, unreachable
+  std::string error;  // What went wrong, for the summary.
+  absl::StatusOr<v1::RunReply> reply = absl::UnknownError("not run");
+};
+
+// Ends a `grove run`: the error lines (or, with `json`, the JSON array) and the summary line,
+// for `outcomes[i]` of `names[i]` at `paths[i]`. Returns the worst exit status (141 when
+// stdout was closed under `mux`).
+int ReportRuns(const std::vector<RunOutcome>& outcomes, const std::vector<std::string>& names,
+               const std::vector<std::string>& paths, bool json, OutputMux& mux);
 
 }  // namespace grove::cli
 

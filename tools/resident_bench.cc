@@ -56,21 +56,12 @@ int RunSelf(const std::string& dir, std::vector<std::string> args, int out_fd = 
 // `ssh ... true` through the hop's host with OpenSSH's connection sharing, median of 20 with
 // the master connection warm; -1 when ssh fails.
 double SshControlMasterMs(const Hop& hop, const std::string& dir) {
-  std::vector<std::string> base = {"ssh", "-T", "-o", "BatchMode=yes", "-o", "ControlMaster=auto",
-                                   "-o", "ControlPath=" + dir + "/cm", "-o", "ControlPersist=60"};
-  std::string host = hop.target;
-  if (size_t colon = host.rfind(':'); colon != std::string::npos) {
-    base.insert(base.end(), {"-p", host.substr(colon + 1)});
-    host = host.substr(0, colon);
-  }
-  if (hop.Has("identity")) base.insert(base.end(), {"-i", hop.Get("identity")});
-  for (const auto& [k, v] : hop.options) {
-    if (k == "ssh_option") base.insert(base.end(), {"-o", v});
-  }
+  const std::vector<std::string> base =
+      SshArgv(hop, {"-o", "ControlMaster=auto", "-o", "ControlPath=" + dir + "/cm", "-o",
+                    "ControlPersist=60"});
   auto run = [&](std::vector<std::string> tail) {
     SpawnOptions spawn;
     spawn.argv = base;
-    spawn.argv.push_back(host);
     spawn.argv.insert(spawn.argv.end(), tail.begin(), tail.end());
     absl::StatusOr<Process> p = Process::Spawn(spawn);
     if (!p.ok()) return false;
@@ -84,8 +75,12 @@ double SshControlMasterMs(const Hop& hop, const std::string& dir) {
     if (!run({"true"})) return -1;
     ms.push_back(MsSince(t));
   }
-  base.insert(base.end(), {"-q", "-O", "exit"});  // -q: no "Exit request sent."
-  run({});
+  // Stops the master connection (-q: no "Exit request sent.").
+  SpawnOptions stop;
+  stop.argv = SshArgv(hop, {"-q", "-o", "ControlPath=" + dir + "/cm", "-O", "exit"});
+  if (absl::StatusOr<Process> p = Process::Spawn(stop); p.ok()) {
+    p->Wait(absl::Now() + absl::Seconds(30)).IgnoreError();
+  }
   return Percentile(ms, 0.5);
 }
 

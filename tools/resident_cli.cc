@@ -11,9 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <mutex>
-#include <sstream>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -56,14 +54,6 @@ bool WaitForExit(pid_t pid, absl::Duration timeout) {
   int ready = poll(&p, 1, static_cast<int>(absl::ToInt64Milliseconds(timeout)));
   close(fd);
   return ready > 0;
-}
-
-absl::StatusOr<std::string> ReadWhole(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path, ": ", strerror(errno)));
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
 }
 
 std::string Absolute(const std::string& path) {
@@ -209,9 +199,7 @@ int Up(const std::vector<std::string>& args) {
     }
   }
   if (!options.spec_file.empty()) {
-    absl::StatusOr<std::string> text = ReadWhole(options.spec_file);
-    absl::StatusOr<v1::Spec> spec =
-        text.ok() ? ParseSpec(*text, options.spec_file) : absl::StatusOr<v1::Spec>(text.status());
+    absl::StatusOr<v1::Spec> spec = ReadSpecFile(options.spec_file);
     if (!spec.ok()) {
       fprintf(stderr, "grove up: %s\n", std::string(spec.status().message()).c_str());
       return kExitUsage;
@@ -393,9 +381,7 @@ int Reload(const std::vector<std::string>& args) {
     fprintf(stderr, "grove reload: need SPEC (one file)\n");
     return kExitUsage;
   }
-  absl::StatusOr<std::string> text = ReadWhole(args[0]);
-  absl::StatusOr<v1::Spec> spec =
-      text.ok() ? ParseSpec(*text, args[0]) : absl::StatusOr<v1::Spec>(text.status());
+  absl::StatusOr<v1::Spec> spec = ReadSpecFile(args[0]);
   if (!spec.ok()) {
     fprintf(stderr, "grove reload: %s\n", std::string(spec.status().message()).c_str());
     return kExitUsage;
