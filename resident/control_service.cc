@@ -75,7 +75,19 @@ grpc::Status PathError(const std::string& path, const absl::Status& status) {
 
 }  // namespace
 
-v1::ContextStatus ControlService::Describe(const ContextRecord& r) const {
+ControlService::Known ControlService::Snapshot() const {
+  Known known;
+  for (KeptPaths::Entry& entry : deps_.kept->List()) {
+    const uint64_t id = entry.id.value();
+    known.kept.emplace(id, std::move(entry));
+  }
+  for (Supervisor::State& state : deps_.supervisor->States()) {
+    if (state.id.has_value()) known.supervised.emplace(state.id->value(), std::move(state));
+  }
+  return known;
+}
+
+v1::ContextStatus ControlService::Describe(const ContextRecord& r, const Known& known) const {
   v1::ContextStatus s;
   s.set_id(r.id.value());
   s.set_name(r.name);
@@ -86,16 +98,14 @@ v1::ContextStatus ControlService::Describe(const ContextRecord& r) const {
   s.set_user(r.user);
   s.set_state(ContextStateName(r.state));
   s.set_reason(r.reason);
-  if (std::optional<KeptPaths::Entry> kept = deps_.kept->FindById(r.id)) {
-    s.set_path(kept->display);
-    s.set_last_used_unix_ms(absl::ToUnixMillis(kept->last_used));
+  if (auto kept = known.kept.find(r.id.value()); kept != known.kept.end()) {
+    s.set_path(kept->second.display);
+    s.set_last_used_unix_ms(absl::ToUnixMillis(kept->second.last_used));
   }
-  for (const Supervisor::State& state : deps_.supervisor->States()) {
-    if (state.id == r.id) {
-      s.set_supervised(true);
-      s.set_restarts(state.restarts);
-      if (s.reason().empty()) s.set_reason(state.reason);
-    }
+  if (auto state = known.supervised.find(r.id.value()); state != known.supervised.end()) {
+    s.set_supervised(true);
+    s.set_restarts(state->second.restarts);
+    if (s.reason().empty()) s.set_reason(state->second.reason);
   }
   return s;
 }
@@ -111,9 +121,10 @@ grpc::Status ControlService::Status(grpc::ServerContext*, const v1::StatusReques
   *reply->mutable_master() = deps_.version;
   reply->set_uptime_ms(absl::ToUnixMillis(absl::Now()) - deps_.version.started_unix_ms());
   reply->set_idle_timeout_ms(absl::ToInt64Milliseconds(deps_.idle_timeout));
-  *reply->add_contexts() = Describe(RecordFromInfo(deps_.root->self()));
+  const Known known = Snapshot();
+  *reply->add_contexts() = Describe(RecordFromInfo(deps_.root->self()), known);
   for (const ContextRecord& r : deps_.root->registry().List(false)) {
-    *reply->add_contexts() = Describe(r);
+    *reply->add_contexts() = Describe(r, known);
   }
   for (const Supervisor::State& state : deps_.supervisor->States()) {
     if (state.state == "running") continue;
@@ -137,7 +148,7 @@ grpc::Status ControlService::Spawn(grpc::ServerContext*, const v1::SpawnPathRequ
     return PathError(request->path(), absl::UnavailableError(
                                           absl::StrCat(context->name(), " went as it started")));
   }
-  *reply = Describe(*record);
+  *reply = Describe(*record, Snapshot());
   return grpc::Status::OK;
 }
 
@@ -167,9 +178,10 @@ grpc::Status ControlService::Stop(grpc::ServerContext*, const v1::StopPathReques
 grpc::Status ControlService::ListContexts(grpc::ServerContext*,
                                           const v1::ListContextsRequest* request,
                                           v1::ListContextsReply* reply) {
-  *reply->add_contexts() = Describe(RecordFromInfo(deps_.root->self()));
+  const Known known = Snapshot();
+  *reply->add_contexts() = Describe(RecordFromInfo(deps_.root->self()), known);
   for (const ContextRecord& r : deps_.root->registry().List(request->include_gone())) {
-    *reply->add_contexts() = Describe(r);
+    *reply->add_contexts() = Describe(r, known);
   }
   return grpc::Status::OK;
 }
@@ -185,10 +197,11 @@ grpc::Status ControlService::WatchContexts(grpc::ServerContext* context,
       registry.Subscribe([queue](const RegistryEvent& event) { queue->Push(event); });
   absl::flat_hash_set<uint64_t> announced;
   bool open = true;
+  const Known known = Snapshot();
   for (const ContextRecord& r : registry.List(false)) {
     v1::ContextEvent event;
     event.set_kind(v1::ContextEvent::ADDED);
-    *event.mutable_context() = Describe(r);
+    *event.mutable_context() = Describe(r, known);
     announced.insert(r.id.value());
     if (!writer->Write(event)) open = false;
   }
@@ -199,7 +212,7 @@ grpc::Status ControlService::WatchContexts(grpc::ServerContext* context,
       if (added && !announced.insert(e.record.id.value()).second) continue;
       v1::ContextEvent event;
       event.set_kind(added ? v1::ContextEvent::ADDED : v1::ContextEvent::REMOVED);
-      *event.mutable_context() = Describe(e.record);
+      *event.mutable_context() = Describe(e.record, Snapshot());
       if (!writer->Write(event)) {
         open = false;
         break;
@@ -289,7 +302,7 @@ grpc::Status ControlService::Run(grpc::ServerContext* context,
   {
     v1::ControlRunEvent started;
     std::optional<ContextRecord> record = deps_.root->registry().Find(target->id());
-    if (record.has_value()) *started.mutable_started() = Describe(*record);
+    if (record.has_value()) *started.mutable_started() = Describe(*record, Snapshot());
     writer->Write(started);
   }
   auto queue = std::make_shared<EventQueue<v1::ControlRunEvent>>();

@@ -10,6 +10,7 @@
 #include <functional>
 #include <string>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/time/time.h"
 #include "proto/control.grpc.pb.h"
 #include "resident/kept_paths.h"
@@ -77,8 +78,14 @@ class ControlService final : public v1::Control::Service {
   grpc::Status Transfer(bool pull, grpc::ServerContext* context,
                         const v1::TransferRequest* request,
                         grpc::ServerWriter<v1::TransferEvent>* writer);
-  // A context's status, with what the kept paths and the supervisor know of it.
-  v1::ContextStatus Describe(const ContextRecord& record) const;
+  // What the kept paths and the supervisor know, by context id: taken once per answer.
+  struct Known {
+    absl::flat_hash_map<uint64_t, KeptPaths::Entry> kept;
+    absl::flat_hash_map<uint64_t, Supervisor::State> supervised;
+  };
+  Known Snapshot() const;
+  // A context's status, with what `known` says of it.
+  v1::ContextStatus Describe(const ContextRecord& record, const Known& known) const;
 
   const Deps deps_;
 };

@@ -178,6 +178,10 @@ absl::StatusOr<int> KeptPaths::Stop(const std::string& path) {
   return count;
 }
 
+KeptPaths::Entry KeptPaths::EntryOf(const std::string& key, const Slot& s) {
+  return Entry{key, s.display, *s.id, s.name, s.last_used, s.holders};
+}
+
 std::optional<KeptPaths::Entry> KeptPaths::Find(const std::string& path) const {
   absl::StatusOr<std::string> key = Canonical(path);
   if (!key.ok()) return std::nullopt;
@@ -185,7 +189,7 @@ std::optional<KeptPaths::Entry> KeptPaths::Find(const std::string& path) const {
   auto it = slots_.find(*key);
   if (it == slots_.end() || !it->second.id.has_value()) return std::nullopt;
   const Slot& s = it->second;
-  return Entry{it->first, s.display, *s.id, s.name, s.last_used, s.holders};
+  return EntryOf(it->first, s);
 }
 
 std::optional<KeptPaths::Entry> KeptPaths::FindByPathOrName(const std::string& which) const {
@@ -193,7 +197,7 @@ std::optional<KeptPaths::Entry> KeptPaths::FindByPathOrName(const std::string& w
   absl::MutexLock lock(&mu_);
   for (const auto& [key, s] : slots_) {
     if (s.id.has_value() && s.name == which) {
-      return Entry{key, s.display, *s.id, s.name, s.last_used, s.holders};
+      return EntryOf(key, s);
     }
   }
   return std::nullopt;
@@ -202,7 +206,7 @@ std::optional<KeptPaths::Entry> KeptPaths::FindByPathOrName(const std::string& w
 std::optional<KeptPaths::Entry> KeptPaths::FindById(ContextId id) const {
   absl::MutexLock lock(&mu_);
   for (const auto& [key, s] : slots_) {
-    if (s.id == id) return Entry{key, s.display, *s.id, s.name, s.last_used, s.holders};
+    if (s.id == id) return EntryOf(key, s);
   }
   return std::nullopt;
 }
@@ -212,7 +216,7 @@ std::vector<KeptPaths::Entry> KeptPaths::List() const {
   {
     absl::MutexLock lock(&mu_);
     for (const auto& [key, s] : slots_) {
-      if (s.id.has_value()) out.push_back({key, s.display, *s.id, s.name, s.last_used, s.holders});
+      if (s.id.has_value()) out.push_back(EntryOf(key, s));
     }
   }
   std::sort(out.begin(), out.end(),

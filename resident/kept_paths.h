@@ -93,6 +93,8 @@ class KeptPaths {
     absl::Time last_used = absl::InfinitePast();
     int holders = 0;
   };
+  // The entry of a slot that has a context.
+  static Entry EntryOf(const std::string& key, const Slot& slot);
   void Release(const std::vector<std::string>& keys);
   bool Live(ContextId id) const;
 

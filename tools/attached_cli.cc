@@ -110,22 +110,9 @@ int AttachedRun(AttachedTree& tree, const std::vector<std::string>& raw_args) {
         };
       }
       v1::ContextStatus started;
-      RunOutcome& o = outcomes[i];
-      o.reply = tree.Run(paths[i], command, options, &started, connect);
+      absl::StatusOr<v1::RunReply> reply = tree.Run(paths[i], command, options, &started, connect);
       if (!started.name().empty()) names[i] = started.name();
-      if (!o.reply.ok()) {
-        const absl::StatusCode code = o.reply.status().code();
-        const bool late = code == absl::StatusCode::kDeadlineExceeded;
-        const bool lost = code == absl::StatusCode::kUnavailable;
-        o.state = lost ? "unreachable" : late ? "timed out" : "failed";
-        o.status = lost ? kExitUnreachable : late ? kExitTimeout : kExitFailed;
-        o.error = late ? absl::StrCat("timed out after ", args.timeout_s, " s")
-                       : Redacted(std::string(o.reply.status().message()), paths);
-      } else {
-        o.status = o.reply->exit_status();
-        o.state = o.status == 0 ? "ok" : "failed";
-        if (o.status != 0) o.error = absl::StrCat("exit status ", o.status);
-      }
+      outcomes[i] = OutcomeOf(std::move(reply), args.timeout_s, paths);
     });
   }
   for (std::thread& t : threads) t.join();
@@ -170,21 +157,7 @@ int TreeAttached(Stub& stub, const std::vector<std::string>& args) {
 int AttachedCall(Stub& stub, const std::vector<std::string>& raw_args) {
   std::vector<std::string> args;
   double timeout_s = 0;
-  for (size_t i = 0; i < raw_args.size(); ++i) {
-    if (raw_args[i] == "--timeout") {
-      if (i + 1 >= raw_args.size() || !ParsePositive(raw_args[i + 1], &timeout_s)) {
-        fprintf(stderr, "grove call: --timeout needs a number of seconds above 0\n");
-        return kExitUsage;
-      }
-      ++i;
-    } else {
-      args.push_back(raw_args[i]);
-    }
-  }
-  if (args.size() != 3) {
-    fprintf(stderr, "grove call: need [--timeout S] PATH FUNCTION 'JSON'\n");
-    return kExitUsage;
-  }
+  if (!ParseCallArgs(raw_args, &args, &timeout_s)) return kExitUsage;
   CliCall call;
   v1::ControlCallRequest request;
   request.set_path(args[0]);

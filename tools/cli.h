@@ -38,6 +38,11 @@ struct RunArgs {
 // False (having said why on stderr) when they are not [OPTIONS] PATH... -- ARGV...
 bool ParseRunArgs(const std::vector<std::string>& args, RunArgs* out);
 
+// grove call's arguments: [--timeout S] PATH FUNCTION 'JSON' into `args` (three) and
+// `timeout_s` (0: none). False (having said why on stderr) otherwise.
+bool ParseCallArgs(const std::vector<std::string>& raw_args, std::vector<std::string>* args,
+                   double* timeout_s);
+
 int Run(Master& master, const std::vector<std::string>& args);
 int Tree(Master& master, const std::vector<std::string>& args);
 int Bench(Master& master, const std::vector<std::string>& args);

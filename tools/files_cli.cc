@@ -341,28 +341,33 @@ int AttachedTransfer(v1::Control::Stub& stub, const char* verb,
   return Report(verb, name_of, parsed, summary, unreachable, absl::Now() - start);
 }
 
-int Call(Master& master, const std::vector<std::string>& raw_args) {
-  // [--timeout S] PATH FUNCTION 'JSON'
-  std::vector<std::string> args;
-  CallOptions call;
-  call.cancel = &CliCancel();
+bool ParseCallArgs(const std::vector<std::string>& raw_args, std::vector<std::string>* args,
+                   double* timeout_s) {
   for (size_t i = 0; i < raw_args.size(); ++i) {
-    double seconds = 0;
     if (raw_args[i] == "--timeout") {
-      if (i + 1 >= raw_args.size() || !ParsePositive(raw_args[i + 1], &seconds)) {
+      if (i + 1 >= raw_args.size() || !ParsePositive(raw_args[i + 1], timeout_s)) {
         fprintf(stderr, "grove call: --timeout needs a number of seconds above 0\n");
-        return kExitUsage;
+        return false;
       }
-      call.timeout = absl::Seconds(seconds);
       ++i;
     } else {
-      args.push_back(raw_args[i]);
+      args->push_back(raw_args[i]);
     }
   }
-  if (args.size() != 3) {
+  if (args->size() != 3) {
     fprintf(stderr, "grove call: need [--timeout S] PATH FUNCTION 'JSON'\n");
-    return kExitUsage;
+    return false;
   }
+  return true;
+}
+
+int Call(Master& master, const std::vector<std::string>& raw_args) {
+  std::vector<std::string> args;
+  double timeout_s = 0;
+  if (!ParseCallArgs(raw_args, &args, &timeout_s)) return kExitUsage;
+  CallOptions call;
+  call.cancel = &CliCancel();
+  if (timeout_s > 0) call.timeout = absl::Seconds(timeout_s);
   const std::string& function = args[1];
   // The function's types: registered in this program (the CLI) or a built-in.
   const Function* f = CliFunctions().Find(function);

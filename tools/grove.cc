@@ -539,21 +539,7 @@ int Run(Master& master, const std::vector<std::string>& raw_args) {
           mux.Write(name, stream, data);
         };
       }
-      RunOutcome& o = outcomes[i];
-      o.reply = c.Run(request, options);
-      if (!o.reply.ok()) {
-        const absl::StatusCode code = o.reply.status().code();
-        const bool lost = code == absl::StatusCode::kUnavailable;
-        const bool late = code == absl::StatusCode::kDeadlineExceeded;
-        o.state = lost ? "unreachable" : late ? "timed out" : "failed";
-        o.status = lost ? kExitUnreachable : late ? kExitTimeout : kExitFailed;
-        o.error = late ? absl::StrCat("timed out after ", timeout_s, " s")
-                       : Redacted(std::string(o.reply.status().message()), paths);
-      } else {
-        o.status = o.reply->exit_status();
-        o.state = o.status == 0 ? "ok" : "failed";
-        if (o.status != 0) o.error = absl::StrCat("exit status ", o.status);
-      }
+      outcomes[i] = OutcomeOf(c.Run(request, options), timeout_s, paths);
       {
         std::lock_guard<std::mutex> lock(job_mu);
         --running;

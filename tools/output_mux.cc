@@ -74,6 +74,26 @@ void OutputMux::PrintLine(FILE* f, int stream, const std::string& context, absl:
           colour ? "\033[0m" : "", pad.c_str(), static_cast<int>(line.size()), line.data());
 }
 
+RunOutcome OutcomeOf(absl::StatusOr<v1::RunReply> reply, double timeout_s,
+                     const std::vector<std::string>& paths) {
+  RunOutcome o;
+  o.reply = std::move(reply);
+  if (!o.reply.ok()) {
+    const absl::StatusCode code = o.reply.status().code();
+    const bool lost = code == absl::StatusCode::kUnavailable;
+    const bool late = code == absl::StatusCode::kDeadlineExceeded;
+    o.state = lost ? "unreachable" : late ? "timed out" : "failed";
+    o.status = lost ? kExitUnreachable : late ? kExitTimeout : kExitFailed;
+    o.error = late ? absl::StrCat("timed out after ", timeout_s, " s")
+                   : Redacted(std::string(o.reply.status().message()), paths);
+  } else {
+    o.status = o.reply->exit_status();
+    o.state = o.status == 0 ? "ok" : "failed";
+    if (o.status != 0) o.error = absl::StrCat("exit status ", o.status);
+  }
+  return o;
+}
+
 int ReportRuns(const std::vector<RunOutcome>& outcomes, const std::vector<std::string>& names,
                const std::vector<std::string>& paths, bool json, OutputMux& mux) {
   int ok = 0, failed = 0, unreachable = 0, worst = 0;

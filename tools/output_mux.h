@@ -49,6 +49,11 @@ struct RunOutcome {
   absl::StatusOr<v1::RunReply> reply = absl::UnknownError("not run");
 };
 
+// The outcome of `reply`, one context's answer to a run with `timeout_s` (0: none) over
+// `paths` (for hiding their secrets in the error).
+RunOutcome OutcomeOf(absl::StatusOr<v1::RunReply> reply, double timeout_s,
+                     const std::vector<std::string>& paths);
+
 // Ends a `grove run`: the error lines (or, with `json`, the JSON array) and the summary line,
 // for `outcomes[i]` of `names[i]` at `paths[i]`. Returns the worst exit status (141 when
 // stdout was closed under `mux`).
