@@ -45,6 +45,7 @@ def main():
     # Registry events, from another thread, until the watch is cancelled.
     watch = control.WatchContexts(control_pb2.WatchContextsRequest())
     added = threading.Event()
+    removed = threading.Event()
 
     def print_events():
         try:
@@ -53,6 +54,8 @@ def main():
                 print(f"event {kind} {event.context.name} (id {event.context.id})", flush=True)
                 if kind == "ADDED" and event.context.name == "py-worker":
                     added.set()
+                if kind == "REMOVED" and event.context.name == "py-worker":
+                    removed.set()
         except grpc.RpcError as error:
             if error.code() != grpc.StatusCode.CANCELLED:
                 raise
@@ -92,6 +95,8 @@ def main():
 
     control.Stop(control_pb2.StopPathRequest(path="local,name=py-worker"), timeout=30)
     print("stopped py-worker")
+    # The watch is its own stream: its REMOVED event may arrive after Stop has answered.
+    removed.wait(10)
     watch.cancel()
     watcher.join()
 
