@@ -1,5 +1,5 @@
 // A hostile child (SECURITY.md, "What a compromised context can and cannot do"): what it can send up its link,
-// beyond what router_test.cc already covers (spoofed sources, forged replies, calls up and
+// beyond what routing_test.cc and calls_test.cc already cover (spoofed sources, forged replies, calls up and
 // sideways against the policy, ContextAdded/Removed outside its subtree, ids the master
 // never handed out, Shutdown sent upwards).
 //

@@ -1,5 +1,5 @@
 // What the multi-process tests share beyond leak_check.h: files, /proc, waiting on a
-// condition with a deadline, the built CLI, and a status matcher.
+// condition with a deadline, the built CLI; and the status matchers (common/testing/status_matchers.h).
 #ifndef GROVE_TESTS_SUPPORT_H_
 #define GROVE_TESTS_SUPPORT_H_
 
@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/testing/status_matchers.h"
 #include "gmock/gmock.h"
 
 namespace grove::testing {
@@ -41,20 +42,6 @@ struct Ran {
 // Runs the grove CLI with `args` (and this process's environment), collecting its stdout and
 // stderr until it exits; at most `timeout`.
 Ran RunGrove(std::vector<std::string> args, absl::Duration timeout = absl::Seconds(60));
-
-inline const absl::Status& StatusOf(const absl::Status& status) { return status; }
-template <typename T>
-const absl::Status& StatusOf(const absl::StatusOr<T>& status_or) {
-  return status_or.status();
-}
-
-
-// Matches an absl::Status or absl::StatusOr whose code is `code`.
-MATCHER_P(StatusIs, code, "") {
-  const absl::Status& status = ::grove::testing::StatusOf(arg);
-  *result_listener << "status " << status;
-  return status.code() == code;
-}
 
 }  // namespace grove::testing
 

@@ -209,4 +209,17 @@ int InMemoryNetwork::threads_started() const {
   return threads_->started;
 }
 
+v1::Envelope CallEnvelope(uint64_t src, uint64_t dst, uint64_t id, const std::string& function,
+                          const google::protobuf::Message& argument) {
+  v1::Envelope envelope;
+  envelope.set_src(src);
+  envelope.set_dst(dst);
+  v1::Call* call = envelope.mutable_call();
+  call->set_id(id);
+  call->set_function(function);
+  call->set_argument_type(argument.GetDescriptor()->full_name());
+  call->set_argument(argument.SerializeAsString());
+  return envelope;
+}
+
 }  // namespace grove

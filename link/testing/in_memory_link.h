@@ -126,6 +126,11 @@ class InMemoryNetwork {
   const std::shared_ptr<InMemoryLink::Threads> threads_;
 };
 
+// An envelope carrying call `id` of `function` with `argument`, from `src` to `dst`: what a
+// test (or a lying child) writes on a link.
+v1::Envelope CallEnvelope(uint64_t src, uint64_t dst, uint64_t id, const std::string& function,
+                          const google::protobuf::Message& argument);
+
 }  // namespace grove
 
 #endif  // GROVE_LINK_TESTING_IN_MEMORY_LINK_H_
