@@ -172,4 +172,12 @@ absl::StatusOr<std::vector<Hop>> ParsePath(absl::string_view text) {
   return hops;
 }
 
+absl::StatusOr<std::string> CanonicalPath(absl::string_view text) {
+  absl::StatusOr<std::vector<Hop>> hops = ParsePath(text);
+  if (!hops.ok()) return hops.status();
+  std::vector<std::string> parts;
+  for (const Hop& hop : *hops) parts.push_back(hop.ToString());
+  return absl::StrJoin(parts, "/");
+}
+
 }  // namespace grove

@@ -43,6 +43,9 @@ bool IsSecretOption(absl::string_view key);
 // values replaced by "***".
 absl::StatusOr<Hop> ParseHop(absl::string_view text);
 absl::StatusOr<std::vector<Hop>> ParsePath(absl::string_view text);
+// The canonical form of a path (each hop's ToString, joined by "/"): two spellings of one
+// path have one canonical form. INVALID_ARGUMENT as ParsePath.
+absl::StatusOr<std::string> CanonicalPath(absl::string_view text);
 
 }  // namespace grove
 

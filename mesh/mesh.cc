@@ -109,6 +109,7 @@ class Mesh {
     std::optional<std::string> first;
     if (request.has_message()) first = request.message();
     if (first || request.half_close()) stream->Push(std::move(first), request.half_close());
+    if (request.ack()) call.Output(kGrpcAcceptedStream, "");
     stream->Start(*stub, request, &call);
     uint64_t on_cancel = call.cancel_source().AddCallback([stream] { stream->Cancel(); });
     v1::GrpcStatus result = stream->Wait();
@@ -250,18 +251,29 @@ class Mesh {
 
 ProxyCall::ProxyCall(ProxyServer* server, grpc::GenericCallbackServerContext* context)
     : server_(server), state_(std::make_shared<ProxyState>(this, context, &read_)) {
-  absl::StatusOr<ContextId> target = TargetOf(context->client_metadata());
+  absl::StatusOr<ContextId> target = server_->Pick(*context);
   if (!target.ok()) {
     state_->Fail(ToGrpcStatus(target.status()));
     return;
   }
-  target_ = *target;
+  {
+    absl::MutexLock lock(&target_mu_);
+    target_ = *target;
+  }
+  picked_ = server_->has_picker();
   deadline_ = DeadlineFrom(context->deadline());
   open_.set_stream(server_->NextStream());
   open_.set_method(context->method());
   CopyMetadata(context->client_metadata(), open_.mutable_metadata());
   const google::protobuf::MethodDescriptor* method = FindMethod(context->method());
   single_request_ = method != nullptr && !method->client_streaming();
+  if (picked_) {
+    open_.set_ack(true);
+    // Only a call whose one request went with its open can be opened again elsewhere.
+    if (single_request_) {
+      state_->SetRetry([this](const absl::Status& why) { return Retry(why); });
+    }
+  }
   // A streaming client may wait for the server before it writes: open at once.
   if (!single_request_) Open(std::nullopt, /*half_close=*/false);
   StartRead(&read_);
@@ -278,7 +290,7 @@ void ProxyCall::Open(std::optional<std::string> first_message, bool half_close) 
     state->OnOutput(stream, data);
   };
   bool started = server_->StartCall(
-      target_, kOpen, v1::GrpcOpenRequest::descriptor()->full_name(), open_.SerializeAsString(),
+      target(), kOpen, v1::GrpcOpenRequest::descriptor()->full_name(), open_.SerializeAsString(),
       options, [state](absl::StatusOr<std::string> result) { state->OnResult(std::move(result)); });
   if (!started) {
     state_->Fail(grpc::Status(grpc::StatusCode::UNAVAILABLE,
@@ -296,7 +308,7 @@ void ProxyCall::Send(std::optional<std::string> message, bool half_close) {
   CallOptions options;
   options.deadline = deadline_;
   // The outcome is the open's: a send fails only when the open does.
-  server_->StartCall(target_, kSend, v1::GrpcSendRequest::descriptor()->full_name(),
+  server_->StartCall(target(), kSend, v1::GrpcSendRequest::descriptor()->full_name(),
                      send.SerializeAsString(), options, [](absl::StatusOr<std::string>) {});
 }
 
@@ -306,8 +318,37 @@ void ProxyCall::SendCredit(const v1::GrpcCredit& credit) {
   *send.mutable_consumed() = credit;
   CallOptions options;
   options.deadline = deadline_;
-  server_->StartCall(target_, kSend, v1::GrpcSendRequest::descriptor()->full_name(),
+  server_->StartCall(target(), kSend, v1::GrpcSendRequest::descriptor()->full_name(),
                      send.SerializeAsString(), options, [](absl::StatusOr<std::string>) {});
+}
+
+bool ProxyCall::Retry(const absl::Status& why) {
+  if (retried_) return false;  // Once.
+  retried_ = true;
+  const ContextId lost = target();
+  server_->picker()->Done(lost, ToGrpcStatus(why));
+  std::optional<ContextId> next = server_->picker()->Retry(open_.method(), lost, why);
+  if (!next.has_value()) {
+    // The call fails with `why`; Done was said for `lost` already.
+    picked_ = false;
+    return false;
+  }
+  {
+    absl::MutexLock lock(&target_mu_);
+    target_ = *next;
+  }
+  // The open carries the request and the half-close; this object may be gone once it starts.
+  open_.set_stream(server_->NextStream());
+  Open(std::nullopt, /*half_close=*/true);
+  return true;
+}
+
+void ProxyCall::OnDone() {
+  state_->DropRetry();
+  order_.Settle();
+  state_->Settle();
+  if (picked_) server_->picker()->Done(target(), state_->final_status());
+  delete this;
 }
 
 void ProxyCall::OnReadDone(bool ok) {

@@ -63,11 +63,13 @@
 namespace grove {
 
 // Output streams of grove.grpc_open (CallContext::Output), reserved for the mesh: the
-// server's initial metadata (a v1.GrpcMetadata), each response message (raw bytes), and
-// the request messages delivered so far (a v1.GrpcCredit, for flow control).
+// server's initial metadata (a v1.GrpcMetadata), each response message (raw bytes), the
+// request messages delivered so far (a v1.GrpcCredit, for flow control), and (empty, when
+// the open asked for it) that the call is starting on the service.
 inline constexpr int kGrpcHeadersStream = 16;
 inline constexpr int kGrpcMessageStream = 17;
 inline constexpr int kGrpcCreditStream = 18;
+inline constexpr int kGrpcAcceptedStream = 19;
 
 // A channel to the services hosted in `context`, for generated stubs (or a GenericStub).
 // Any number of calls may use it at once, from any thread. The channel is shared: calling

@@ -44,6 +44,7 @@
 #include "transport/grpc_link.h"
 
 #include "mesh/flow_control.h"
+#include "mesh/forwarder.h"
 #include "mesh/metadata.h"
 
 namespace grove::mesh_internal {
@@ -76,6 +77,11 @@ class ProxyState {
       if (credit.ParseFromString(data)) OnCredit(credit);
       return;
     }
+    if (stream == kGrpcAcceptedStream) {
+      absl::MutexLock lock(&mu_);
+      accepted_ = true;
+      return;
+    }
     if (stream == kGrpcHeadersStream) {
       v1::GrpcMetadata headers;
       if (!headers.ParseFromString(data)) return;
@@ -95,8 +101,10 @@ class ProxyState {
     Pump();
   }
 
-  // The result of the open: the call's status, or the grove call's failure.
+  // The result of the open: the call's status, or the grove call's failure. A failure before
+  // the target accepted the call goes to the retry hook first, which may open it elsewhere.
   void OnResult(absl::StatusOr<std::string> result) {
+    if (!result.ok() && TryRetry(result.status())) return;
     Item item;
     item.kind = Item::kFinish;
     if (!result.ok()) {
@@ -125,6 +133,30 @@ class ProxyState {
   bool finish_queued() const {
     absl::MutexLock lock(&mu_);
     return finish_queued_;
+  }
+
+  // How the call ended for the client (once the finish is queued).
+  grpc::Status final_status() const {
+    absl::MutexLock lock(&mu_);
+    return final_status_;
+  }
+
+  // A hook that gets a failed open which the target never accepted; true when it opened the
+  // call elsewhere (it must not touch its owner after starting that open). Set before the
+  // first open; DropRetry before the owner goes.
+  void SetRetry(std::function<bool(const absl::Status&)> retry) {
+    absl::MutexLock lock(&mu_);
+    retry_ = std::move(retry);
+  }
+  // No retry hook runs after this returns (but one on this thread, which called into the
+  // reactor that is going).
+  void DropRetry() {
+    absl::MutexLock lock(&mu_);
+    retry_ = nullptr;
+    auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return retrying_ == std::thread::id() || retrying_ == std::this_thread::get_id();
+    };
+    mu_.Await(absl::Condition(&idle));
   }
 
   // Called by the reactor's OnDone before it deletes the reactor: waits until a Pump on
@@ -189,11 +221,30 @@ class ProxyState {
     Pump();
   }
 
+  // Runs the retry hook for a failed open the target never accepted, once per open.
+  bool TryRetry(const absl::Status& why) {
+    std::function<bool(const absl::Status&)> retry;
+    {
+      absl::MutexLock lock(&mu_);
+      if (finish_queued_ || accepted_ || retry_ == nullptr ||
+          retrying_ != std::thread::id()) {
+        return false;
+      }
+      retry = retry_;
+      retrying_ = std::this_thread::get_id();
+    }
+    bool again = retry(why);
+    absl::MutexLock lock(&mu_);
+    retrying_ = std::thread::id();
+    return again;
+  }
+
   void QueueFinish(Item item) {
     {
       absl::MutexLock lock(&mu_);
       if (finish_queued_) return;
       finish_queued_ = true;
+      final_status_ = item.status;
       queue_.push_back(std::move(item));
     }
     Pump();
@@ -290,6 +341,12 @@ class ProxyState {
   bool read_paused_ ABSL_GUARDED_BY(mu_) = false;
   // OnCredit calls starting a read now.
   int resuming_ ABSL_GUARDED_BY(mu_) = 0;
+  // The target said it is starting the call (GrpcOpenRequest::ack).
+  bool accepted_ ABSL_GUARDED_BY(mu_) = false;
+  grpc::Status final_status_ ABSL_GUARDED_BY(mu_);
+  std::function<bool(const absl::Status&)> retry_ ABSL_GUARDED_BY(mu_);
+  // The thread running the retry hook (none: the default id).
+  std::thread::id retrying_ ABSL_GUARDED_BY(mu_);
 };
 
 // One call made on a ChannelTo channel, forwarded to its target context: grove.grpc_open,
@@ -316,11 +373,7 @@ class ProxyCall final : public grpc::ServerGenericBidiReactor {
     ReactionOrder::Reaction reaction(&order_);
     state_->cancel().Cancel();
   }
-  void OnDone() override {
-    order_.Settle();
-    state_->Settle();
-    delete this;
-  }
+  void OnDone() override;
 
  private:
   // Sends grove.grpc_open, with the first request message and the half-close when given.
@@ -328,12 +381,25 @@ class ProxyCall final : public grpc::ServerGenericBidiReactor {
   void Send(std::optional<std::string> message, bool half_close);
   void SendCredit(const v1::GrpcCredit& credit);
 
+  // The retry hook (ProxyState::SetRetry) of a call whose target a CallPicker chose.
+  bool Retry(const absl::Status& why);
+  ContextId target() const {
+    absl::MutexLock lock(&target_mu_);
+    return target_;
+  }
+
   ProxyServer* const server_;
   ReactionOrder order_;
   // Read side only (and OnCredit, while the read side is stopped).
   grpc::ByteBuffer read_;
   const std::shared_ptr<ProxyState> state_;
-  ContextId target_;
+  mutable absl::Mutex target_mu_;
+  // Changed only by a retry, which only a call with a single request gets.
+  ContextId target_ ABSL_GUARDED_BY(target_mu_);
+  // A CallPicker chose the target (and hears when the call is over).
+  bool picked_ = false;
+  // Opened again elsewhere once already (Retry).
+  bool retried_ = false;
   absl::Time deadline_ = absl::InfiniteFuture();
   bool single_request_ = false;
   v1::GrpcOpenRequest open_;
@@ -352,13 +418,15 @@ class ProxyService final : public grpc::CallbackGenericService {
   ProxyServer* const server_;
 };
 
-// The in-process server behind a context's ChannelTo channels, and their link to its router.
-// Owned by shared_ptrs: the context's Mesh and every channel (an in-process channel must not
-// outlive its server), so it may outlive the router: Detach (when the router goes) turns
-// every later call into UNAVAILABLE. Thread-safe.
+// The in-process server behind a context's ChannelTo channels, and their link to its router;
+// or, made by a Forwarder (forwarder.h), a listening server whose calls go where its
+// CallPicker says. Owned by shared_ptrs: the context's Mesh and every channel (an in-process
+// channel must not outlive its server), so it may outlive the router: Detach (when the router
+// goes) turns every later call into UNAVAILABLE. Thread-safe.
 class ProxyServer {
  public:
-  explicit ProxyServer(Router* router) : router_(router), name_(router->name()), service_(this) {
+  explicit ProxyServer(Router* router)
+      : router_(router), name_(router->name()), picker_(nullptr), service_(this) {
     HoldCallbackQueue();  // The callback API's queue must never be torn down and rebuilt.
     NoServerPluginsScope no_plugins;
     grpc::ServerBuilder builder;
@@ -374,7 +442,45 @@ class ProxyServer {
   ProxyServer(const ProxyServer&) = delete;
   ProxyServer& operator=(const ProxyServer&) = delete;
 
-  ~ProxyServer() { server_->Shutdown(std::chrono::system_clock::now()); }
+  // Listening at `options.listen` (see Forwarder::Start); check server() for success.
+  ProxyServer(Router* router, const ForwarderOptions& options, int* port)
+      : router_(router), name_(router->name()), picker_(options.picker), service_(this) {
+    HoldCallbackQueue();
+    // Process-wide: the standard health service on every server built from now on that does
+    // not opt out (the in-process ones do); this one serves it for the forwarded services.
+    grpc::EnableDefaultHealthCheckService(true);
+    NoServerPluginsScope no_plugins;
+    grpc::ServerBuilder builder;
+    builder.RegisterCallbackGenericService(&service_);
+    builder.SetOption(WithoutServerPlugins());
+    const int limit = options.max_message_bytes > 0
+                          ? static_cast<int>(std::min<int64_t>(options.max_message_bytes, INT32_MAX))
+                          : MessageLimit(*router);
+    builder.SetMaxReceiveMessageSize(limit);
+    builder.SetMaxSendMessageSize(limit);
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
+                               std::max(1, options.max_streams_per_connection));
+    builder.AddListeningPort(options.listen, options.credentials, port);
+    server_ = builder.BuildAndStart();
+  }
+
+  ~ProxyServer() {
+    if (server_ != nullptr) server_->Shutdown(std::chrono::system_clock::now());
+  }
+
+  grpc::Server* server() const { return server_.get(); }
+  // Stops taking calls; those in flight are cancelled at `deadline`.
+  void Shutdown(absl::Time deadline) {
+    if (server_ != nullptr) server_->Shutdown(absl::ToChronoTime(deadline));
+  }
+
+  // The target of a call: the picker's choice, or the one its ChannelTo channel names.
+  absl::StatusOr<ContextId> Pick(const grpc::GenericCallbackServerContext& context) {
+    if (picker_ == nullptr) return TargetOf(context.client_metadata());
+    return picker_->Pick(context.method(), context.client_metadata());
+  }
+  bool has_picker() const { return picker_ != nullptr; }
+  CallPicker* picker() const { return picker_; }
 
   // A channel whose calls go to `target`. It holds `self` (this server).
   static std::shared_ptr<grpc::Channel> NewChannel(std::shared_ptr<ProxyServer> self,
@@ -432,6 +538,7 @@ class ProxyServer {
   // StartCalls in progress.
   int active_ ABSL_GUARDED_BY(mu_) = 0;
   const std::string name_;
+  CallPicker* const picker_;  // Null for ChannelTo's in-process server.
   std::atomic<uint64_t> next_stream_{1};
   ProxyService service_;  // Outlives server_.
   std::unique_ptr<grpc::Server> server_;

@@ -11,6 +11,7 @@
 #include "common/json_bridge.h"
 #include "common/status_util.h"
 #include "files/files.h"
+#include "link/hop.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/impl/codegen/client_unary_call.h"
 #include "mesh/mesh.h"
@@ -135,6 +136,10 @@ grpc::Status ControlService::Status(grpc::ServerContext*, const v1::StatusReques
     down->set_supervised(true);
     down->set_restarts(state.restarts);
   }
+  for (v1::ServiceStatus& service : deps_.ingress->Describe()) {
+    *reply->add_services() = std::move(service);
+  }
+  reply->set_ingress(deps_.ingress->address());
   return grpc::Status::OK;
 }
 
@@ -156,7 +161,7 @@ grpc::Status ControlService::Stop(grpc::ServerContext*, const v1::StopPathReques
                                   v1::StopPathReply* reply) {
   std::string path = request->path();
   if (std::optional<KeptPaths::Entry> kept = deps_.kept->FindByPathOrName(path)) path = kept->path;
-  absl::StatusOr<std::string> key = KeptPaths::Canonical(path);
+  absl::StatusOr<std::string> key = CanonicalPath(path);
   if (!key.ok()) {
     return ToGrpcStatus(absl::NotFoundError(absl::StrCat(
         "no context is kept at path or under the name '", request->path(), "' (", key.status().message(), ")")));
@@ -569,6 +574,10 @@ grpc::Status ControlService::Reload(grpc::ServerContext*, const v1::ReloadReques
   *reply = deps_.supervisor->Apply(request->spec(), absl::Seconds(30));
   deps_.log->Note(absl::StrCat("reload: ", reply->started_size(), " started, ",
                                reply->stopped_size(), " stopped, ", reply->kept_size(), " kept"));
+  if (absl::Status ingress = deps_.ingress->Apply(request->spec()); !ingress.ok()) {
+    deps_.log->Note(absl::StrCat("reload: the ingress: ", ingress.message()));
+    return ToGrpcStatus(ingress);
+  }
   return grpc::Status::OK;
 }
 

@@ -30,6 +30,8 @@ class ControlService final : public v1::Control::Service {
     Router* root;
     KeptPaths* kept;
     Supervisor* supervisor;
+    // The spec's services and their ingress.
+    Ingress* ingress;
     LogBook* log;
     // What Version answers (api_version included).
     v1::VersionReply version;

@@ -46,12 +46,6 @@ KeptPaths::Lease::~Lease() {
   if (owner_ != nullptr) owner_->Release(keys_);
 }
 
-absl::StatusOr<std::string> KeptPaths::Canonical(const std::string& path) {
-  absl::StatusOr<std::vector<Hop>> hops = ParsePath(path);
-  if (!hops.ok()) return hops.status();
-  return PrefixKeys(*hops).back();
-}
-
 bool KeptPaths::Live(ContextId id) const {
   std::optional<ContextRecord> record = root_->registry().Find(id);
   return record.has_value() && record->state == ContextState::kConnected;
@@ -145,7 +139,7 @@ void KeptPaths::Release(const std::vector<std::string>& keys) {
 }
 
 absl::StatusOr<int> KeptPaths::Stop(const std::string& path) {
-  absl::StatusOr<std::string> key = Canonical(path);
+  absl::StatusOr<std::string> key = CanonicalPath(path);
   if (!key.ok()) return key.status();
   std::optional<ContextId> id;
   std::string name, display;
@@ -183,7 +177,7 @@ KeptPaths::Entry KeptPaths::EntryOf(const std::string& key, const Slot& s) {
 }
 
 std::optional<KeptPaths::Entry> KeptPaths::Find(const std::string& path) const {
-  absl::StatusOr<std::string> key = Canonical(path);
+  absl::StatusOr<std::string> key = CanonicalPath(path);
   if (!key.ok()) return std::nullopt;
   absl::MutexLock lock(&mu_);
   auto it = slots_.find(*key);

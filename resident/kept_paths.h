@@ -58,9 +58,6 @@ class KeptPaths {
   KeptPaths(const KeptPaths&) = delete;
   KeptPaths& operator=(const KeptPaths&) = delete;
 
-  // The canonical form of `path` (INVALID_ARGUMENT for a bad path).
-  static absl::StatusOr<std::string> Canonical(const std::string& path);
-
   // Starts what is missing of `path` and returns its last context, held by `lease` (when not
   // null) until the lease ends. Errors name the hop that failed and the path.
   absl::StatusOr<Context> Ensure(const std::string& path, absl::Duration connect_timeout,

@@ -57,6 +57,24 @@ class Readiness {
   int fd_;
 };
 
+// The supervisor's view of every supervised path, for the ingress.
+std::vector<ReplicaLocation> ReplicaLocations(Router& root, const Supervisor& supervisor) {
+  std::vector<ReplicaLocation> locations;
+  for (const Supervisor::State& state : supervisor.States()) {
+    ReplicaLocation& l = locations.emplace_back();
+    l.path = state.path;
+    l.id = state.id;
+    l.state = state.state;
+    l.reason = state.reason;
+    if (state.id.has_value()) {
+      if (std::optional<ContextRecord> record = root.registry().Find(*state.id)) {
+        l.name = record->name;
+      }
+    }
+  }
+  return locations;
+}
+
 }  // namespace
 
 absl::StatusOr<std::optional<ResidentOptions>> ResidentFromArgs(int argc, char** argv) {
@@ -130,6 +148,10 @@ int ServeResident(Router& root, const ResidentOptions& given) {
   });
   KeptPaths kept(&root);
   auto supervisor = std::make_unique<Supervisor>(&root, &kept, log.get());
+  Supervisor* supervised = supervisor.get();
+  auto ingress = std::make_unique<Ingress>(IngressOptions{
+      &root, [&root, supervised] { return ReplicaLocations(root, *supervised); },
+      [log](const std::string& line) { log->Note(line); }});
 
   absl::Notification stop;
   const std::string socket = options.dir + "/control.sock";
@@ -142,7 +164,7 @@ int ServeResident(Router& root, const ResidentOptions& given) {
   version.set_started_unix_ms(absl::ToUnixMillis(absl::Now()));
   version.set_socket(socket);
   version.set_log_file(log->file());
-  ControlService service({&root, &kept, supervisor.get(), log.get(), version,
+  ControlService service({&root, &kept, supervisor.get(), ingress.get(), log.get(), version,
                           options.idle_timeout, [&stop] {
                             if (!stop.HasBeenNotified()) stop.Notify();
                           }});
@@ -173,6 +195,14 @@ int ServeResident(Router& root, const ResidentOptions& given) {
     v1::ReloadReply applied = supervisor->Apply(*spec, absl::Seconds(30));
     log->Note(absl::StrCat("spec ", options.spec_file, ": ", applied.started_size(),
                            " supervised contexts"));
+    if (absl::Status served = ingress->Apply(*spec); !served.ok()) {
+      listener->reset();
+      server->Shutdown(absl::ToChronoTime(absl::Now()));
+      ingress.reset();
+      supervisor.reset();
+      return readiness.Fail(absl::StrCat(options.spec_file, ": ", served.message()));
+    }
+    ingress->CheckNow();  // Ready means: the replicas that are up take calls.
   }
   readiness.Ready();
 
@@ -198,7 +228,8 @@ int ServeResident(Router& root, const ResidentOptions& given) {
   // What is in flight is cancelled (commands are killed, follows end); Shutdown returns once
   // every handler has.
   server->Shutdown(absl::ToChronoTime(absl::Now()));
-  // No restarts while the tree goes down.
+  // No calls from clients, and no restarts, while the tree goes down.
+  ingress.reset();
   supervisor.reset();
   root.Shutdown(absl::CancelledError("the resident master shut down"));
   log->Note("resident master stopped");

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "google/protobuf/io/tokenizer.h"
 #include "google/protobuf/text_format.h"
+#include "link/hop.h"
 
 namespace grove {
 namespace {
@@ -55,12 +56,25 @@ class SpecErrors : public google::protobuf::io::ErrorCollector {
 
 }  // namespace
 
+std::vector<v1::SupervisedContext> SupervisedContexts(const v1::Spec& spec) {
+  std::vector<v1::SupervisedContext> all(spec.context().begin(), spec.context().end());
+  for (const v1::Service& service : spec.service()) {
+    all.insert(all.end(), service.replica().begin(), service.replica().end());
+  }
+  return all;
+}
+
 absl::Status ValidateSpec(const v1::Spec& spec) {
+  if (absl::Status services = ValidateServices(spec); !services.ok()) return services;
   absl::flat_hash_set<std::string> seen;
-  for (int i = 0; i < spec.context_size(); ++i) {
-    const v1::SupervisedContext& c = spec.context(i);
-    const std::string where = absl::StrCat("spec context #", i + 1, " (path \"", c.path(), "\")");
-    absl::StatusOr<std::string> key = KeptPaths::Canonical(c.path());
+  const std::vector<v1::SupervisedContext> all = SupervisedContexts(spec);
+  for (size_t i = 0; i < all.size(); ++i) {
+    const v1::SupervisedContext& c = all[i];
+    const std::string where =
+        i < static_cast<size_t>(spec.context_size())
+            ? absl::StrCat("spec context #", i + 1, " (path \"", c.path(), "\")")
+            : absl::StrCat("spec replica (path \"", c.path(), "\")");
+    absl::StatusOr<std::string> key = CanonicalPath(c.path());
     if (!key.ok()) {
       return absl::InvalidArgumentError(absl::StrCat(where, ": ", key.status().message()));
     }
@@ -123,8 +137,8 @@ v1::ReloadReply Supervisor::Apply(const v1::Spec& spec, absl::Duration connect_t
   {
     absl::MutexLock lock(&mu_);
     absl::flat_hash_set<std::string> wanted;
-    for (const v1::SupervisedContext& c : spec.context()) {
-      const std::string key = *KeptPaths::Canonical(c.path());
+    for (const v1::SupervisedContext& c : SupervisedContexts(spec)) {
+      const std::string key = *CanonicalPath(c.path());
       wanted.insert(key);
       auto [it, added] = entries_.try_emplace(key);
       Entry& e = it->second;

@@ -27,6 +27,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "proto/control.pb.h"
+#include "ingress/ingress.h"
 #include "proto/spec.pb.h"
 #include "resident/kept_paths.h"
 #include "resident/log_book.h"
@@ -34,9 +35,11 @@
 
 namespace grove {
 
-// Checks a spec: every path parses, none twice, backoff and limits not negative.
-// INVALID_ARGUMENT naming the entry.
+// Checks a spec: every path parses, none twice (contexts and replicas), backoff and limits not
+// negative, services and ingress as ValidateServices says. INVALID_ARGUMENT naming the entry.
 absl::Status ValidateSpec(const v1::Spec& spec);
+// What a spec supervises: its contexts, then the replicas of its services.
+std::vector<v1::SupervisedContext> SupervisedContexts(const v1::Spec& spec);
 // Parses a spec (protobuf text format, the contents of `file_name`). INVALID_ARGUMENT naming
 // the file, line and column.
 absl::StatusOr<v1::Spec> ParseSpec(const std::string& text, const std::string& file_name);

@@ -135,12 +135,27 @@ void PrintStatus(const v1::StatusReply& s, bool json) {
     };
     for (const v1::ContextStatus& c : s.contexts()) items.push_back(item(c));
     for (const v1::ContextStatus& c : s.down()) items.push_back(item(c));
+    std::vector<std::string> services;
+    for (const v1::ServiceStatus& service : s.services()) {
+      std::vector<std::string> names, replicas;
+      for (const std::string& name : service.names()) names.push_back(JsonQuote(name));
+      for (const v1::ServiceStatus::Replica& r : service.replicas()) {
+        replicas.push_back(absl::StrCat(
+            "{\"path\":", JsonQuote(r.path()), ",\"id\":", r.id(), ",\"health\":",
+            JsonQuote(r.health()), ",\"in_flight\":", r.in_flight(), ",\"calls\":", r.calls(),
+            ",\"failed\":", r.failed(), "}"));
+      }
+      services.push_back(absl::StrCat("{\"names\":[", absl::StrJoin(names, ","),
+                                      "],\"replicas\":[", absl::StrJoin(replicas, ","), "]}"));
+    }
     printf("{\"pid\":%lld,\"uptime_ms\":%lld,\"build\":%s,\"version\":%s,\"socket\":%s,"
-           "\"log\":%s,\"api_version\":%d,\"contexts\":[%s]}\n",
+           "\"log\":%s,\"api_version\":%d,\"contexts\":[%s],\"ingress\":%s,"
+           "\"services\":[%s]}\n",
            static_cast<long long>(s.master().pid()), static_cast<long long>(s.uptime_ms()),
            JsonQuote(s.master().build()).c_str(), JsonQuote(s.master().version()).c_str(),
            JsonQuote(s.master().socket()).c_str(), JsonQuote(s.master().log_file()).c_str(),
-           s.master().api_version(), absl::StrJoin(items, ",").c_str());
+           s.master().api_version(), absl::StrJoin(items, ",").c_str(),
+           JsonQuote(s.ingress()).c_str(), absl::StrJoin(services, ",").c_str());
     return;
   }
   printf("resident master pid %lld, up %s, grove %s (build %s), control API v%d\n",
@@ -164,6 +179,20 @@ void PrintStatus(const v1::StatusReply& s, bool json) {
   };
   for (const v1::ContextStatus& c : s.contexts()) row(c, true);
   for (const v1::ContextStatus& c : s.down()) row(c, false);
+  if (s.services().empty()) return;
+  printf("\ningress %s\n", s.ingress().empty() ? "(none: the spec has no ingress listen)"
+                                                 : s.ingress().c_str());
+  printf("%-28s %-28s %-5s %-14s %-9s %-9s %s\n", "SERVICE", "REPLICA", "ID", "HEALTH",
+         "IN-FLIGHT", "CALLS", "FAILED");
+  for (const v1::ServiceStatus& service : s.services()) {
+    const std::string names = absl::StrJoin(service.names(), ",");
+    for (const v1::ServiceStatus::Replica& r : service.replicas()) {
+      printf("%-28s %-28s %-5s %-14s %-9d %-9lld %lld\n", Printable(names).c_str(),
+             Printable(r.path()).c_str(), r.id() == 0 ? "-" : absl::StrCat(r.id()).c_str(),
+             Printable(r.health()).c_str(), r.in_flight(), static_cast<long long>(r.calls()),
+             static_cast<long long>(r.failed()));
+    }
+  }
 }
 
 // Splits the attach options off a verb's arguments (before "--"): --fresh, --attach SOCKET.
