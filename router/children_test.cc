@@ -277,9 +277,10 @@ TEST_F(RouterTest, ShutdownFailsPendingCallsAndRefusesNewOnes) {
   EXPECT_TRUE(launcher_->WaitShutdownRequested(c2_->id()));
 }
 
-// BUG (Router::OnEnvelope in router/router.cc, RemoveContexts in router/router_membership.cc): when a subtree is lost, only the
-// contexts that had calls pending *to* it are told (Child::egress); calls *from* it that are
-// running elsewhere (here g -> c2) are never cancelled and run to completion for nobody.
+// BUG (Router::OnEnvelope in router/router.cc, RemoveContexts in router/router_membership.cc):
+// when a subtree is lost, only the contexts that had calls pending *to* it are told
+// (ChildSet::NoteCallOut, TakeCallersOf); calls *from* it that are running elsewhere (here
+// g -> c2) are never cancelled and run to completion for nobody.
 TEST_F(RouterTest, DISABLED_CallsFromALostContextAreCancelledElsewhere) {
   ASSERT_NO_FATAL_FAILURE(SpawnTree());
   std::future<absl::StatusOr<v1::Empty>> from_g =

@@ -25,7 +25,9 @@ Router::Router(Options options)
       self_(options_.self),
       ancestors_(options_.ancestors.begin(), options_.ancestors.end()),
       registry_(options_.gone_history),
+      children_(options_.max_contexts_per_link),
       gone_(options_.gone_history),
+      calls_(options_.max_running_calls_per_link),
       id_blocks_(kMaxIdBlocksPerContext) {
   RegisterBuiltins();
   for (const Component& attach : options_.components) attach(*this, builtins_);
@@ -34,10 +36,8 @@ Router::Router(Options options)
         options_.silence_limit,
         [this] {
           // Child links only: see link_watch.h on why a parent is never judged silent.
-          std::vector<std::shared_ptr<Link>> links;
           absl::MutexLock lock(&mu_);
-          for (const auto& [link, child] : children_) links.push_back(child->link);
-          return links;
+          return children_.Links();
         },
         [this] {
           return Deliveries{delivering_.load(std::memory_order_relaxed),
@@ -100,9 +100,9 @@ Router::Route Router::RouteTo(uint64_t dst) {
   Route route;
   if (dst == self_.id()) {
     route.kind = Route::kLocal;
-  } else if (auto it = routes_.find(dst); it != routes_.end()) {
+  } else if (const Child* child = children_.RouteOf(dst); child != nullptr) {
     route.kind = Route::kChild;
-    route.link = it->second->link;
+    route.link = child->link;
   } else if (parent_ != nullptr && !parent_down_) {
     route.kind = Route::kParent;
     route.link = parent_;
@@ -188,12 +188,11 @@ void Router::OnEnvelope(Link* link, v1::Envelope envelope) {
     std::shared_ptr<Child> from_child;
     if (parent_ != nullptr && link == parent_.get()) {
       from_parent = true;
-      spoofed = src == self_.id() || routes_.contains(src);
-    } else if (auto it = children_.find(link); it != children_.end()) {
-      from_child = it->second;
-      spoofed = src != from_child->info.id() && !from_child->routed.contains(src);
+      spoofed = src == self_.id() || children_.Reaches(src);
     } else {
-      return;  // A link that is already down.
+      from_child = children_.FindByLink(link);
+      if (from_child == nullptr) return;  // A link that is already down.
+      spoofed = src != from_child->info.id() && !from_child->routed().contains(src);
     }
     if (!spoofed && body == v1::Envelope::kLog && from_child != nullptr) {
       const absl::Time now = absl::Now();
@@ -207,9 +206,8 @@ void Router::OnEnvelope(Link* link, v1::Envelope envelope) {
     if (!spoofed && body != v1::Envelope::kAdded && body != v1::Envelope::kRemoved &&
         body != v1::Envelope::kRefused && body != v1::Envelope::kGranted) {
       route = RouteTo(dst);
-      if (from_child != nullptr && body == v1::Envelope::kCall &&
-          !from_child->routed.contains(dst)) {
-        from_child->egress.insert(dst);
+      if (from_child != nullptr && body == v1::Envelope::kCall) {
+        children_.NoteCallOut(*from_child, dst);
       }
     }
   }

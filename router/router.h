@@ -8,10 +8,15 @@
 //
 //                 parent link
 //                      │
-//              ┌───────┴────────┐   routes_: descendant id ─> child
-//              │     Router     │   pending_: calls this context made
-//              └──┬─────────┬───┘   incoming_: calls running here
+//              ┌───────┴────────┐   children_ (ChildSet): child links; descendant id ─> child
+//              │     Router     │   calls_ (CallTable): calls this context made (pending),
+//              └──┬─────────┬───┘                       calls running here (incoming)
 //            child link   child link
+//
+// The Router coordinates parts that each keep one kind of state, in files of their own:
+// ChildSet (router/child_set.h), CallTable (router/call_table.h), IdBlocks, GoneContexts,
+// LogQuota (one per child), the Registry and the LinkWatch. The ones under its mutex only
+// record, and return what the Router must then do: it makes every call out.
 //
 // Rules enforced here (see docs/architecture.md, "The router" and "Calls"):
 //  - Names go up: a parent sends ContextAdded up before any envelope of its new child.
@@ -48,6 +53,8 @@
 #include "common/executor.h"
 #include "proto/builtins.pb.h"
 #include "proto/grove.pb.h"
+#include "router/call_table.h"
+#include "router/child_set.h"
 #include "router/component.h"
 #include "router/functions.h"
 #include "router/gone_contexts.h"
@@ -209,8 +216,7 @@ class Router : public LinkDelegate {
   size_t pending_calls() const;
 
  private:
-  struct Child;
-  struct Pending;
+  using Child = ChildSet::Child;
 
   // Where an envelope goes next.
   struct Route {
@@ -223,9 +229,9 @@ class Router : public LinkDelegate {
   void HandleLocal(Link* from, v1::Envelope envelope);
   // A call to a function here, which came in over `from` (null: made in this context).
   void HandleCall(Link* from, v1::Envelope envelope);
-  // Runs it; `quota` (null for none) counts it among the calls running for its link.
-  void RunCall(uint64_t src, v1::Call call, const Function* function,
-               std::shared_ptr<CallContext> context, std::shared_ptr<int> quota);
+  // Runs it, registered in calls_ as `incoming`, and forgets it there once it returns.
+  void RunCall(const IncomingCall& incoming, v1::Call call, const Function* function,
+               std::shared_ptr<CallContext> context);
   void SendReply(uint64_t dst, uint64_t call_id, const absl::StatusOr<std::string>& result,
                  const std::string& origin);
   // A reply or output for a call this context made, which arrived on `from` (null: from
@@ -242,7 +248,10 @@ class Router : public LinkDelegate {
   // and the children that were talking to them.
   void RemoveContexts(const std::shared_ptr<Child>& child, std::vector<uint64_t> ids,
                       const std::string& reason);
+  // Completes call `call_id` with `result` unless it completed already.
   void Complete(uint64_t call_id, absl::StatusOr<std::string> result);
+  // Completes `call`, taken out of calls_: undoes its timer and cancel callbacks, runs done.
+  void Finish(const std::shared_ptr<PendingCall>& call, absl::StatusOr<std::string> result);
   void Send(Route route, v1::Envelope envelope);
   void SendToParent(v1::Envelope envelope);
   bool Allowed(uint64_t src, CallableBy callable_by) const;
@@ -271,26 +280,22 @@ class Router : public LinkDelegate {
 
   mutable absl::Mutex mu_;
   std::shared_ptr<Link> parent_ ABSL_GUARDED_BY(mu_);
-  // Calls from the parent's link running on workers (max_running_calls_per_link).
-  std::shared_ptr<int> parent_running_calls_ ABSL_GUARDED_BY(mu_) = std::make_shared<int>(0);
   bool parent_down_ ABSL_GUARDED_BY(mu_) = false;
   absl::flat_hash_map<std::string, Launcher*> launchers_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<Link*, std::shared_ptr<Child>> children_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<uint64_t, std::shared_ptr<Child>> routes_ ABSL_GUARDED_BY(mu_);
+  // The children, their links and the routes to their subtrees; the names of children being
+  // spawned; the child links not yet through OnLinkDown (Shutdown waits for none, so that no
+  // link calls into a destroyed router).
+  ChildSet children_ ABSL_GUARDED_BY(mu_);
   GoneContexts gone_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<uint64_t, std::shared_ptr<Pending>> pending_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<std::pair<uint64_t, uint64_t>, std::shared_ptr<CallContext>> incoming_
-      ABSL_GUARDED_BY(mu_);
-  // Explicit names of children being spawned here, to refuse duplicates.
-  absl::flat_hash_set<std::string> spawning_names_ ABSL_GUARDED_BY(mu_);
+  // Calls this context made (pending), and calls running here (incoming), counted per link
+  // for max_running_calls_per_link: a link's count is keyed by the id of the context at its
+  // far end (the child, or this context's parent).
+  CallTable calls_ ABSL_GUARDED_BY(mu_);
   // This context's own ids, and the blocks the master handed out (grove.id_block) to contexts
   // of this subtree: in the master, all of them; elsewhere, as IdBlockGranted told on the way
   // down. A ContextAdded is accepted only for an id in a block of its parent, and only once,
   // so that ids stay unique after gone_ has forgotten them.
   IdBlocks id_blocks_ ABSL_GUARDED_BY(mu_);
-  // Child links added and not yet through OnLinkDown; Shutdown waits for zero, so that no
-  // link calls into a destroyed router.
-  int live_child_links_ ABSL_GUARDED_BY(mu_) = 0;
   // Set at the end of OnLinkDown for the parent link.
   bool parent_link_done_ ABSL_GUARDED_BY(mu_) = false;
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;

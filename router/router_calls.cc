@@ -22,7 +22,7 @@ using router_internal::IsCall;
 
 size_t Router::pending_calls() const {
   absl::MutexLock lock(&mu_);
-  return pending_.size();
+  return calls_.pending_count();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -44,7 +44,7 @@ void Router::StartCall(ContextId dst, const std::string& function,
     return;
   }
   const uint64_t id = next_call_id_.fetch_add(1, std::memory_order_relaxed);
-  auto pending = std::make_shared<Pending>();
+  auto pending = std::make_shared<PendingCall>();
   pending->dst = dst.value();
   pending->done = std::move(done);
   pending->on_output = options.on_output;
@@ -79,7 +79,7 @@ void Router::StartCall(ContextId dst, const std::string& function,
                                                    " (looked up in ", self_.name(), ")"));
       } else {
         pending->via = route.link;
-        pending_.emplace(id, pending);
+        refused = calls_.AddPending(id, pending);
       }
     }
   }
@@ -93,8 +93,7 @@ void Router::StartCall(ContextId dst, const std::string& function,
     Route route;
     {
       absl::MutexLock lock(&mu_);
-      auto it = pending_.find(id);
-      if (it == pending_.end()) return;
+      if (!calls_.IsPending(id)) return;
       route = RouteTo(dst.value());
     }
     const bool deadline_exceeded = absl::IsDeadlineExceeded(status);
@@ -135,7 +134,7 @@ void Router::StartCall(ContextId dst, const std::string& function,
   bool still_pending;
   {
     absl::MutexLock lock(&mu_);
-    still_pending = pending_.contains(id);
+    still_pending = calls_.IsPending(id);
     if (still_pending) {
       pending->timer = timer;
       pending->cancel = options.cancel;
@@ -155,49 +154,50 @@ void Router::StartCall(ContextId dst, const std::string& function,
 }
 
 void Router::Complete(uint64_t call_id, absl::StatusOr<std::string> result) {
-  std::shared_ptr<Pending> p;
+  std::shared_ptr<PendingCall> call;
   {
     absl::MutexLock lock(&mu_);
-    auto it = pending_.find(call_id);
-    if (it == pending_.end()) return;  // Already completed (reply after a deadline, say).
-    p = std::move(it->second);
-    pending_.erase(it);
+    call = calls_.TakePending(call_id);
   }
-  if (p->timer) timer_.Cancel(p->timer);
-  if (p->cancel_callback) p->cancel->RemoveCallback(p->cancel_callback);
-  if (p->parent_callback) p->parent_cancel->RemoveCallback(p->parent_callback);
-  p->done(std::move(result));
+  if (call == nullptr) return;  // Already completed (reply after a deadline, say).
+  Finish(call, std::move(result));
+}
+
+void Router::Finish(const std::shared_ptr<PendingCall>& call,
+                    absl::StatusOr<std::string> result) {
+  if (call->timer) timer_.Cancel(call->timer);
+  if (call->cancel_callback) call->cancel->RemoveCallback(call->cancel_callback);
+  if (call->parent_callback) call->parent_cancel->RemoveCallback(call->parent_callback);
+  call->done(std::move(result));
 }
 
 void Router::HandleReply(Link* from, const v1::Reply& reply) {
+  absl::StatusOr<std::shared_ptr<PendingCall>> call;
   {
     absl::MutexLock lock(&mu_);
-    auto it = pending_.find(reply.id());
-    if (it == pending_.end()) return;  // Already completed (reply after a deadline, say).
-    if (it->second->via.get() != from) {
-      LOG(WARNING) << "context " << self_.name() << ": dropped a reply to call " << reply.id()
-                   << " that came from " << (from ? from->DebugName() : "this context")
-                   << ", not from where the call went";
-      return;
-    }
+    call = calls_.TakeReply(reply.id(), from);
   }
+  if (absl::IsPermissionDenied(call.status())) {
+    LOG(WARNING) << "context " << self_.name() << ": dropped a reply to call " << reply.id()
+                 << " that came from " << (from ? from->DebugName() : "this context")
+                 << ", not from where the call went";
+    return;
+  }
+  if (!call.ok()) return;  // Already completed (reply after a deadline, say).
   if (reply.code() == 0) {
-    Complete(reply.id(), reply.result());
+    Finish(*call, reply.result());
   } else {
-    Complete(reply.id(),
-             RemoteError(StatusCodeFromWire(reply.code()), reply.message(), reply.origin()));
+    Finish(*call, RemoteError(StatusCodeFromWire(reply.code()), reply.message(), reply.origin()));
   }
 }
 
 void Router::HandleOutput(Link* from, v1::Output* output) {
-  std::shared_ptr<Pending> p;
+  std::shared_ptr<PendingCall> call;
   {
     absl::MutexLock lock(&mu_);
-    auto it = pending_.find(output->id());
-    if (it == pending_.end() || it->second->via.get() != from) return;
-    p = it->second;
+    call = calls_.PendingFrom(output->id(), from);
   }
-  if (p->on_output) p->on_output(output->stream(), output->data());
+  if (call != nullptr && call->on_output) call->on_output(output->stream(), output->data());
 }
 
 void Router::SendOutput(ContextId caller, uint64_t call_id, int stream, std::string data) {
@@ -223,7 +223,7 @@ bool Router::Allowed(uint64_t src, CallableBy callable_by) const {
       return true;
     case CallableBy::kDescendants: {
       absl::MutexLock lock(&mu_);
-      return routes_.contains(src);
+      return children_.Reaches(src);
     }
     case CallableBy::kAncestors:
       return false;
@@ -271,7 +271,8 @@ void Router::HandleCall(Link* from, v1::Envelope envelope) {
                             ? absl::Now() + absl::Microseconds(call->timeout_us())
                             : absl::InfiniteFuture();
   auto context = std::make_shared<CallContext>(this, ContextId(src), call->id(), deadline);
-  std::shared_ptr<int> quota;  // Counts this call among its link's, if it takes a worker.
+  // Counted among the calls of the link it came over, if it takes a worker.
+  IncomingCall incoming{src, call->id(), std::nullopt};
   std::string link_name;
   std::optional<int> over_quota;  // The calls running for its link, if already the most.
   {
@@ -279,23 +280,20 @@ void Router::HandleCall(Link* from, v1::Envelope envelope) {
     std::shared_ptr<Child> from_child;
     if (from != nullptr && !function->options.run_inline) {
       if (from == parent_.get()) {
-        quota = parent_running_calls_;
-      } else if (auto it = children_.find(from); it != children_.end()) {
-        from_child = it->second;
-        quota = from_child->running_calls;
+        incoming.link = self_.parent();
+      } else {
+        from_child = children_.FindByLink(from);
+        if (from_child != nullptr) incoming.link = from_child->info.id();
       }
     }
     if (shutting_down_) {
       refused = absl::UnavailableError(
           absl::StrCat("context ", self_.name(), " is shutting down"));
-    } else if (quota != nullptr && *quota >= options_.max_running_calls_per_link) {
-      over_quota = *quota;
+    } else if (!calls_.AddIncoming(incoming, context).ok()) {  // Over its link's limit.
+      over_quota = calls_.running_over(*incoming.link);
       // Named on this path only: the others run for every call.
       link_name = from_child != nullptr ? absl::StrCat("the link to ", from_child->info.name())
                                         : "its parent's link";
-    } else {
-      if (quota != nullptr) ++*quota;
-      incoming_[{src, call->id()}] = context;
     }
   }
   if (over_quota.has_value()) {
@@ -309,18 +307,17 @@ void Router::HandleCall(Link* from, v1::Envelope envelope) {
     return;
   }
   if (function->options.run_inline) {
-    RunCall(src, std::move(*call), function, std::move(context), nullptr);
+    RunCall(incoming, std::move(*call), function, std::move(context));
     return;
   }
   auto shared_call = std::make_shared<v1::Call>(std::move(*call));
-  bool posted = workers_.Post([this, src, shared_call, function, context, quota] {
-    RunCall(src, std::move(*shared_call), function, context, quota);
+  bool posted = workers_.Post([this, incoming, shared_call, function, context] {
+    RunCall(incoming, std::move(*shared_call), function, context);
   });
   if (!posted) {
     {
       absl::MutexLock lock(&mu_);
-      incoming_.erase({src, shared_call->id()});
-      if (quota != nullptr) --*quota;
+      calls_.RemoveIncoming(incoming);
     }
     SendReply(src, shared_call->id(),
               absl::UnavailableError(absl::StrCat("context ", self_.name(), " is shutting down")),
@@ -328,8 +325,8 @@ void Router::HandleCall(Link* from, v1::Envelope envelope) {
   }
 }
 
-void Router::RunCall(uint64_t src, v1::Call call, const Function* function,
-                     std::shared_ptr<CallContext> context, std::shared_ptr<int> quota) {
+void Router::RunCall(const IncomingCall& incoming, v1::Call call, const Function* function,
+                     std::shared_ptr<CallContext> context) {
   uint64_t timer = 0;
   if (context->deadline() != absl::InfiniteFuture()) {
     std::weak_ptr<CallContext> weak = context;
@@ -349,15 +346,14 @@ void Router::RunCall(uint64_t src, v1::Call call, const Function* function,
   }
   {
     absl::MutexLock lock(&mu_);
-    incoming_.erase({src, call.id()});
-    if (quota != nullptr) --*quota;
+    calls_.RemoveIncoming(incoming);
   }
   if (result.ok() && static_cast<int64_t>(result->size()) > options_.max_message_bytes) {
     result = absl::ResourceExhaustedError(
         absl::StrCat("the result of '", call.function(), "' is ", result->size(),
                      " bytes, over the limit of ", options_.max_message_bytes));
   }
-  SendReply(src, call.id(), std::move(result), self_.name());
+  SendReply(incoming.src, call.id(), std::move(result), self_.name());
 }
 
 void Router::SendReply(uint64_t dst, uint64_t call_id, const absl::StatusOr<std::string>& result,
@@ -397,10 +393,9 @@ void Router::HandleCancel(uint64_t src, const v1::Cancel& cancel) {
   std::shared_ptr<CallContext> context;
   {
     absl::MutexLock lock(&mu_);
-    auto it = incoming_.find({src, cancel.id()});
-    if (it == incoming_.end()) return;
-    context = it->second;
+    context = calls_.FindIncoming(src, cancel.id());
   }
+  if (context == nullptr) return;
   if (cancel.deadline_exceeded()) context->MarkDeadlineExceeded();
   context->cancel_source().Cancel();
 }

@@ -24,7 +24,7 @@ void Router::OnLinkStalled(Link* link, const absl::Status& why) {
   std::shared_ptr<Child> child;
   {
     absl::MutexLock lock(&mu_);
-    if (auto it = children_.find(link); it != children_.end()) child = it->second;
+    child = children_.FindByLink(link);
   }
   if (child == nullptr || child->handle == nullptr) return;
   LOG(WARNING) << "context " << self_.name() << ": stopping child " << child->info.name()
@@ -40,26 +40,25 @@ void Router::StopInBackground(const std::shared_ptr<Child>& child, bool at_once)
 
 void Router::OnLinkDown(Link* link, const absl::Status& reason) {
   std::shared_ptr<Child> child;
-  std::vector<uint64_t> pending_up;
+  std::vector<std::shared_ptr<PendingCall>> pending_up;
   {
     absl::MutexLock lock(&mu_);
     if (parent_ != nullptr && link == parent_.get()) {
       parent_down_ = true;
-      for (const auto& [id, p] : pending_) {
-        if (!routes_.contains(p->dst) && p->dst != self_.id()) pending_up.push_back(id);
-      }
-    } else if (auto it = children_.find(link); it != children_.end()) {
-      child = it->second;
-      children_.erase(it);
+      pending_up = calls_.TakePendingWhere(
+          [this](uint64_t dst) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+            return dst != self_.id() && !children_.Reaches(dst);
+          });
     } else {
-      return;
+      child = children_.TakeByLink(link);
+      if (child == nullptr) return;
     }
   }
   if (child == nullptr) {
     // The parent is gone: nothing above can answer any more, and this context must end.
     std::string why = absl::StrCat("context ", self_.name(), " lost its parent link: ",
                                    reason.ok() ? "closed" : std::string(reason.message()));
-    for (uint64_t id : pending_up) Complete(id, absl::UnavailableError(why));
+    for (const auto& call : pending_up) Finish(call, absl::UnavailableError(why));
     RequestShutdown(absl::UnavailableError(why));
     absl::MutexLock lock(&mu_);
     parent_link_done_ = true;
@@ -80,7 +79,7 @@ void Router::OnLinkDown(Link* link, const absl::Status& reason) {
   std::vector<uint64_t> ids;
   {
     absl::MutexLock lock(&mu_);
-    ids.assign(child->routed.begin(), child->routed.end());
+    ids.assign(child->routed().begin(), child->routed().end());
   }
   RemoveContexts(child, std::move(ids), why);
   // And reaps it; at once when its link went silent: it cannot be asked to exit (an ssh
@@ -89,7 +88,7 @@ void Router::OnLinkDown(Link* link, const absl::Status& reason) {
   child->gone.Notify();
   // The last touch of `this` for this link: Shutdown may return as soon as the count is 0.
   absl::MutexLock lock(&mu_);
-  --live_child_links_;
+  children_.LinkDownHandled();
 }
 
 std::string Router::DefaultName(const Hop& hop) const {
@@ -117,7 +116,7 @@ absl::StatusOr<v1::ContextInfo> Router::SpawnChild(const Hop& hop, absl::Time de
     if (launcher != nullptr && !name.empty()) {
       std::optional<ContextRecord> existing = registry_.FindByName(name);
       if ((existing && existing->state == ContextState::kConnected) ||
-          !spawning_names_.insert(name).second) {
+          !children_.ReserveName(name).ok()) {
         return absl::AlreadyExistsError(absl::StrCat("a context named '", name,
                                                      "' already exists under ", self_.name()));
       }
@@ -130,7 +129,7 @@ absl::StatusOr<v1::ContextInfo> Router::SpawnChild(const Hop& hop, absl::Time de
   auto forget_name = [&] {
     if (name.empty()) return;
     absl::MutexLock lock(&mu_);
-    spawning_names_.erase(name);
+    children_.ReleaseName(name);
   };
   absl::StatusOr<ContextId> id = AllocateId();
   if (!id.ok()) {
@@ -170,25 +169,22 @@ absl::StatusOr<v1::ContextInfo> Router::SpawnChild(const Hop& hop, absl::Time de
   if (!IsPlainText(child->info.name())) child->info.set_name(Printable(child->info.name()));
   child->link = std::move(launched->link);
   child->handle = std::move(launched->handle);
-  child->routed.insert(id->value());
   std::shared_ptr<Link> parent;
-  bool refused = false;
+  absl::Status refused;
   {
     absl::MutexLock lock(&mu_);
     if (shutting_down_) {
-      refused = true;
+      refused = absl::UnavailableError(absl::StrCat("context ", self_.name(), " is shutting down"));
     } else {
-      children_[child->link.get()] = child;
-      routes_[id->value()] = child;
-      ++live_child_links_;
-      if (!parent_down_) parent = parent_;
+      refused = children_.Add(child);  // Routes its id to it.
+      if (refused.ok() && !parent_down_) parent = parent_;
     }
   }
-  if (refused) {
+  if (!refused.ok()) {
     forget_name();
-    child->link->Close(absl::CancelledError("shutting down"));
+    child->link->Close(absl::CancelledError(refused.message()));
     child->handle->Stop(absl::ZeroDuration());
-    return absl::UnavailableError(absl::StrCat("context ", self_.name(), " is shutting down"));
+    return refused;
   }
   registry_.Add(child->info);
   forget_name();
@@ -204,20 +200,19 @@ absl::StatusOr<v1::ContextInfo> Router::SpawnChild(const Hop& hop, absl::Time de
 }
 
 std::vector<ContextId> Router::Children() const {
-  std::vector<ContextId> out;
-  absl::MutexLock lock(&mu_);
-  for (const auto& [link, child] : children_) out.push_back(ContextId(child->info.id()));
-  std::sort(out.begin(), out.end());
-  return out;
+  std::vector<uint64_t> ids;
+  {
+    absl::MutexLock lock(&mu_);
+    ids = children_.Ids();
+  }
+  return std::vector<ContextId>(ids.begin(), ids.end());
 }
 
 absl::Status Router::StopChild(ContextId id) {
   std::shared_ptr<Child> child;
   {
     absl::MutexLock lock(&mu_);
-    for (const auto& [link, c] : children_) {
-      if (c->info.id() == id.value()) child = c;
-    }
+    child = children_.FindById(id.value());
   }
   if (child == nullptr) {
     return absl::NotFoundError(absl::StrCat(DescribeContext(id.value()),
@@ -252,7 +247,7 @@ void Router::StopAllChildren() {
   std::vector<std::shared_ptr<Child>> children;
   {
     absl::MutexLock lock(&mu_);
-    for (const auto& [link, c] : children_) children.push_back(c);
+    children = children_.List();
   }
   // Ask all at once so that they shut down in parallel, then wait for each.
   for (const auto& child : children) AskToShutDown(*child);
@@ -283,20 +278,20 @@ void Router::Shutdown(const absl::Status& why) {
     // Links that went down on their own may still be inside OnLinkDown.
     absl::MutexLock lock(&mu_);
     mu_.Await(absl::Condition(
-        +[](int* live) { return *live == 0; }, &live_child_links_));
+        +[](ChildSet* children) { return children->live_links() == 0; }, &children_));
   }
-  std::vector<uint64_t> pending;
+  std::vector<std::shared_ptr<PendingCall>> pending;
   std::vector<std::shared_ptr<CallContext>> running;
   std::shared_ptr<Link> parent;
   {
     absl::MutexLock lock(&mu_);
-    for (const auto& [id, p] : pending_) pending.push_back(id);
-    for (const auto& [key, context] : incoming_) running.push_back(context);
+    pending = calls_.TakeAllPending();
+    running = calls_.AllIncoming();
     parent = parent_;
   }
   std::string message = absl::StrCat("context ", self_.name(), " is shutting down");
   if (!why.ok()) absl::StrAppend(&message, ": ", why.message());
-  for (uint64_t id : pending) Complete(id, absl::UnavailableError(message));
+  for (const auto& call : pending) Finish(call, absl::UnavailableError(message));
   for (const auto& context : running) context->cancel_source().Cancel();
   if (parent != nullptr) {
     parent->Close(why);

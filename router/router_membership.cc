@@ -26,13 +26,13 @@ void Router::HandleAdded(Link* from, v1::Envelope envelope) {
   std::string refused;
   {
     absl::MutexLock lock(&mu_);
-    auto it = children_.find(from);
-    if (it == children_.end()) {
+    std::shared_ptr<Child> child = children_.FindByLink(from);
+    if (child == nullptr) {
       refused = "it did not come from a child link";
     } else if (info.name().empty() || !IsPlainText(info.name())) {
       refused = absl::StrCat("its name '", Printable(info.name()),
                              "' is not one line of UTF-8 text without controls");
-    } else if (info.id() == self_.id() || routes_.contains(info.id()) ||
+    } else if (info.id() == self_.id() || children_.Reaches(info.id()) ||
                gone_.contains(info.id()) || ancestors_.contains(info.id())) {
       refused = absl::StrCat("id ", info.id(), " is already in use");
     } else if (is_master() && !id_blocks_.HandedOut(info.id())) {
@@ -40,18 +40,17 @@ void Router::HandleAdded(Link* from, v1::Envelope envelope) {
     } else if (!id_blocks_.Covers(info.id(), info.parent())) {
       refused = absl::StrCat("id ", info.id(), " is not in a block handed to its parent ",
                              info.parent());
-    } else if (info.parent() != it->second->info.id() &&
-               !it->second->routed.contains(info.parent())) {
+    } else if (info.parent() != child->info.id() && !child->routed().contains(info.parent())) {
       refused = absl::StrCat("its parent ", info.parent(), " is not behind that link");
-    } else if (it->second->routed.size() >= options_.max_contexts_per_link) {
-      refused = absl::StrCat("the link to ", it->second->info.name(), " already carries ",
-                             it->second->routed.size(), " contexts, the most one link may");
+    } else if (children_.Full(*child)) {
+      refused = absl::StrCat("the link to ", child->info.name(), " already carries ",
+                             child->routed().size(), " contexts, the most one link may");
     } else if (!id_blocks_.Take(info.id(), info.parent())) {
       refused = absl::StrCat("id ", info.id(), " was used before");
-    } else {
-      routes_[info.id()] = it->second;
-      it->second->routed.insert(info.id());
-      if (!parent_down_) parent = parent_;
+    } else if (absl::Status added = children_.AddRoute(child, info.id()); !added.ok()) {
+      refused = std::string(added.message());
+    } else if (!parent_down_) {
+      parent = parent_;
     }
   }
   if (!refused.empty()) {
@@ -67,9 +66,9 @@ void Router::HandleAdded(Link* from, v1::Envelope envelope) {
     std::shared_ptr<Link> link;
     {
       absl::MutexLock lock(&mu_);
-      if (auto it = children_.find(from); it != children_.end()) {
-        notice.set_dst(it->second->info.id());
-        link = it->second->link;
+      if (std::shared_ptr<Child> child = children_.FindByLink(from); child != nullptr) {
+        notice.set_dst(child->info.id());
+        link = child->link;
       }
     }
     if (link != nullptr) link->Send(std::move(notice));
@@ -87,7 +86,7 @@ absl::StatusOr<v1::IdBlockReply> Router::GrantIdBlock(uint64_t owner, uint32_t c
   {
     absl::MutexLock lock(&mu_);
     // Blocks go with their owner (RemoveContexts): none for one already gone.
-    if (!routes_.contains(owner)) {
+    if (!children_.Reaches(owner)) {
       return absl::FailedPreconditionError(absl::StrCat("context ", owner, " is not in the tree"));
     }
     granted.mutable_granted()->set_first(id_blocks_.GrantFromCounter(count));
@@ -106,10 +105,10 @@ void Router::HandleGranted(v1::Envelope envelope) {
   std::shared_ptr<Link> down;
   {
     absl::MutexLock lock(&mu_);
-    auto route = routes_.find(owner);
+    const Child* route = children_.RouteOf(owner);
     // Not for this context itself, for one gone since, or malformed.
-    if (route == routes_.end() || !id_blocks_.Record(owner, block.first(), block.count())) return;
-    if (route->second->info.id() != owner) down = route->second->link;
+    if (route == nullptr || !id_blocks_.Record(owner, block.first(), block.count())) return;
+    if (route->info.id() != owner) down = route->link;
   }
   if (down != nullptr) down->Send(std::move(envelope));
 }
@@ -119,14 +118,11 @@ void Router::HandleRefused(v1::Envelope envelope) {
   absl::flat_hash_map<std::shared_ptr<Link>, v1::Envelope> down;
   std::vector<uint64_t> forgotten;
   {
+    const std::vector<uint64_t> ids(envelope.refused().ids().begin(),
+                                    envelope.refused().ids().end());
     absl::MutexLock lock(&mu_);
-    for (uint64_t id : envelope.refused().ids()) {
-      auto route = routes_.find(id);
-      if (route == routes_.end()) continue;
-      std::shared_ptr<Child> child = route->second;
-      if (child->info.id() == id) continue;  // A child of ours: its own link says otherwise.
-      routes_.erase(route);
-      child->routed.erase(id);
+    // A child of ours keeps its route: its own link says otherwise.
+    for (const auto& [id, child] : children_.RemoveDescendantRoutes(ids)) {
       forgotten.push_back(id);
       v1::Envelope& notice = down[child->link];
       notice.set_src(self_.id());
@@ -148,12 +144,12 @@ void Router::HandleRemoved(Link* from, v1::Envelope envelope) {
   std::shared_ptr<Child> child;
   {
     absl::MutexLock lock(&mu_);
-    if (auto it = children_.find(from); it != children_.end()) {
-      child = it->second;
+    child = children_.FindByLink(from);
+    if (child != nullptr) {
       // A child may only report contexts behind itself (not itself: that is OnLinkDown's).
       ids.erase(std::remove_if(ids.begin(), ids.end(),
                                [&](uint64_t id) {
-                                 return id == child->info.id() || !child->routed.contains(id);
+                                 return id == child->info.id() || !child->routed().contains(id);
                                }),
                 ids.end());
     }
@@ -164,16 +160,15 @@ void Router::HandleRemoved(Link* from, v1::Envelope envelope) {
 void Router::RemoveContexts(const std::shared_ptr<Child>& child, std::vector<uint64_t> ids,
                             const std::string& reason) {
   if (ids.empty()) return;
-  std::vector<uint64_t> failed;
+  std::vector<std::shared_ptr<PendingCall>> failed;
   std::vector<std::shared_ptr<CallContext>> orphaned;
   std::vector<std::shared_ptr<Link>> tell;
   std::shared_ptr<Link> parent;
   {
     absl::MutexLock lock(&mu_);
     if (child != nullptr) {
+      children_.RemoveRoutes(*child, ids);
       for (uint64_t id : ids) {
-        routes_.erase(id);
-        child->routed.erase(id);
         gone_.Mark(id, reason);
         id_blocks_.DropOwner(id);
       }
@@ -182,36 +177,20 @@ void Router::RemoveContexts(const std::shared_ptr<Child>& child, std::vector<uin
       // A notice from the parent: never about our own subtree.
       ids.erase(std::remove_if(ids.begin(), ids.end(),
                                [&](uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-                                 return id == self_.id() || routes_.contains(id);
+                                 return id == self_.id() || children_.Reaches(id);
                                }),
                 ids.end());
       for (uint64_t id : ids) gone_.Mark(id, reason);
     }
     absl::flat_hash_set<uint64_t> lost(ids.begin(), ids.end());
-    for (const auto& [id, p] : pending_) {
-      if (lost.contains(p->dst)) failed.push_back(id);
-    }
-    for (const auto& [key, context] : incoming_) {
-      if (lost.contains(key.first)) orphaned.push_back(context);
-    }
-    for (const auto& [link, c] : children_) {
-      if (c == child) continue;
-      bool talked = false;
-      for (uint64_t id : ids) talked |= c->egress.erase(id) > 0;
-      if (talked) tell.push_back(c->link);
-    }
+    failed = calls_.TakePendingTo(lost);
+    orphaned = calls_.IncomingFrom(lost);
+    tell = children_.TakeCallersOf(ids, child.get());
   }
   if (ids.empty()) return;
   if (child != nullptr) registry_.MarkGone(ids, reason);
-  for (uint64_t id : failed) {
-    uint64_t dst = 0;
-    {
-      absl::MutexLock lock(&mu_);
-      auto it = pending_.find(id);
-      if (it == pending_.end()) continue;
-      dst = it->second->dst;
-    }
-    Complete(id, absl::UnavailableError(absl::StrCat("call to ", DescribeContext(dst),
+  for (const auto& call : failed) {
+    Finish(call, absl::UnavailableError(absl::StrCat("call to ", DescribeContext(call->dst),
                                                      " failed: ", reason)));
   }
   for (const auto& context : orphaned) context->cancel_source().Cancel();
