@@ -240,13 +240,9 @@ absl::StatusOr<ContextId> Balancer::Pick(
 }
 
 std::optional<ContextId> Balancer::Retry(const std::string& method, ContextId lost,
-                                         const absl::Status& why) {
+                                         const absl::Status&) {
+  // The registry says whether `lost` is gone for good (Lost); this call just goes elsewhere.
   absl::MutexLock lock(&mu_);
-  if (auto it = by_id_.find(lost.value()); it != by_id_.end() && it->second->id == lost) {
-    it->second->state = "lost";
-    it->second->reason = std::string(why.message());
-    it->second->health = "UNKNOWN";
-  }
   absl::StatusOr<Service*> service = ServiceFor(method);
   if (!service.ok()) return std::nullopt;
   absl::StatusOr<ContextId> next = Choose(**service, ServiceOf(method), lost);

@@ -38,9 +38,9 @@ class CallPicker {
   // error ends the call with it (its code and message reach the client).
   virtual absl::StatusOr<ContextId> Pick(
       const std::string& method, const std::multimap<grpc::string_ref, grpc::string_ref>& metadata) = 0;
-  // Another context for a call whose open `lost` never accepted (its context is gone);
-  // nullopt when there is none (the call then fails with `why`). Done(lost, ...) has been
-  // called for the lost one.
+  // Another context for a call whose open failed UNAVAILABLE (its context gone or
+  // unreachable) before `lost` accepted it; nullopt when there is none (the call then fails
+  // with `why`). Done(lost, ...) has been called for the lost one.
   virtual std::optional<ContextId> Retry(const std::string& method, ContextId lost,
                                          const absl::Status& why) = 0;
   // The call picked for `target` is over, with `status` as the client saw it (or would

@@ -221,8 +221,10 @@ class ProxyState {
     Pump();
   }
 
-  // Runs the retry hook for a failed open the target never accepted, once per open.
+  // Runs the retry hook for an open that failed UNAVAILABLE (its target gone or unreachable)
+  // before the target accepted it, unless the client cancelled it.
   bool TryRetry(const absl::Status& why) {
+    if (why.code() != absl::StatusCode::kUnavailable || cancel_.cancelled()) return false;
     std::function<bool(const absl::Status&)> retry;
     {
       absl::MutexLock lock(&mu_);
@@ -460,6 +462,8 @@ class ProxyServer {
     builder.SetMaxSendMessageSize(limit);
     builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
                                std::max(1, options.max_streams_per_connection));
+    // gRPC sets SO_REUSEPORT by default: a second server on a taken port would share it.
+    builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
     builder.AddListeningPort(options.listen, options.credentials, port);
     server_ = builder.BuildAndStart();
   }
@@ -525,7 +529,13 @@ class ProxyServer {
     mu_.Await(absl::Condition(&idle));
   }
 
-  uint64_t NextStream() { return next_stream_.fetch_add(1, std::memory_order_relaxed); }
+  // A target knows a stream by (caller's context id, stream): every proxy server of a
+  // context (its ChannelTo server, its forwarders) takes stream numbers from one counter of
+  // the process, so that two never open the same stream in one target.
+  static uint64_t NextStream() {
+    static std::atomic<uint64_t> next{1};
+    return next.fetch_add(1, std::memory_order_relaxed);
+  }
   const std::string& name() const { return name_; }
 
   static int MessageLimit(const Router& router) {
@@ -539,7 +549,6 @@ class ProxyServer {
   int active_ ABSL_GUARDED_BY(mu_) = 0;
   const std::string name_;
   CallPicker* const picker_;  // Null for ChannelTo's in-process server.
-  std::atomic<uint64_t> next_stream_{1};
   ProxyService service_;  // Outlives server_.
   std::unique_ptr<grpc::Server> server_;
 };

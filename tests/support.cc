@@ -72,8 +72,12 @@ std::string GroveBinary() {
 }
 
 Ran RunGrove(std::vector<std::string> args, absl::Duration timeout) {
-  const absl::Time deadline = absl::Now() + timeout;
   args.insert(args.begin(), GroveBinary());
+  return RunCommand(std::move(args), timeout);
+}
+
+Ran RunCommand(std::vector<std::string> args, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
   Ran ran;
   absl::StatusOr<std::pair<UniqueFd, UniqueFd>> out = Pipe();
   absl::StatusOr<std::pair<UniqueFd, UniqueFd>> err = Pipe();

@@ -42,6 +42,8 @@ struct Ran {
 // Runs the grove CLI with `args` (and this process's environment), collecting its stdout and
 // stderr until it exits; at most `timeout`.
 Ran RunGrove(std::vector<std::string> args, absl::Duration timeout = absl::Seconds(60));
+// The same for any program: argv[0] is its path.
+Ran RunCommand(std::vector<std::string> argv, absl::Duration timeout = absl::Seconds(60));
 
 }  // namespace grove::testing
 
