@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -28,7 +29,7 @@ bool IsReflection(const std::string& service) {
 }  // namespace
 
 std::string Balancer::Replica::Describe() const {
-  std::string what = display;
+  std::string what = id.has_value() && !name.empty() ? name : display;
   if (id.has_value()) absl::StrAppend(&what, " (context ", id->value(), ")");
   if (!id.has_value() || state != "running") {
     absl::StrAppend(&what, ": ", state, reason.empty() ? "" : absl::StrCat(", ", reason));
@@ -40,13 +41,16 @@ std::string Balancer::Replica::Describe() const {
 
 void Balancer::SetServices(const google::protobuf::RepeatedPtrField<v1::Service>& services) {
   absl::MutexLock lock(&mu_);
+  // Replicas that stay (or come back while calls are still on them) keep their object.
   absl::flat_hash_map<std::string, std::shared_ptr<Replica>> old;
+  for (const auto& [id, flight] : by_id_) old[flight.replica->path] = flight.replica;
   for (const Service& s : services_) {
     for (const std::shared_ptr<Replica>& r : s.replicas) old[r->path] = r;
   }
   services_.clear();
   by_name_.clear();
   all_ = Service();
+  all_.max_calls = 0;
   for (const v1::Service& spec : services) {
     Service service;
     service.names.assign(spec.name().begin(), spec.name().end());
@@ -59,18 +63,27 @@ void Balancer::SetServices(const google::protobuf::RepeatedPtrField<v1::Service>
       if (replica == nullptr) {
         replica = std::make_shared<Replica>();
         replica->path = *path;
-        replica->display = c.path();
+        replica->display = DisplayPath(c.path()).value_or(*path);
       }
       service.replicas.push_back(replica);
       all_.replicas.push_back(replica);
     }
+    // Server reflection goes to any replica, bounded by the largest of the services' bounds.
     all_.max_calls = std::max(all_.max_calls, service.max_calls);
     for (const std::string& name : service.names) by_name_[name] = services_.size();
     services_.push_back(std::move(service));
   }
-  // Contexts of replicas no longer served keep their entries only while calls are on them.
-  absl::erase_if(by_id_, [](const auto& e) {
-    return e.second.use_count() == 1 && e.second->in_flight == 0;
+  Sweep();
+}
+
+void Balancer::Sweep() {
+  absl::flat_hash_set<const Replica*> served;
+  for (const std::shared_ptr<Replica>& r : all_.replicas) served.insert(r.get());
+  absl::erase_if(by_id_, [&served](const auto& e) {
+    const Flight& f = e.second;
+    const bool current = served.contains(f.replica.get()) && f.replica->id.has_value() &&
+                         f.replica->id->value() == e.first;
+    return f.calls == 0 && !current;
   });
 }
 
@@ -85,7 +98,7 @@ void Balancer::Locate(const std::vector<ReplicaLocation>& locations) {
     if (l.id != r->id) {
       // A new context (or none): its health is asked anew before it takes calls.
       r->health = "UNKNOWN";
-      if (l.id.has_value()) by_id_[l.id->value()] = r;
+      if (l.id.has_value()) by_id_[l.id->value()].replica = r;
     } else if (r->state == "lost" && l.state == "running") {
       continue;  // The supervisor has not seen the loss yet: still out of the rotation.
     }
@@ -94,6 +107,7 @@ void Balancer::Locate(const std::vector<ReplicaLocation>& locations) {
     r->state = l.state;
     r->reason = l.reason;
   }
+  Sweep();
 }
 
 std::vector<Balancer::Probe> Balancer::Probes() const {
@@ -119,7 +133,7 @@ void Balancer::Lost(ContextId id, const std::string& why) {
   absl::MutexLock lock(&mu_);
   auto it = by_id_.find(id.value());
   if (it == by_id_.end()) return;
-  Replica& r = *it->second;
+  Replica& r = *it->second.replica;
   if (r.id != id) return;
   r.state = "lost";
   r.reason = why;
@@ -182,23 +196,26 @@ absl::StatusOr<Balancer::Service*> Balancer::ServiceFor(const std::string& metho
   return &services_[it->second];
 }
 
-ContextId Balancer::Take(Replica& replica) {
-  ++replica.in_flight;
-  ++replica.calls;
-  return *replica.id;
+ContextId Balancer::Take(const std::shared_ptr<Replica>& replica) {
+  ++replica->in_flight;
+  ++replica->calls;
+  Flight& flight = by_id_[replica->id->value()];
+  flight.replica = replica;
+  ++flight.calls;
+  return *replica->id;
 }
 
 absl::StatusOr<ContextId> Balancer::Choose(Service& service, const std::string& service_name,
                                            std::optional<ContextId> except) {
-  Replica* best = nullptr;
+  const std::shared_ptr<Replica>* best = nullptr;
   bool any_healthy = false;
   const size_t n = service.replicas.size();
   for (size_t k = 0; k < n; ++k) {
-    Replica& r = *service.replicas[(service.next + k) % n];
-    if (!r.InRotation() || r.id == except) continue;
+    const std::shared_ptr<Replica>& r = service.replicas[(service.next + k) % n];
+    if (!r->InRotation() || r->id == except) continue;
     any_healthy = true;
-    if (r.in_flight >= service.max_calls) continue;
-    if (best == nullptr || r.in_flight < best->in_flight) best = &r;
+    if (r->in_flight >= service.max_calls) continue;
+    if (best == nullptr || r->in_flight < (*best)->in_flight) best = &r;
   }
   if (best != nullptr) {
     service.next = (service.next + 1) % std::max<size_t>(n, 1);
@@ -216,14 +233,18 @@ absl::StatusOr<ContextId> Balancer::Choose(Service& service, const std::string& 
                                                             : absl::StrJoin(states, "; ")));
 }
 
-absl::StatusOr<ContextId> Balancer::Pick(
+absl::StatusOr<CallPicker::Picked> Balancer::Pick(
     const std::string& method, const std::multimap<grpc::string_ref, grpc::string_ref>& metadata) {
   absl::MutexLock lock(&mu_);
   absl::StatusOr<Service*> service = ServiceFor(method);
   if (!service.ok()) return service.status();
   const std::string name = ServiceOf(method);
   auto pin = metadata.find(kReplicaKey);
-  if (pin == metadata.end()) return Choose(**service, name, std::nullopt);
+  if (pin == metadata.end()) {
+    absl::StatusOr<ContextId> chosen = Choose(**service, name, std::nullopt);
+    if (!chosen.ok()) return chosen.status();
+    return Picked{*chosen, true};
+  }
   const std::string wanted(pin->second.data(), pin->second.size());
   uint64_t id = 0;
   const bool numeric = absl::SimpleAtoi(wanted, &id);
@@ -233,7 +254,13 @@ absl::StatusOr<ContextId> Balancer::Pick(
       return absl::UnavailableError(
           absl::StrCat("replica ", r->Describe(), " (pinned by ", kReplicaKey, ") takes no calls"));
     }
-    return Take(*r);
+    if (r->in_flight >= (*service)->max_calls) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "replica ", r->Describe(), " (pinned by ", kReplicaKey, ") has ", r->in_flight,
+          " calls in flight (max_calls_per_replica)"));
+    }
+    // The client chose it: never moved elsewhere.
+    return Picked{Take(r), false};
   }
   return absl::NotFoundError(
       absl::StrCat("no replica of ", name, " is named '", wanted, "' (", kReplicaKey, ")"));
@@ -253,10 +280,13 @@ std::optional<ContextId> Balancer::Retry(const std::string& method, ContextId lo
 void Balancer::Done(ContextId target, const grpc::Status& status) {
   absl::MutexLock lock(&mu_);
   auto it = by_id_.find(target.value());
-  if (it == by_id_.end()) return;
-  Replica& r = *it->second;
+  if (it == by_id_.end() || it->second.calls == 0) return;
+  Flight& flight = it->second;
+  --flight.calls;
+  Replica& r = *flight.replica;
   if (r.in_flight > 0) --r.in_flight;
   if (!status.ok()) ++r.failed;
+  if (flight.calls == 0 && r.id != target) by_id_.erase(it);
 }
 
 }  // namespace grove

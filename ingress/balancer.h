@@ -71,8 +71,8 @@ class Balancer : public CallPicker {
   // The smallest health_interval_ms of the services (500 ms when none says).
   int64_t HealthIntervalMs() const;
 
-  // CallPicker:
-  absl::StatusOr<ContextId> Pick(
+  // CallPicker (a pinned call is not retriable):
+  absl::StatusOr<Picked> Pick(
       const std::string& method,
       const std::multimap<grpc::string_ref, grpc::string_ref>& metadata) override;
   std::optional<ContextId> Retry(const std::string& method, ContextId lost,
@@ -82,7 +82,7 @@ class Balancer : public CallPicker {
  private:
   struct Replica {
     std::string path;     // canonical
-    std::string display;  // as the spec says
+    std::string display;  // secrets hidden (DisplayPath)
     std::optional<ContextId> id;
     std::string name;
     std::string state = "starting";
@@ -92,6 +92,8 @@ class Balancer : public CallPicker {
     int64_t calls = 0;
     int64_t failed = 0;
     bool InRotation() const { return id.has_value() && state == "running" && health == "SERVING"; }
+    // For a client of the ingress: its context's name and id (its path only while it has
+    // none), and why it takes no calls.
     std::string Describe() const;
   };
   struct Service {
@@ -110,7 +112,9 @@ class Balancer : public CallPicker {
   absl::StatusOr<ContextId> Choose(Service& service, const std::string& service_name,
                                    std::optional<ContextId> except)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  ContextId Take(Replica& replica) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  ContextId Take(const std::shared_ptr<Replica>& replica) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Forgets contexts with no call in flight that are no longer a replica's current one.
+  void Sweep() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   mutable absl::Mutex mu_;
   std::vector<Service> services_ ABSL_GUARDED_BY(mu_);
@@ -118,9 +122,13 @@ class Balancer : public CallPicker {
   absl::flat_hash_map<std::string, size_t> by_name_ ABSL_GUARDED_BY(mu_);
   // Every replica of every service, for server reflection (which any replica answers).
   Service all_ ABSL_GUARDED_BY(mu_);
-  // Calls in flight by the context they went to (a replica's context changes when it is
-  // restarted; its calls still end under the old id).
-  absl::flat_hash_map<uint64_t, std::shared_ptr<Replica>> by_id_ ABSL_GUARDED_BY(mu_);
+  // Contexts that are a replica's now or have calls in flight, with those calls (a replica's
+  // context changes when it is restarted; its calls still end under the old id).
+  struct Flight {
+    std::shared_ptr<Replica> replica;
+    int calls = 0;
+  };
+  absl::flat_hash_map<uint64_t, Flight> by_id_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace grove

@@ -1,5 +1,8 @@
 #include "ingress/ingress.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 
 #include <utility>
 
@@ -8,7 +11,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/notification.h"
+#include "absl/synchronization/blocking_counter.h"
+#include "common/status_util.h"
 #include "absl/time/clock.h"
 #include "google/protobuf/util/message_differencer.h"
 #include "grpcpp/generic/generic_stub.h"
@@ -35,8 +39,13 @@ bool SplitListen(const std::string& listen, std::string* host, int* port) {
          !host->empty();
 }
 
+// 127.0.0.0/8, ::1, or the name localhost.
 bool IsLoopback(const std::string& host) {
-  return host == "localhost" || host == "::1" || absl::StartsWith(host, "127.");
+  if (host == "localhost") return true;
+  in_addr v4;
+  if (inet_pton(AF_INET, host.c_str(), &v4) == 1) return (ntohl(v4.s_addr) >> 24) == 127;
+  in6_addr v6;
+  return inet_pton(AF_INET6, host.c_str(), &v6) == 1 && IN6_IS_ADDR_LOOPBACK(&v6);
 }
 
 bool ValidServiceName(const std::string& name) {
@@ -73,46 +82,84 @@ std::string HealthRequest(const std::string& service) {
   return out + service;
 }
 
-// Asks context `probe.id` for the health of `service` through the tree: SERVING,
-// NOT_SERVING, or what went wrong.
-std::string CheckHealth(Router* root, const Balancer::Probe& probe, const std::string& service,
-                        absl::Duration timeout, grpc::StatusCode* code) {
-  std::shared_ptr<grpc::Channel> channel = ChannelTo(Context(root, probe.id, probe.name));
-  grpc::GenericStub stub(channel);
-  grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
-  grpc::Slice slice(HealthRequest(service));
-  grpc::ByteBuffer request(&slice, 1);
-  grpc::ByteBuffer response;
-  grpc::Status status;
-  absl::Notification done;
-  stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request,
-                 &response, [&](grpc::Status s) {
-                   status = std::move(s);
-                   done.Notify();
-                 });
-  done.WaitForNotification();
-  *code = status.error_code();
-  if (!status.ok()) {
-    return absl::StrCat("health check failed: ", absl::StatusCodeToString(
-                                                     static_cast<absl::StatusCode>(status.error_code())),
-                        ": ", status.error_message());
-  }
+// The health a grpc.health.v1.HealthCheckResponse says: field 1, an enum (1 SERVING,
+// 2 NOT_SERVING, 3 SERVICE_UNKNOWN; 0, UNKNOWN, is not sent).
+std::string HealthOf(const grpc::ByteBuffer& response) {
   std::vector<grpc::Slice> slices;
   std::string bytes;
   if (response.Dump(&slices).ok()) {
-    for (const grpc::Slice& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
-  }
-  // HealthCheckResponse: field 1, an enum (1 SERVING, 2 NOT_SERVING, 3 SERVICE_UNKNOWN).
-  if (bytes.size() == 2 && bytes[0] == '\x08') {
-    switch (bytes[1]) {
-      case 1: return "SERVING";
-      case 2: return "NOT_SERVING";
-      case 3: return "SERVICE_UNKNOWN";
+    for (const grpc::Slice& s : slices) {
+      bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
     }
   }
-  if (bytes.empty()) return "UNKNOWN";  // Status 0 (the default) is not sent.
+  if (bytes.empty()) return "UNKNOWN";
+  if (bytes.size() == 2 && bytes[0] == '\x08' && bytes[1] >= 1 && bytes[1] <= 3) {
+    static const char* const kNames[] = {"", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"};
+    return kNames[static_cast<int>(bytes[1])];
+  }
   return "health check answered something that is not a HealthCheckResponse";
+}
+
+// One health check of a replica's context through the tree, in flight.
+struct HealthCheck {
+  Balancer::Probe probe;
+  std::string service;
+  grpc::ClientContext context;
+  grpc::ByteBuffer request;
+  grpc::ByteBuffer response;
+  grpc::Status status;
+};
+
+// Asks each of `checks` (probe and service set) for its health, all at once, each for at
+// most `timeout`; returns once every answer is in.
+void Ask(Router* root, const std::vector<HealthCheck*>& checks, absl::Duration timeout) {
+  absl::BlockingCounter answered(static_cast<int>(checks.size()));
+  for (HealthCheck* check : checks) {
+    grpc::GenericStub stub(ChannelTo(Context(root, check->probe.id, check->probe.name)));
+    check->context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+    grpc::Slice slice(HealthRequest(check->service));
+    check->request = grpc::ByteBuffer(&slice, 1);
+    stub.UnaryCall(&check->context, "/grpc.health.v1.Health/Check", grpc::StubOptions(),
+                   &check->request, &check->response, [&answered, check](grpc::Status s) {
+                     check->status = std::move(s);
+                     answered.DecrementCount();
+                   });
+  }
+  answered.Wait();
+}
+
+// The health of every probe's replica: its service's, or (a program that does not report per
+// service answers NOT_FOUND) its whole server's ("").
+std::vector<std::pair<Balancer::Probe, std::string>> CheckHealth(
+    Router* root, const std::vector<Balancer::Probe>& probes, absl::Duration timeout) {
+  std::vector<std::unique_ptr<HealthCheck>> checks;
+  std::vector<HealthCheck*> first;
+  for (const Balancer::Probe& probe : probes) {
+    checks.push_back(std::make_unique<HealthCheck>());
+    checks.back()->probe = probe;
+    checks.back()->service = probe.service;
+    first.push_back(checks.back().get());
+  }
+  Ask(root, first, timeout);
+  std::vector<HealthCheck*> again;
+  for (std::unique_ptr<HealthCheck>& check : checks) {
+    if (check->status.error_code() == grpc::StatusCode::NOT_FOUND && !check->service.empty()) {
+      auto whole = std::make_unique<HealthCheck>();
+      whole->probe = check->probe;
+      check = std::move(whole);
+      again.push_back(check.get());
+    }
+  }
+  Ask(root, again, timeout);
+  std::vector<std::pair<Balancer::Probe, std::string>> results;
+  for (const std::unique_ptr<HealthCheck>& check : checks) {
+    results.emplace_back(check->probe,
+                         check->status.ok()
+                             ? HealthOf(check->response)
+                             : absl::StrCat("health check failed: ",
+                                            FromGrpcStatus(check->status).ToString()));
+  }
+  return results;
 }
 
 }  // namespace
@@ -138,9 +185,15 @@ absl::Status ValidateServices(const v1::Spec& spec) {
     if (s.replica().empty()) {
       return absl::InvalidArgumentError(absl::StrCat(where, " (", s.name(0), "): no replica"));
     }
-    if (s.max_calls_per_replica() < 0 || s.health_interval_ms() < 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(where, " (", s.name(0), "): limits must not be negative"));
+    if (s.has_max_calls_per_replica() && s.max_calls_per_replica() <= 0) {
+      return absl::InvalidArgumentError(absl::StrCat(where, " (", s.name(0),
+                                                     "): max_calls_per_replica must be above 0, not ",
+                                                     s.max_calls_per_replica()));
+    }
+    if (s.has_health_interval_ms() && s.health_interval_ms() <= 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, " (", s.name(0), "): health_interval_ms must be above 0, not ",
+          s.health_interval_ms()));
     }
   }
   const v1::Ingress& in = spec.ingress();
@@ -167,16 +220,26 @@ absl::Status ValidateServices(const v1::Spec& spec) {
         "spec ingress: '", host, "' is not a loopback address; the ingress serves plaintext "
         "only there unless the spec says insecure: true (anyone who reaches it can call)"));
   }
-  if (in.max_streams_per_connection() < 0 || in.max_message_bytes() < 0) {
-    return absl::InvalidArgumentError("spec ingress: limits must not be negative");
+  if (in.has_max_streams_per_connection() && in.max_streams_per_connection() <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "spec ingress: max_streams_per_connection must be above 0, not ",
+        in.max_streams_per_connection()));
+  }
+  if (in.has_max_message_bytes() && in.max_message_bytes() <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "spec ingress: max_message_bytes must be above 0, not ", in.max_message_bytes()));
   }
   return absl::OkStatus();
 }
 
-Ingress::Ingress(IngressOptions options) : options_(std::move(options)) {
-  subscription_ = options_.root->registry().Subscribe([this](const RegistryEvent& event) {
+Ingress::Ingress(IngressOptions options)
+    : options_(std::move(options)), balancer_(std::make_shared<Balancer>()) {
+  // The subscription holds the balancer: a removal being reported as this ingress goes still
+  // finds it.
+  std::shared_ptr<Balancer> balancer = balancer_;
+  subscription_ = options_.root->registry().Subscribe([balancer](const RegistryEvent& event) {
     if (event.kind == RegistryEvent::kRemoved) {
-      balancer_.Lost(event.record.id, event.record.reason.empty() ? "lost" : event.record.reason);
+      balancer->Lost(event.record.id, event.record.reason.empty() ? "lost" : event.record.reason);
     }
   });
   thread_ = std::thread([this] { Loop(); });
@@ -189,43 +252,75 @@ Ingress::~Ingress() {
     stopping_ = true;
   }
   thread_.join();
+  absl::MutexLock apply(&apply_mu_);
   StopListening();
 }
 
-absl::Status Ingress::Apply(const v1::Spec& spec) {
-  balancer_.SetServices(spec.service());
-  {
-    absl::MutexLock lock(&mu_);
-    if (forwarder_ != nullptr &&
-        google::protobuf::util::MessageDifferencer::Equals(current_, spec.ingress())) {
-      wake_ = true;
-      return absl::OkStatus();
-    }
-  }
-  StopListening();
-  if (spec.ingress().listen().empty()) return absl::OkStatus();
+absl::StatusOr<std::shared_ptr<Forwarder>> Ingress::Listen(const v1::Ingress& spec) {
   std::string how;
   ForwarderOptions forward;
-  forward.listen = spec.ingress().listen();
-  forward.credentials = CredentialsFor(spec.ingress(), &how);
-  forward.picker = &balancer_;
-  if (spec.ingress().has_max_streams_per_connection()) {
-    forward.max_streams_per_connection = spec.ingress().max_streams_per_connection();
+  forward.listen = spec.listen();
+  forward.credentials = CredentialsFor(spec, &how);
+  forward.picker = balancer_.get();
+  if (spec.has_max_streams_per_connection()) {
+    forward.max_streams_per_connection = spec.max_streams_per_connection();
   }
-  forward.max_message_bytes = spec.ingress().max_message_bytes();
+  forward.max_message_bytes = spec.max_message_bytes();
   absl::StatusOr<std::unique_ptr<Forwarder>> forwarder = Forwarder::Start(options_.root, forward);
   if (!forwarder.ok()) return forwarder.status();
   std::string host;
   int port = 0;
-  SplitListen(spec.ingress().listen(), &host, &port);
+  SplitListen(spec.listen(), &host, &port);
   const std::string address =
       absl::StrCat(absl::StrContains(host, ':') ? absl::StrCat("[", host, "]") : host, ":",
                    (*forwarder)->port());
   options_.note(absl::StrCat("ingress listening on ", address, " (", how, ")"));
   absl::MutexLock lock(&mu_);
-  current_ = spec.ingress();
-  forwarder_ = *std::move(forwarder);
+  current_ = spec;
   address_ = address;
+  return std::shared_ptr<Forwarder>(*std::move(forwarder));
+}
+
+absl::Status Ingress::Apply(const v1::Spec& spec) {
+  absl::MutexLock apply(&apply_mu_);
+  v1::Ingress current;
+  bool listening;
+  {
+    absl::MutexLock lock(&mu_);
+    current = current_;
+    listening = forwarder_ != nullptr;
+  }
+  const v1::Ingress& wanted = spec.ingress();
+  if (!listening || !google::protobuf::util::MessageDifferencer::Equals(current, wanted)) {
+    if (wanted.listen().empty()) {
+      StopListening();
+    } else if (!listening || current.listen() != wanted.listen()) {
+      // Another address: the new listener first, so that a failure leaves the old serving.
+      absl::StatusOr<std::shared_ptr<Forwarder>> started = Listen(wanted);
+      if (!started.ok()) return started.status();
+      std::shared_ptr<Forwarder> old;
+      {
+        absl::MutexLock lock(&mu_);
+        old = std::exchange(forwarder_, *std::move(started));
+      }
+      if (old != nullptr) old->Shutdown();
+    } else {
+      // The same address with other limits: it must be let go first; on failure the old
+      // settings are served again.
+      StopListening();
+      absl::StatusOr<std::shared_ptr<Forwarder>> started = Listen(wanted);
+      if (!started.ok()) {
+        absl::StatusOr<std::shared_ptr<Forwarder>> restored = Listen(current);
+        absl::MutexLock lock(&mu_);
+        if (restored.ok()) forwarder_ = *std::move(restored);
+        return started.status();
+      }
+      absl::MutexLock lock(&mu_);
+      forwarder_ = *std::move(started);
+    }
+  }
+  balancer_->SetServices(spec.service());
+  absl::MutexLock lock(&mu_);
   wake_ = true;
   return absl::OkStatus();
 }
@@ -250,18 +345,21 @@ void Ingress::StopListening() {
 }
 
 void Ingress::CheckNow() {
-  absl::MutexLock round(&round_mu_);
-  balancer_.Locate(options_.locate());
-  const absl::Duration timeout =
-      std::min(kHealthTimeout, absl::Milliseconds(balancer_.HealthIntervalMs()));
-  for (const Balancer::Probe& probe : balancer_.Probes()) {
-    grpc::StatusCode code = grpc::StatusCode::OK;
-    std::string health = CheckHealth(options_.root, probe, probe.service, timeout, &code);
-    // A program that does not report per service answers for the whole server ("").
-    if (code == grpc::StatusCode::NOT_FOUND && !probe.service.empty()) {
-      health = CheckHealth(options_.root, probe, "", timeout, &code);
-    }
-    balancer_.SetHealth(probe.path, probe.id, health);
+  absl::MutexLock lock(&mu_);
+  // A round that starts after this call: the next one, or the one after the running one.
+  const uint64_t wanted = rounds_done_ + (round_running_ ? 2 : 1);
+  wake_ = true;
+  auto done = [this, wanted]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return rounds_done_ >= wanted || stopping_;
+  };
+  mu_.Await(absl::Condition(&done));
+}
+
+void Ingress::Round() {
+  balancer_->Locate(options_.locate());
+  for (const auto& [probe, health] :
+       CheckHealth(options_.root, balancer_->Probes(), kHealthTimeout)) {
+    balancer_->SetHealth(probe.path, probe.id, health);
   }
   std::shared_ptr<Forwarder> forwarder;
   {
@@ -270,22 +368,26 @@ void Ingress::CheckNow() {
   }
   // A forwarder being replaced meanwhile is shut down: what it is told is ignored.
   if (forwarder == nullptr) return;
-  for (const auto& [name, serving] : balancer_.Serving()) {
+  for (const auto& [name, serving] : balancer_->Serving()) {
     forwarder->health()->SetServingStatus(name, serving);
   }
 }
 
 void Ingress::Loop() {
   for (;;) {
-    const absl::Duration interval = absl::Milliseconds(balancer_.HealthIntervalMs());
+    const absl::Duration interval = absl::Milliseconds(balancer_->HealthIntervalMs());
     {
       absl::MutexLock lock(&mu_);
       auto woken = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || wake_; };
       mu_.AwaitWithTimeout(absl::Condition(&woken), interval);
       if (stopping_) return;
       wake_ = false;
+      round_running_ = true;
     }
-    CheckNow();
+    Round();
+    absl::MutexLock lock(&mu_);
+    round_running_ = false;
+    ++rounds_done_;
   }
 }
 

@@ -4,9 +4,10 @@
 // ingress listens where the spec says (Ingress.listen) and forwards each call, as bytes, to a
 // replica of the called service (a Forwarder, mesh/forwarder.h, whose CallPicker is the
 // Balancer). It asks every replica for its health (grpc.health.v1.Health/Check, through the
-// tree) every health_interval_ms; a replica whose context is lost leaves the rotation at once
-// (from the registry). Its own health service answers SERVING for a service with a replica in
-// the rotation; server reflection is forwarded to a replica.
+// tree, all replicas at once) every health_interval_ms (the smallest of the services'); a
+// replica whose context is lost leaves the rotation at once (from the registry). Its own
+// health service answers SERVING for a service with a replica in the rotation at the last
+// round; server reflection is forwarded to a replica.
 //
 //   client ──gRPC──> ingress (master) ── grove.grpc_open ──> replica context (its services)
 //
@@ -56,27 +57,38 @@ class Ingress {
   Ingress(const Ingress&) = delete;
   Ingress& operator=(const Ingress&) = delete;
 
-  // Makes `spec` (valid) current: its services, and its listener (started, restarted when the
-  // address or limits changed, or stopped). UNAVAILABLE when the address cannot be bound;
-  // the services apply even then.
+  // Makes `spec` (valid) current: its listener (started, moved, restarted with new limits, or
+  // stopped), then its services. UNAVAILABLE when the address cannot be bound: then nothing
+  // changes (a listener on another address keeps serving; one restarted on the same address
+  // serves its old settings again).
   absl::Status Apply(const v1::Spec& spec);
 
   // "host:port" where it listens (the port it got for port 0); empty when it does not.
   std::string address() const;
-  std::vector<v1::ServiceStatus> Describe() const { return balancer_.Describe(); }
+  std::vector<v1::ServiceStatus> Describe() const { return balancer_->Describe(); }
 
-  // Asks every replica for its health now (the health thread does so every interval).
+  // Waits for a health round that starts after this call (the health thread runs one every
+  // interval, and at once when asked).
   void CheckNow();
 
  private:
   void Loop();
+  // Locates the replicas, asks each for its health (all at once), tells the listener's health
+  // service. On the health thread only.
+  void Round();
+  // A listener for `spec` (not yet this ingress's: the caller installs it).
+  absl::StatusOr<std::shared_ptr<Forwarder>> Listen(const v1::Ingress& spec)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(apply_mu_);
   // Stops the listener (its calls are cancelled).
-  void StopListening() ABSL_LOCKS_EXCLUDED(mu_);
+  void StopListening() ABSL_EXCLUSIVE_LOCKS_REQUIRED(apply_mu_) ABSL_LOCKS_EXCLUDED(mu_);
 
   const IngressOptions options_;
-  Balancer balancer_;
+  // Shared with the registry subscription.
+  const std::shared_ptr<Balancer> balancer_;
   int subscription_ = 0;
 
+  // Serialises Apply (and the destructor's stop): one change of listener at a time.
+  absl::Mutex apply_mu_ ABSL_ACQUIRED_BEFORE(mu_);
   mutable absl::Mutex mu_;
   v1::Ingress current_ ABSL_GUARDED_BY(mu_);
   // Shared with a health round that is telling it the services' health.
@@ -84,8 +96,8 @@ class Ingress {
   std::string address_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool wake_ ABSL_GUARDED_BY(mu_) = false;
-  // Serialises health rounds (the thread's and CheckNow's).
-  absl::Mutex round_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+  bool round_running_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t rounds_done_ ABSL_GUARDED_BY(mu_) = 0;
   std::thread thread_;
 };
 

@@ -180,4 +180,12 @@ absl::StatusOr<std::string> CanonicalPath(absl::string_view text) {
   return absl::StrJoin(parts, "/");
 }
 
+absl::StatusOr<std::string> DisplayPath(absl::string_view text) {
+  absl::StatusOr<std::vector<Hop>> hops = ParsePath(text);
+  if (!hops.ok()) return hops.status();
+  std::vector<std::string> parts;
+  for (const Hop& hop : *hops) parts.push_back(hop.DebugString());
+  return absl::StrJoin(parts, "/");
+}
+
 }  // namespace grove

@@ -46,6 +46,9 @@ absl::StatusOr<std::vector<Hop>> ParsePath(absl::string_view text);
 // The canonical form of a path (each hop's ToString, joined by "/"): two spellings of one
 // path have one canonical form. INVALID_ARGUMENT as ParsePath.
 absl::StatusOr<std::string> CanonicalPath(absl::string_view text);
+// A path as it may be shown (each hop's DebugString: secret values "***"). INVALID_ARGUMENT
+// as ParsePath.
+absl::StatusOr<std::string> DisplayPath(absl::string_view text);
 
 }  // namespace grove
 

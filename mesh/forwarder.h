@@ -3,11 +3,13 @@
 // metadata both ways, deadlines, cancellation, flow control end to end, status and message
 // unchanged. A CallPicker chooses the context of each call; the ingress (ingress/) is one.
 //
-//   client ──gRPC (TCP, TLS)──> Forwarder ── grove.grpc_open/grpc_send ──> picked context
+//   client ──gRPC (TCP)──> Forwarder ── grove.grpc_open/grpc_send ──> picked context
 //
-// A call that the picked context never accepted (its open was lost with the context, before
-// the context started the call on its service) is offered to the picker once more (Retry),
-// so a client does not see the loss of a replica its call never reached.
+// A call whose open failed UNAVAILABLE before the picked context said it started the call on
+// its service (its context lost or unreachable) is offered to the picker once more (Retry),
+// so a client does not see the loss of a replica its call never reached. This is at least
+// once, not exactly once: a context lost after it started the call but before its word
+// reached the forwarder has the call run again elsewhere.
 //
 // The server also serves the standard health service (grpc.health.v1.Health) itself, whose
 // statuses the owner sets (health()); every other method is forwarded.
@@ -34,10 +36,17 @@ namespace grove {
 class CallPicker {
  public:
   virtual ~CallPicker() = default;
+  struct Picked {
+    ContextId target;
+    // Whether the call may go elsewhere when `target` is lost before it accepted the call
+    // (not, say, when the client chose the target).
+    bool retriable = true;
+  };
   // The context call `method` ("/package.Service/Method") with client `metadata` goes to; an
   // error ends the call with it (its code and message reach the client).
-  virtual absl::StatusOr<ContextId> Pick(
-      const std::string& method, const std::multimap<grpc::string_ref, grpc::string_ref>& metadata) = 0;
+  virtual absl::StatusOr<Picked> Pick(
+      const std::string& method,
+      const std::multimap<grpc::string_ref, grpc::string_ref>& metadata) = 0;
   // Another context for a call whose open failed UNAVAILABLE (its context gone or
   // unreachable) before `lost` accepted it; nullopt when there is none (the call then fails
   // with `why`). Done(lost, ...) has been called for the lost one.

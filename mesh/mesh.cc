@@ -251,14 +251,14 @@ class Mesh {
 
 ProxyCall::ProxyCall(ProxyServer* server, grpc::GenericCallbackServerContext* context)
     : server_(server), state_(std::make_shared<ProxyState>(this, context, &read_)) {
-  absl::StatusOr<ContextId> target = server_->Pick(*context);
-  if (!target.ok()) {
-    state_->Fail(ToGrpcStatus(target.status()));
+  absl::StatusOr<CallPicker::Picked> picked = server_->Pick(*context);
+  if (!picked.ok()) {
+    state_->Fail(ToGrpcStatus(picked.status()));
     return;
   }
   {
     absl::MutexLock lock(&target_mu_);
-    target_ = *target;
+    target_ = picked->target;
   }
   picked_ = server_->has_picker();
   deadline_ = DeadlineFrom(context->deadline());
@@ -270,7 +270,7 @@ ProxyCall::ProxyCall(ProxyServer* server, grpc::GenericCallbackServerContext* co
   if (picked_) {
     open_.set_ack(true);
     // Only a call whose one request went with its open can be opened again elsewhere.
-    if (single_request_) {
+    if (single_request_ && picked->retriable) {
       state_->SetRetry([this](const absl::Status& why) { return Retry(why); });
     }
   }
@@ -293,10 +293,12 @@ void ProxyCall::Open(std::optional<std::string> first_message, bool half_close) 
       target(), kOpen, v1::GrpcOpenRequest::descriptor()->full_name(), open_.SerializeAsString(),
       options, [state](absl::StatusOr<std::string> result) { state->OnResult(std::move(result)); });
   if (!started) {
-    state_->Fail(grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                              absl::StrCat("context ", server_->name(),
-                                           " is gone: its grove::ChannelTo channels carry no "
-                                           "more calls")));
+    state_->Fail(grpc::Status(
+        grpc::StatusCode::UNAVAILABLE,
+        server_->has_picker()
+            ? absl::StrCat("the forwarder of context ", server_->name(), " is shutting down")
+            : absl::StrCat("context ", server_->name(),
+                           " is gone: its grove::ChannelTo channels carry no more calls")));
   }
 }
 

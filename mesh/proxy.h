@@ -478,10 +478,13 @@ class ProxyServer {
     if (server_ != nullptr) server_->Shutdown(absl::ToChronoTime(deadline));
   }
 
-  // The target of a call: the picker's choice, or the one its ChannelTo channel names.
-  absl::StatusOr<ContextId> Pick(const grpc::GenericCallbackServerContext& context) {
-    if (picker_ == nullptr) return TargetOf(context.client_metadata());
-    return picker_->Pick(context.method(), context.client_metadata());
+  // The target of a call: the picker's choice, or the one its ChannelTo channel names (never
+  // retried elsewhere).
+  absl::StatusOr<CallPicker::Picked> Pick(const grpc::GenericCallbackServerContext& context) {
+    if (picker_ != nullptr) return picker_->Pick(context.method(), context.client_metadata());
+    absl::StatusOr<ContextId> target = TargetOf(context.client_metadata());
+    if (!target.ok()) return target.status();
+    return CallPicker::Picked{*target, false};
   }
   bool has_picker() const { return picker_ != nullptr; }
   CallPicker* picker() const { return picker_; }

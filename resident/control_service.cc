@@ -571,13 +571,14 @@ grpc::Status ControlService::Reload(grpc::ServerContext*, const v1::ReloadReques
   if (absl::Status valid = ValidateSpec(request->spec()); !valid.ok()) {
     return ToGrpcStatus(valid);
   }
+  // The ingress first: a listener that cannot move refuses the whole spec, changing nothing.
+  if (absl::Status ingress = deps_.ingress->Apply(request->spec()); !ingress.ok()) {
+    deps_.log->Note(absl::StrCat("reload refused: the ingress: ", ingress.message()));
+    return ToGrpcStatus(ingress);
+  }
   *reply = deps_.supervisor->Apply(request->spec(), absl::Seconds(30));
   deps_.log->Note(absl::StrCat("reload: ", reply->started_size(), " started, ",
                                reply->stopped_size(), " stopped, ", reply->kept_size(), " kept"));
-  if (absl::Status ingress = deps_.ingress->Apply(request->spec()); !ingress.ok()) {
-    deps_.log->Note(absl::StrCat("reload: the ingress: ", ingress.message()));
-    return ToGrpcStatus(ingress);
-  }
   return grpc::Status::OK;
 }
 

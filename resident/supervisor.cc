@@ -9,6 +9,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/status_util.h"
 #include "google/protobuf/io/tokenizer.h"
 #include "google/protobuf/text_format.h"
 #include "link/hop.h"
@@ -100,7 +101,7 @@ absl::StatusOr<v1::Spec> ParseSpec(const std::string& text, const std::string& f
         errors.first().empty() ? absl::StrCat(file_name, ": not a grove.v1.Spec") : errors.first());
   }
   if (absl::Status valid = ValidateSpec(spec); !valid.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat(file_name, ": ", valid.message()));
+    return Annotate(valid, file_name + ": ");
   }
   return spec;
 }

@@ -66,10 +66,12 @@ std::vector<pid_t> ProcessesWith(const std::string& text) {
   return pids;
 }
 
-std::string GroveBinary() {
+std::string Runfile(const std::string& path) {
   const char* srcdir = ::getenv("TEST_SRCDIR");
-  return srcdir ? std::string(srcdir) + "/grove/tools/grove" : "bazel-bin/tools/grove";
+  return srcdir ? std::string(srcdir) + "/grove/" + path : "bazel-bin/" + path;
 }
+
+std::string GroveBinary() { return Runfile("tools/grove"); }
 
 Ran RunGrove(std::vector<std::string> args, absl::Duration timeout) {
   args.insert(args.begin(), GroveBinary());

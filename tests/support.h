@@ -31,6 +31,9 @@ bool WaitUntil(const std::function<bool()>& done, absl::Duration timeout = absl:
 // contains `text`.
 std::vector<pid_t> ProcessesWith(const std::string& text);
 
+// `path` (from the repository's root) in the test's runfiles; under bazel-bin/ outside a
+// test.
+std::string Runfile(const std::string& path);
 // The grove CLI built with the tests (//tools:grove in the test's runfiles).
 std::string GroveBinary();
 
