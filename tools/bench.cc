@@ -48,6 +48,10 @@ const char* BenchReference(const std::string& metric) {
       {"ssh_controlmaster_true_ms", "OpenSSH connection sharing, warm"},
       {"attached_call_rtt_us", "target <= 100"},
       {"supervised_restart_ms", "target <= 20"},
+      {"direct_unary_p50_us", "a plain gRPC server on loopback TCP, this run"},
+      {"ingress_unary_p50_us", "target <= 1.3 x direct_unary_p50_us"},
+      {"ingress_calls_per_s", "target >= 30000 (64 in flight)"},
+      {"ingress_stream_MBps", "target >= 500"},
   };
   auto it = references->find(metric);
   return it == references->end() ? "" : it->second;
@@ -66,7 +70,8 @@ constexpr const char* kMetrics[] = {
     "transfer_calls_100MiB_MBps", "ssh_true_ms", "ssh_first_contact_ms",
     "ssh_first_contact_bytes", "ssh_bootstrap_ms", "ssh_cached_contact_bytes",
     "child_killed_detect_ms", "attached_run_ms", "ssh_controlmaster_true_ms",
-    "attached_call_rtt_us", "supervised_restart_ms",
+    "attached_call_rtt_us", "supervised_restart_ms", "direct_unary_p50_us",
+    "ingress_unary_p50_us", "ingress_calls_per_s", "ingress_stream_MBps",
 };
 
 bool KnownMetric(absl::string_view name) {
@@ -581,7 +586,10 @@ int Bench(Master& master, const std::vector<std::string>& args) {
     }
     out.Emit("child_killed_detect_ms", Percentile(ms, 0.5), "ms");
   }
-  return BenchResident(out.json, [&out](const std::string& m) { return out.Wants(m); }, ssh_hop);
+  auto wants = [&out](const std::string& m) { return out.Wants(m); };
+  const int resident = BenchResident(out.json, wants, ssh_hop);
+  const int ingress = BenchIngress(out.json, wants);
+  return resident != 0 ? resident : ingress;
 }
 
 }  // namespace grove::cli

@@ -79,6 +79,11 @@ const char* BenchReference(const std::string& metric);
 // those `wants` names; 0, or 1 when one could not be measured.
 int BenchResident(bool json, const std::function<bool(const std::string&)>& wants,
                   const std::string& ssh_hop);
+// grove bench's ingress rows (tools/ingress_bench.cc), likewise.
+int BenchIngress(bool json, const std::function<bool(const std::string&)>& wants);
+// Runs this program with `args` and GROVE_RUNTIME_DIR=`dir` (stdout on `out_fd` when >= 0);
+// its exit status (-1: none within two minutes).
+int RunSelfIn(const std::string& dir, std::vector<std::string> args, int out_fd = -1);
 // run, tree, call, push and pull in a resident master's tree: the verb's exit status, or
 // nullopt when
 // the verb runs in a private tree (not one of those verbs, --fresh, or no resident master

@@ -27,6 +27,7 @@
 #include "common/version.h"
 #include "launch/payload.h"
 #include "google/protobuf/wrappers.pb.h"
+#include "tools/bench_service.h"
 #include "tools/cli.h"
 #include "tools/output_mux.h"
 #include "tools/cli_signals.h"
@@ -349,6 +350,8 @@ int Completion(const std::string& shell) {
 const Functions& CliFunctions() {
   static const Functions* functions = [] {
     auto* f = new Functions();
+    // grove.bench.Echo, in every context: grove bench's ingress rows.
+    f->AddService(&TheBenchEcho());
     // Receives bytes and says how many (the transfer benchmark).
     f->Register<google::protobuf::BytesValue, google::protobuf::Int64Value>(
         "bench.sink",

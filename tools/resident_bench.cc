@@ -33,26 +33,6 @@ namespace {
 
 double MsSince(absl::Time t) { return absl::ToDoubleMilliseconds(absl::Now() - t); }
 
-// Runs this program with `args` and GROVE_RUNTIME_DIR=`dir`; its exit status (-1: none).
-int RunSelf(const std::string& dir, std::vector<std::string> args, int out_fd = -1) {
-  SpawnOptions spawn;
-  spawn.argv = {"/proc/self/exe"};
-  spawn.argv.insert(spawn.argv.end(), args.begin(), args.end());
-  std::vector<std::string> env;
-  for (char** e = environ; *e != nullptr; ++e) {
-    if (strncmp(*e, "GROVE_RUNTIME_DIR=", 18) != 0 && strncmp(*e, "GROVE_SOCKET=", 13) != 0) {
-      env.push_back(*e);
-    }
-  }
-  env.push_back("GROVE_RUNTIME_DIR=" + dir);
-  spawn.env = env;
-  if (out_fd >= 0) spawn.fds = {{1, out_fd}};
-  absl::StatusOr<Process> p = Process::Spawn(spawn);
-  if (!p.ok()) return -1;
-  absl::StatusOr<int> status = p->Wait(absl::Now() + absl::Seconds(120));
-  return status.ok() ? ExitCodeOf(*status) : -1;
-}
-
 // `ssh ... true` through the hop's host with OpenSSH's connection sharing, median of 20 with
 // the master connection warm; -1 when ssh fails.
 double SshControlMasterMs(const Hop& hop, const std::string& dir) {
@@ -86,6 +66,25 @@ double SshControlMasterMs(const Hop& hop, const std::string& dir) {
 
 }  // namespace
 
+int RunSelfIn(const std::string& dir, std::vector<std::string> args, int out_fd) {
+  SpawnOptions spawn;
+  spawn.argv = {"/proc/self/exe"};
+  spawn.argv.insert(spawn.argv.end(), args.begin(), args.end());
+  std::vector<std::string> env;
+  for (char** e = environ; *e != nullptr; ++e) {
+    if (strncmp(*e, "GROVE_RUNTIME_DIR=", 18) != 0 && strncmp(*e, "GROVE_SOCKET=", 13) != 0) {
+      env.push_back(*e);
+    }
+  }
+  env.push_back("GROVE_RUNTIME_DIR=" + dir);
+  spawn.env = env;
+  if (out_fd >= 0) spawn.fds = {{1, out_fd}};
+  absl::StatusOr<Process> p = Process::Spawn(spawn);
+  if (!p.ok()) return -1;
+  absl::StatusOr<int> status = p->Wait(absl::Now() + absl::Seconds(120));
+  return status.ok() ? ExitCodeOf(*status) : -1;
+}
+
 int BenchResident(bool json, const std::function<bool(const std::string&)>& wants,
                   const std::string& ssh_hop) {
   const bool any = wants("attached_run_ms") || wants("attached_call_rtt_us") ||
@@ -99,7 +98,7 @@ int BenchResident(bool json, const std::function<bool(const std::string&)>& want
     PrintFigure(json, "grove", metric, value, unit, BenchReference(metric));
   };
   const UniqueFd null(open("/dev/null", O_WRONLY | O_CLOEXEC));
-  int status = RunSelf(run_dir, {"up"}, null.get());
+  int status = RunSelfIn(run_dir, {"up"}, null.get());
   absl::StatusOr<std::unique_ptr<AttachedTree>> tree =
       status == 0 ? Attach(run_dir + "/control.sock")
                   : absl::StatusOr<std::unique_ptr<AttachedTree>>(absl::UnavailableError("up"));
@@ -114,11 +113,11 @@ int BenchResident(bool json, const std::function<bool(const std::string&)>& want
   if (wants("attached_run_ms")) {
     std::string path = "local,name=bench-run";
     if (!ssh_hop.empty()) path = absl::StrCat(ssh_hop, ",cache_dir=", dir, "/cache");
-    if (RunSelf(run_dir, {"run", path, "--", "true"}, null.get()) != 0) ++failed;  // Starts it.
+    if (RunSelfIn(run_dir, {"run", path, "--", "true"}, null.get()) != 0) ++failed;  // Starts it.
     std::vector<double> ms;
     for (int i = 0; i < 20 && failed == 0; ++i) {
       absl::Time t = absl::Now();
-      if (RunSelf(run_dir, {"run", path, "--", "true"}, null.get()) != 0) ++failed;
+      if (RunSelfIn(run_dir, {"run", path, "--", "true"}, null.get()) != 0) ++failed;
       ms.push_back(MsSince(t));
     }
     if (failed == 0) {
@@ -188,7 +187,7 @@ int BenchResident(bool json, const std::function<bool(const std::string&)>& want
   }
 
   tree->reset();
-  if (RunSelf(run_dir, {"down"}, null.get()) != 0) ++failed;
+  if (RunSelfIn(run_dir, {"down"}, null.get()) != 0) ++failed;
   std::filesystem::remove_all(dir);
   if (failed != 0) fprintf(stderr, "grove bench: %d resident measurements failed\n", failed);
   return failed == 0 ? 0 : 1;
