@@ -79,7 +79,9 @@ const char* BenchReference(const std::string& metric);
 // those `wants` names; 0, or 1 when one could not be measured.
 int BenchResident(bool json, const std::function<bool(const std::string&)>& wants,
                   const std::string& ssh_hop);
-// grove bench's ingress rows (tools/ingress_bench.cc), likewise.
+// grove bench's rows for gRPC services (tools/service_bench.cc), likewise: through the mesh in
+// `master`'s tree, and through the ingress of a resident master of their own.
+int BenchMesh(Master& master, bool json, const std::function<bool(const std::string&)>& wants);
 int BenchIngress(bool json, const std::function<bool(const std::string&)>& wants);
 // Runs this program with `args` and GROVE_RUNTIME_DIR=`dir` (stdout on `out_fd` when >= 0);
 // its exit status (-1: none within two minutes).

@@ -1,7 +1,14 @@
-// grove bench's ingress rows: a resident master of its own (private runtime directory) whose
-// spec fronts grove.bench.Echo (bench_service.proto) with one local replica, called through the
-// ingress on loopback TCP by this process, against the same service served here by a plain
-// gRPC server on loopback TCP in the same run.
+// grove bench's rows for gRPC services (grove.bench.Echo, bench_service.proto, which every
+// context of the grove CLI hosts).
+//
+// The mesh: the bench's own tree, through ChannelTo with the generated stub.
+//   mesh_unary_us          a unary call (16 bytes) to a child, median of 2000
+//   mesh_unary_3hops_us    the same to the end of local/local/local, median of 2000
+//   mesh_stream_3hops_MBps a server stream of 64 KiB messages (256 MiB) from there
+//
+// The ingress: a resident master of its own (private runtime directory) whose spec fronts the
+// service with one local replica, called through the ingress on loopback TCP by this process,
+// against the same service served here by a plain gRPC server on loopback TCP in the same run.
 //   direct_unary_p50_us    a unary call (16 bytes) to the plain server, median of 2000
 //   ingress_unary_p50_us   the same call through the ingress to the replica, median of 2000
 //   ingress_calls_per_s    unary calls with 64 in flight (callback API), over 3 s
@@ -23,6 +30,7 @@
 #include "grpcpp/server_builder.h"
 #include "proto/control.grpc.pb.h"
 #include "resident/control_socket.h"
+#include "grove.h"
 #include "tools/bench_service.h"
 #include "tools/cli.h"
 #include "tools/floors.h"
@@ -124,6 +132,40 @@ absl::StatusOr<v1::StatusReply> StatusOf(const std::string& run_dir) {
 }
 
 }  // namespace
+
+int BenchMesh(Master& master, bool json, const std::function<bool(const std::string&)>& wants) {
+  if (!wants("mesh_unary_us") && !wants("mesh_unary_3hops_us") &&
+      !wants("mesh_stream_3hops_MBps")) {
+    return 0;
+  }
+  absl::StatusOr<Context> far = master.SpawnPath("local/local/local");
+  absl::StatusOr<Context> near = master.Spawn("local");
+  if (!far.ok() || !near.ok()) {
+    fprintf(stderr, "grove bench: cannot start the mesh's contexts: %s\n",
+            (far.ok() ? near.status() : far.status()).ToString().c_str());
+    return 1;
+  }
+  auto emit = [json](const std::string& metric, double value, const char* unit) {
+    PrintFigure(json, "grove", metric, value, unit, BenchReference(metric));
+  };
+  int failed = 0;
+  std::unique_ptr<bench::Echo::Stub> one = bench::Echo::NewStub(ChannelTo(*near));
+  std::unique_ptr<bench::Echo::Stub> three = bench::Echo::NewStub(ChannelTo(*far));
+  if (wants("mesh_unary_us")) {
+    double us = UnaryP50Us(*one);
+    us > 0 ? emit("mesh_unary_us", us, "us") : void(++failed);
+  }
+  if (wants("mesh_unary_3hops_us")) {
+    double us = UnaryP50Us(*three);
+    us > 0 ? emit("mesh_unary_3hops_us", us, "us") : void(++failed);
+  }
+  if (wants("mesh_stream_3hops_MBps")) {
+    double mbps = StreamMBps(*three);
+    mbps > 0 ? emit("mesh_stream_3hops_MBps", mbps, "MB/s") : void(++failed);
+  }
+  if (failed != 0) fprintf(stderr, "grove bench: %d mesh measurements failed\n", failed);
+  return failed == 0 ? 0 : 1;
+}
 
 int BenchIngress(bool json, const std::function<bool(const std::string&)>& wants) {
   const bool any = wants("direct_unary_p50_us") || wants("ingress_unary_p50_us") ||
