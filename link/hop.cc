@@ -23,17 +23,74 @@ bool StartsHop(absl::string_view segment) {
   return false;
 }
 
-// `text` split where ParsePath splits it: at each '/' that a known method follows.
+// `text` split where ParsePath splits it: at each '/' that a known method follows, unless
+// that method stands alone and more of the path follows it before the next hop: a hop cannot
+// be "local/etc" (a method is followed by ':', ',' or the end of its hop), so "/usr/local/etc"
+// inside a value stays in it.
 std::vector<std::string> PathSegments(absl::string_view text) {
+  std::vector<absl::string_view> parts = absl::StrSplit(text, '/');
   std::vector<std::string> segments;
-  for (absl::string_view segment : absl::StrSplit(text, '/')) {
-    if (segments.empty() || StartsHop(segment)) {
-      segments.emplace_back(segment);
+  for (size_t i = 0; i < parts.size(); ++i) {
+    const bool bare_method = IsKnownMethod(parts[i]);
+    const bool continued = i + 1 < parts.size() && !StartsHop(parts[i + 1]);
+    if (segments.empty() || (StartsHop(parts[i]) && !(bare_method && continued))) {
+      segments.emplace_back(parts[i]);
     } else {
-      absl::StrAppend(&segments.back(), "/", segment);
+      absl::StrAppend(&segments.back(), "/", parts[i]);
     }
   }
   return segments;
+}
+
+// The escapes an option value may hold: "%2F" for '/', "%2C" for ',', "%25" for '%' (either
+// case). Anything else is kept as written.
+std::string UnescapeValue(absl::string_view value) {
+  std::string out;
+  for (size_t i = 0; i < value.size(); ++i) {
+    if (value[i] == '%' && i + 2 < value.size()) {
+      const std::string code = absl::AsciiStrToUpper(value.substr(i + 1, 2));
+      const char c = code == "2F" ? '/' : code == "2C" ? ',' : code == "25" ? '%' : 0;
+      if (c != 0) {
+        out.push_back(c);
+        i += 2;
+        continue;
+      }
+    }
+    out.push_back(value[i]);
+  }
+  return out;
+}
+
+// Whether PathSegments would start a hop at `rest`, the text after a '/' in a value (which
+// the path goes on after, with a hop).
+bool SplitsBefore(absl::string_view rest) {
+  const size_t slash = rest.find('/');
+  const absl::string_view next = rest.substr(0, slash);
+  if (!StartsHop(next)) return false;
+  if (!IsKnownMethod(next) || slash == absl::string_view::npos) return true;
+  // A method alone, with more of the value after it: kept in the value unless a hop follows.
+  const absl::string_view after = rest.substr(slash + 1);
+  return StartsHop(after.substr(0, after.find('/')));
+}
+
+// `value` written so that ParseHop and ParsePath give it back: ',' always escaped; '%' where
+// it would read as an escape; '/' where a hop would start after it.
+std::string EscapeValue(absl::string_view value) {
+  std::string out;
+  for (size_t i = 0; i < value.size(); ++i) {
+    const char c = value[i];
+    const absl::string_view rest = value.substr(i + 1);
+    if (c == ',') {
+      out += "%2C";
+    } else if (c == '%' && value.size() - i >= 3 && UnescapeValue(value.substr(i, 3)).size() == 1) {
+      out += "%25";
+    } else if (c == '/' && SplitsBefore(rest)) {
+      out += "%2F";
+    } else {
+      out.push_back(c);
+    }
+  }
+  return out;
 }
 
 // Whether `option` ("key=value") has a secret value.
@@ -101,7 +158,7 @@ bool Hop::Has(absl::string_view key) const {
 std::string Hop::ToString() const {
   std::string out = method;
   if (!target.empty()) absl::StrAppend(&out, ":", target);
-  for (const auto& [k, v] : options) absl::StrAppend(&out, ",", k, "=", v);
+  for (const auto& [k, v] : options) absl::StrAppend(&out, ",", k, "=", EscapeValue(v));
   return out;
 }
 
@@ -109,7 +166,7 @@ std::string Hop::DebugString() const {
   std::string out = method;
   if (!target.empty()) absl::StrAppend(&out, ":", target);
   for (const auto& [k, v] : options) {
-    absl::StrAppend(&out, ",", k, "=", IsSecretOption(k) ? "***" : v);
+    absl::StrAppend(&out, ",", k, "=", IsSecretOption(k) ? "***" : EscapeValue(v));
   }
   return out;
 }
@@ -142,11 +199,11 @@ absl::StatusOr<Hop> ParseHop(absl::string_view text) {
       bool after_secret = i > 1 && HasSecret(parts[i - 1]);
       return absl::InvalidArgumentError(absl::StrCat(
           "hop '", RedactHop(text), "': ",
-          after_secret ? "the option after a password is not key=value (a password cannot "
-                         "contain ','; give it with password_env)"
+          after_secret ? "the option after a password is not key=value (write a ',' in a "
+                         "value as %2C, or give the password with password_env)"
                        : absl::StrCat("option '", RedactOption(parts[i]), "' is not key=value")));
     }
-    hop.options.emplace_back(std::string(key), std::string(parts[i].substr(eq + 1)));
+    hop.options.emplace_back(std::string(key), UnescapeValue(parts[i].substr(eq + 1)));
   }
   std::string name = hop.Get("name");
   if (hop.Has("name") &&

@@ -241,16 +241,42 @@ TEST(ParsePathTest, ErrorsInLaterHopsAreReported) {
   }
 }
 
-// BUG (link/hop.cc, ParsePath/StartsHop): a directory named like a method ("local", "su",
-// "fork", "command"...) inside an option value starts a new hop, so a path to a file under
-// /usr/local cannot be written. Disabled until ParsePath is fixed.
-TEST(ParsePathTest, DISABLED_DirectoryNamedLikeAMethodInsideAValueDoesNotSplit) {
+// A directory named like a method inside a value ("/usr/local/etc") stays in it: a method
+// alone followed by more path cannot be a hop.
+TEST(ParsePathTest, DirectoryNamedLikeAMethodInsideAValueDoesNotSplit) {
   absl::StatusOr<std::vector<Hop>> path =
       ParsePath("ssh:web1,identity=/usr/local/etc/key/sudo:root");
   ASSERT_TRUE(path.ok()) << path.status();
   ASSERT_EQ(path->size(), 2u);
   EXPECT_EQ((*path)[0].Get("identity"), "/usr/local/etc/key");
   EXPECT_EQ((*path)[1].method, "sudo");
+}
+
+// What cannot be told apart (a value ending in "/local" before the next hop, a ',' in a
+// value) is written with escapes: %2F, %2C, %25.
+TEST(ParsePathTest, EscapesInValuesKeepSlashesCommasAndPercents) {
+  absl::StatusOr<std::vector<Hop>> path =
+      ParsePath("ssh:web1,password=abc%2Flocal%2Cx%25y%41/sudo:root");
+  ASSERT_TRUE(path.ok()) << path.status();
+  ASSERT_EQ(path->size(), 2u);
+  EXPECT_EQ((*path)[0].Get("password"), "abc/local,x%y%41");
+  EXPECT_EQ((*path)[1].method, "sudo");
+  // Without the escape the same text is two hops: the rule the escape exists for.
+  absl::StatusOr<std::vector<Hop>> split = ParsePath("ssh:web1,password=abc/local");
+  ASSERT_TRUE(split.ok());
+  EXPECT_EQ(split->size(), 2u);
+  // ToString writes what needs it escaped, and reads back the same.
+  Hop hop;
+  hop.method = "ssh";
+  hop.target = "web1";
+  hop.options = {{"identity", "/usr/local/key"}, {"password", "a,b/local%2F"}, {"x", "y/local"}};
+  const std::string text = hop.ToString();
+  EXPECT_EQ(text, "ssh:web1,identity=/usr/local/key,password=a%2Cb/local%252F,x=y%2Flocal");
+  absl::StatusOr<std::vector<Hop>> again = ParsePath(text + "/sudo:root");
+  ASSERT_TRUE(again.ok()) << again.status();
+  ASSERT_EQ(again->size(), 2u);
+  EXPECT_EQ((*again)[0].options, hop.options);
+  EXPECT_THAT(hop.DebugString(), Not(HasSubstr("a%2Cb")));
 }
 
 }  // namespace
