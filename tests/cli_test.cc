@@ -119,6 +119,18 @@ TEST_F(CliTest, AClosedStdoutEndsTheRun) {
 
 // What other contexts say reaches the terminal as text, through every verb's errors: a
 // terminal control in a context's name or message is printed escaped.
+// A pull that cannot write where it was told names its source as the source and this side as
+// the side that failed.
+TEST_F(CliTest, APullErrorSaysWhichSideFailed) {
+  const std::string file = dir_ + "/a-file";
+  { std::ofstream create(file); }
+  Ran pull = RunGrove({"pull", "local,name=src", "--", "/etc/hostname", file + "/below"});
+  EXPECT_NE(pull.status, 0);
+  EXPECT_THAT(pull.err, HasSubstr("grove pull: from src: cannot "));
+  EXPECT_THAT(pull.err, HasSubstr("in context master"));
+  ::unlink(file.c_str());
+}
+
 TEST_F(CliTest, ErrorsFromOtherContextsCannotReachTheTerminal) {
   for (const std::vector<std::string>& args :
        {std::vector<std::string>{"call", "local", "grove.run",

@@ -188,9 +188,12 @@ int Report(const char* verb, const std::function<std::string(ContextId)>& name_o
     out += "]}\n";
     fputs(out.c_str(), stdout);
   } else {
+    // A pull's one result is its source's; the error may be about this side (the
+    // destination), which it names itself.
+    const char* side = std::string(verb) == "pull" ? "from " : "";
     for (const TargetResult& r : summary.results) {
       if (r.status.ok()) continue;
-      fprintf(stderr, "grove %s: %s: %s\n", verb, Printable(name_of(r.id)).c_str(),
+      fprintf(stderr, "grove %s: %s%s: %s\n", verb, side, Printable(name_of(r.id)).c_str(),
               Printable(Redacted(std::string(r.status.message()), args.paths)).c_str());
     }
     for (const Unreachable& u : unreachable) {
@@ -277,7 +280,7 @@ int Pull(Master& master, const std::vector<std::string>& args) {
   }
   progress.End();
   if (!summary.ok()) {
-    fprintf(stderr, "grove pull: %s: %s\n", Printable(contexts.front().name()).c_str(),
+    fprintf(stderr, "grove pull: from %s: %s\n", Printable(contexts.front().name()).c_str(),
             Printable(summary.status().message()).c_str());
     return summary.status().code() == absl::StatusCode::kDeadlineExceeded ? kExitTimeout
                                                                           : kExitFailed;
