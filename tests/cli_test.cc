@@ -11,9 +11,11 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <set>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/str_join.h"
 #include "common/fd.h"
 #include "common/process.h"
@@ -62,6 +64,19 @@ TEST_F(CliTest, RunOnAGroupPrefixesAlignsAndSummarises) {
   // Not a terminal: no colour.
   EXPECT_THAT(r.out, Not(HasSubstr("\033[")));
   EXPECT_THAT(r.err, HasSubstr("3 ok, 0 failed, 0 unreachable"));
+}
+
+// Two contexts of one name (under different parents) do not print under one prefix.
+TEST_F(CliTest, ContextsOfOneNameGetDistinctPrefixes) {
+  Ran r = Grove({"run", "local,name=p1/local,name=w", "local,name=p2/local,name=w", "--", "echo",
+                 "hi"});
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_THAT(r.out, ::testing::ContainsRegex("\\[w#[0-9]+\\] hi\n"));
+  std::set<std::string> prefixes;
+  for (absl::string_view line : absl::StrSplit(r.out, '\n', absl::SkipEmpty())) {
+    prefixes.insert(std::string(line.substr(0, line.find(']') + 1)));
+  }
+  EXPECT_EQ(prefixes.size(), 2u) << r.out;
 }
 
 TEST_F(CliTest, FailuresUnreachablesAndTimeoutsAreCountedAndSetTheExitStatus) {

@@ -81,6 +81,7 @@ int AttachedRun(AttachedTree& tree, const std::vector<std::string>& raw_args) {
   const std::vector<std::string>& paths = args.paths;
   // Names first when there are several (the prefixes are padded to one width).
   std::vector<std::string> names(paths.size());
+  std::vector<uint64_t> ids(paths.size(), 0);
   for (size_t i = 0; i < paths.size(); ++i) names[i] = Redacted(paths[i], paths);
   const absl::Duration connect = absl::Seconds(args.connect_s);
   if (paths.size() > 1) {
@@ -88,10 +89,14 @@ int AttachedRun(AttachedTree& tree, const std::vector<std::string>& raw_args) {
     for (size_t i = 0; i < paths.size(); ++i) {
       spawns.emplace_back([&, i] {
         absl::StatusOr<v1::ContextStatus> c = tree.Spawn(paths[i], connect);
-        if (c.ok()) names[i] = c->name();
+        if (c.ok()) {
+          names[i] = c->name();
+          ids[i] = c->id();
+        }
       });
     }
     for (std::thread& t : spawns) t.join();
+    names = DistinctLabels(std::move(names), ids);
   }
   OutputMux mux(paths.size() > 1, names);
   v1::RunRequest command;

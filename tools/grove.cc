@@ -505,9 +505,12 @@ int Run(Master& master, const std::vector<std::string>& raw_args) {
   std::vector<absl::StatusOr<Context>> contexts =
       StartEach(master, paths, absl::Seconds(connect_s), jobs);
   std::vector<std::string> names(paths.size());
+  std::vector<uint64_t> ids(paths.size(), 0);
   for (size_t i = 0; i < paths.size(); ++i) {
     names[i] = contexts[i].ok() ? contexts[i]->name() : Redacted(paths[i], paths);
+    if (contexts[i].ok()) ids[i] = contexts[i]->id().value();
   }
+  names = DistinctLabels(std::move(names), ids);
   std::vector<std::string> live_names;
   for (size_t i = 0; i < paths.size(); ++i) {
     if (contexts[i].ok()) live_names.push_back(names[i]);
@@ -538,7 +541,7 @@ int Run(Master& master, const std::vector<std::string>& raw_args) {
       if (timeout_s > 0) options.timeout = absl::Seconds(timeout_s);
       options.cancel = &CliCancel();
       if (!json) {
-        options.on_output = [&mux, name = c.name()](int stream, const std::string& data) {
+        options.on_output = [&mux, name = names[i]](int stream, const std::string& data) {
           mux.Write(name, stream, data);
         };
       }

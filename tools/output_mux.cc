@@ -4,6 +4,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <map>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "common/json.h"
@@ -127,6 +129,16 @@ int ReportRuns(const std::vector<RunOutcome>& outcomes, const std::vector<std::s
     fprintf(stderr, "grove run: %d ok, %d failed, %d unreachable\n", ok, failed, unreachable);
   }
   return worst;
+}
+
+std::vector<std::string> DistinctLabels(std::vector<std::string> names,
+                                        const std::vector<uint64_t>& ids) {
+  std::map<std::string, std::set<uint64_t>> contexts;
+  for (size_t i = 0; i < names.size(); ++i) contexts[names[i]].insert(ids[i]);
+  for (size_t i = 0; i < names.size(); ++i) {
+    if (contexts[names[i]].size() > 1 && ids[i] != 0) absl::StrAppend(&names[i], "#", ids[i]);
+  }
+  return names;
 }
 
 }  // namespace grove::cli

@@ -41,6 +41,12 @@ class OutputMux {
   bool broken_ = false;                                         // Guarded by mu_.
 };
 
+// The prefixes of `grove run` for contexts named `names` with ids `ids` (0: not started): a
+// name that two different contexts share (children of different parents) gets its id,
+// "name#7", so that no two contexts print under one prefix.
+std::vector<std::string> DistinctLabels(std::vector<std::string> names,
+                                        const std::vector<uint64_t>& ids);
+
 // How `grove run` went in one context.
 struct RunOutcome {
   int status = 0;     // The CLI's exit status for it (the command's, or 124, 255, 1).
