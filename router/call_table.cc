@@ -75,8 +75,9 @@ absl::Status CallTable::AddIncoming(const IncomingCall& call,
   if (call.link.has_value()) {
     int& running = running_by_link_[*call.link];
     if (running >= max_running_per_link_) {
-      if (running == 0) running_by_link_.erase(*call.link);
-      return absl::ResourceExhaustedError(absl::StrCat(running, " calls that came over link ",
+      const int now = running;  // `running` goes with the entry an empty count erases.
+      if (now == 0) running_by_link_.erase(*call.link);
+      return absl::ResourceExhaustedError(absl::StrCat(now, " calls that came over link ",
                                                        *call.link,
                                                        " are running, the most one link may"));
     }

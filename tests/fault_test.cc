@@ -835,6 +835,9 @@ TEST_F(FaultTest, AChildFloodingLogsDoesNotStallTheRestOfTheTree) {
   CancelSource stop_flood;
   MasterOptions options;
   options.log_sink = logs.Sink();
+  // The links' liveness bound, scaled like every bound here: under ASan, in the full suite, a
+  // flooder's link once went 10 s with nothing read by its parent and was closed as silent.
+  options.link_silence_limit = kDefaultSilenceLimit * kSlowdown;
   Master master(TestFunctions(), options);
   absl::StatusOr<Context> flooder = master.Spawn("local,name=flooder");
   absl::StatusOr<Context> quiet = master.Spawn("local,name=quiet");
