@@ -23,7 +23,7 @@
 namespace grove {
 namespace {
 
-// The longest a health check may take (less when the interval is shorter).
+// The longest a health check may take.
 constexpr absl::Duration kHealthTimeout = absl::Seconds(1);
 
 // Splits "host:port" ("[v6]:port" too). False when it is not one.
@@ -54,18 +54,6 @@ bool ValidServiceName(const std::string& name) {
     if (!absl::ascii_isalnum(c) && c != '_' && c != '.') return false;
   }
   return true;
-}
-
-// The credentials the spec asks for, and words for the log saying what they are.
-std::shared_ptr<grpc::ServerCredentials> CredentialsFor(const v1::Ingress& spec,
-                                                        std::string* how) {
-  std::string host;
-  int port = 0;
-  SplitListen(spec.listen(), &host, &port);
-  *how = IsLoopback(host) ? "plaintext, on loopback only"
-                          : "PLAINTEXT on a non-loopback address (insecure: true): anyone "
-                            "who reaches it can call the services";
-  return grpc::InsecureServerCredentials();
 }
 
 // A grpc.health.v1.HealthCheckRequest for `service` (field 1, a string).
@@ -257,10 +245,17 @@ Ingress::~Ingress() {
 }
 
 absl::StatusOr<std::shared_ptr<Forwarder>> Ingress::Listen(const v1::Ingress& spec) {
-  std::string how;
+  std::string host;
+  int port = 0;
+  SplitListen(spec.listen(), &host, &port);  // Valid: ValidateServices checked it.
+  // Plaintext only (see ingress.h), which the log says.
+  const char* how = IsLoopback(host)
+                        ? "plaintext, on loopback only"
+                        : "PLAINTEXT on a non-loopback address (insecure: true): anyone who "
+                          "reaches it can call the services";
   ForwarderOptions forward;
   forward.listen = spec.listen();
-  forward.credentials = CredentialsFor(spec, &how);
+  forward.credentials = grpc::InsecureServerCredentials();
   forward.picker = balancer_.get();
   if (spec.has_max_streams_per_connection()) {
     forward.max_streams_per_connection = spec.max_streams_per_connection();
@@ -268,9 +263,6 @@ absl::StatusOr<std::shared_ptr<Forwarder>> Ingress::Listen(const v1::Ingress& sp
   forward.max_message_bytes = spec.max_message_bytes();
   absl::StatusOr<std::unique_ptr<Forwarder>> forwarder = Forwarder::Start(options_.root, forward);
   if (!forwarder.ok()) return forwarder.status();
-  std::string host;
-  int port = 0;
-  SplitListen(spec.listen(), &host, &port);
   const std::string address =
       absl::StrCat(absl::StrContains(host, ':') ? absl::StrCat("[", host, "]") : host, ":",
                    (*forwarder)->port());

@@ -229,20 +229,24 @@ absl::StatusOr<std::vector<Hop>> ParsePath(absl::string_view text) {
   return hops;
 }
 
+std::string JoinPath(const std::vector<Hop>& hops, size_t count, bool hide_secrets) {
+  std::vector<std::string> parts;
+  for (size_t i = 0; i < count && i < hops.size(); ++i) {
+    parts.push_back(hide_secrets ? hops[i].DebugString() : hops[i].ToString());
+  }
+  return absl::StrJoin(parts, "/");
+}
+
 absl::StatusOr<std::string> CanonicalPath(absl::string_view text) {
   absl::StatusOr<std::vector<Hop>> hops = ParsePath(text);
   if (!hops.ok()) return hops.status();
-  std::vector<std::string> parts;
-  for (const Hop& hop : *hops) parts.push_back(hop.ToString());
-  return absl::StrJoin(parts, "/");
+  return JoinPath(*hops, hops->size());
 }
 
 absl::StatusOr<std::string> DisplayPath(absl::string_view text) {
   absl::StatusOr<std::vector<Hop>> hops = ParsePath(text);
   if (!hops.ok()) return hops.status();
-  std::vector<std::string> parts;
-  for (const Hop& hop : *hops) parts.push_back(hop.DebugString());
-  return absl::StrJoin(parts, "/");
+  return JoinPath(*hops, hops->size(), /*hide_secrets=*/true);
 }
 
 }  // namespace grove

@@ -43,8 +43,11 @@ bool IsSecretOption(absl::string_view key);
 // values replaced by "***".
 absl::StatusOr<Hop> ParseHop(absl::string_view text);
 absl::StatusOr<std::vector<Hop>> ParsePath(absl::string_view text);
-// The canonical form of a path (each hop's ToString, joined by "/"): two spellings of one
-// path have one canonical form. INVALID_ARGUMENT as ParsePath.
+// The first `count` of `hops` written as a path: each hop's ToString (or, `hide_secrets`, its
+// DebugString), joined by "/".
+std::string JoinPath(const std::vector<Hop>& hops, size_t count, bool hide_secrets = false);
+// The canonical form of a path (JoinPath of its hops): two spellings of one path have one
+// canonical form. INVALID_ARGUMENT as ParsePath.
 absl::StatusOr<std::string> CanonicalPath(absl::string_view text);
 // A path as it may be shown (each hop's DebugString: secret values "***"). INVALID_ARGUMENT
 // as ParsePath.

@@ -29,7 +29,7 @@
 #include "grpcpp/server.h"
 #include "grpcpp/server_builder.h"
 #include "proto/control.grpc.pb.h"
-#include "resident/control_socket.h"
+#include "resident/attach.h"
 #include "grove.h"
 #include "tools/bench_service.h"
 #include "tools/cli.h"
@@ -119,18 +119,6 @@ double StreamMBps(bench::Echo::Stub& stub) {
   return static_cast<double>(bytes) / 1e6 / absl::ToDoubleSeconds(absl::Now() - t);
 }
 
-// The master's status through its control socket.
-absl::StatusOr<v1::StatusReply> StatusOf(const std::string& run_dir) {
-  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel =
-      ConnectControl(run_dir + "/control.sock");
-  if (!channel.ok()) return channel.status();
-  grpc::ClientContext context;
-  v1::StatusReply reply;
-  grpc::Status s = v1::Control::NewStub(*channel)->Status(&context, v1::StatusRequest(), &reply);
-  if (!s.ok()) return absl::UnavailableError(s.error_message());
-  return reply;
-}
-
 }  // namespace
 
 int BenchMesh(Master& master, bool json, const std::function<bool(const std::string&)>& wants) {
@@ -204,17 +192,20 @@ int BenchIngress(bool json, const std::function<bool(const std::string&)>& wants
                                   "ingress { listen: \"127.0.0.1:0\" }\n";
   const UniqueFd null(open("/dev/null", O_WRONLY | O_CLOEXEC));
   std::string address;
-  if (RunSelfIn(run_dir, {"up", dir + "/spec"}, null.get()) == 0) {
-    // Ready once the replica is SERVING (the spec's first health round has run by then).
-    const absl::Time deadline = absl::Now() + absl::Seconds(30);
-    while (address.empty() && absl::Now() < deadline) {
-      absl::StatusOr<v1::StatusReply> status = StatusOf(run_dir);
-      if (status.ok() && status->services_size() == 1 &&
-          status->services(0).replicas(0).health() == "SERVING") {
-        address = status->ingress();
-      } else {
-        absl::SleepFor(absl::Milliseconds(20));  // Polls a state with nothing to wait on.
-      }
+  absl::StatusOr<std::unique_ptr<AttachedTree>> tree =
+      RunSelfIn(run_dir, {"up", dir + "/spec"}, null.get()) == 0
+          ? Attach(run_dir + "/control.sock")
+          : absl::StatusOr<std::unique_ptr<AttachedTree>>(absl::UnavailableError("up"));
+  // Ready once the replica is SERVING (the spec's first health round has run by then).
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while (tree.ok() && address.empty() && absl::Now() < deadline) {
+    grpc::ClientContext context;
+    v1::StatusReply status;
+    if ((*tree)->stub().Status(&context, v1::StatusRequest(), &status).ok() &&
+        status.services_size() == 1 && status.services(0).replicas(0).health() == "SERVING") {
+      address = status.ingress();
+    } else {
+      absl::SleepFor(absl::Milliseconds(20));  // Polls a state with nothing to wait on.
     }
   }
   if (address.empty()) {
@@ -235,6 +226,7 @@ int BenchIngress(bool json, const std::function<bool(const std::string&)>& wants
       mbps > 0 ? emit("ingress_stream_MBps", mbps, "MB/s") : void(++failed);
     }
   }
+  if (tree.ok()) tree->reset();
   if (RunSelfIn(run_dir, {"down"}, null.get()) != 0) ++failed;
   std::filesystem::remove_all(dir);
   if (failed != 0) fprintf(stderr, "grove bench: %d ingress measurements failed\n", failed);
