@@ -24,6 +24,8 @@ namespace {
 
 // How often a streaming RPC that waits for the tree looks whether its client went away.
 constexpr absl::Duration kCancelPoll = absl::Milliseconds(100);
+// How long a watch holds an added context's event for the start that keeps its path.
+constexpr absl::Duration kStartWait = absl::Seconds(2);
 
 // Items produced on the router's threads for one streaming RPC, drained by its thread.
 template <typename T>
@@ -218,6 +220,12 @@ grpc::Status ControlService::WatchContexts(grpc::ServerContext* context,
       v1::ContextEvent event;
       event.set_kind(added ? v1::ContextEvent::ADDED : v1::ContextEvent::REMOVED);
       *event.mutable_context() = Describe(e.record, Snapshot());
+      // A context is added while the start that keeps its path is still returning: its path
+      // is known once that start ends (bounded: a start elsewhere may take longer).
+      if (added && event.context().path().empty() &&
+          deps_.kept->AwaitStarts(absl::Now() + kStartWait)) {
+        *event.mutable_context() = Describe(e.record, Snapshot());
+      }
       if (!writer->Write(event)) {
         open = false;
         break;

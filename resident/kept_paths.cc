@@ -21,12 +21,6 @@ std::vector<std::string> PrefixKeys(const std::vector<Hop>& hops) {
   return keys;
 }
 
-std::string Display(const std::vector<Hop>& hops, size_t count) {
-  std::vector<std::string> parts;
-  for (size_t i = 0; i < count; ++i) parts.push_back(hops[i].DebugString());
-  return absl::StrJoin(parts, "/");
-}
-
 bool IsBelow(const std::string& key, const std::string& prefix) {
   return key.size() > prefix.size() && absl::StartsWith(key, prefix) && key[prefix.size()] == '/';
 }
@@ -87,7 +81,7 @@ absl::StatusOr<Context> KeptPaths::Ensure(const std::string& path,
       if (slot.starting || slot.id != id) continue;  // Changed meanwhile: look again.
       slot.starting = true;
       slot.id.reset();
-      slot.display = Display(*hops, i + 1);
+      slot.display = JoinPath(*hops, i + 1, /*hide_secrets=*/true);
       break;
     }
     if (!reused) {
@@ -110,8 +104,9 @@ absl::StatusOr<Context> KeptPaths::Ensure(const std::string& path,
         if (lease != nullptr) *lease = Lease(this, held);
         // The router's message names the hop and where it was started from.
         return absl::Status(next.status().code(),
-                            absl::StrCat("path ", Display(*hops, hops->size()), ": ",
-                                         next.status().message()));
+                            absl::StrCat("path ",
+                                         JoinPath(*hops, hops->size(), /*hide_secrets=*/true),
+                                         ": ", next.status().message()));
       }
       current = *std::move(next);
     }
@@ -125,6 +120,19 @@ absl::StatusOr<Context> KeptPaths::Ensure(const std::string& path,
   }
   if (lease != nullptr) *lease = Lease(this, std::move(held));
   return current;
+}
+
+bool KeptPaths::AwaitStarts(absl::Time deadline) const {
+  absl::MutexLock lock(&mu_);
+  auto none = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    for (const auto& [key, slot] : slots_) {
+      if (slot.starting) return false;
+    }
+    return true;
+  };
+  if (none()) return false;
+  mu_.AwaitWithDeadline(absl::Condition(&none), deadline);
+  return true;
 }
 
 void KeptPaths::Release(const std::vector<std::string>& keys) {

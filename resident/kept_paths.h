@@ -76,6 +76,9 @@ class KeptPaths {
   std::optional<Entry> FindById(ContextId id) const;
   // Every kept path, by path.
   std::vector<Entry> List() const;
+  // Waits until no path is being started, or `deadline`. True when it found one starting
+  // (a context it is adding may get its path only when that start ends).
+  bool AwaitStarts(absl::Time deadline) const;
   // Kept paths not held and unused since `now - idle`, deepest first, excluding `exempt`
   // (supervised paths) and the prefixes of paths that are still in use or exempt.
   std::vector<std::string> Idle(absl::Time now, absl::Duration idle,

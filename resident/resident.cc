@@ -27,6 +27,9 @@
 namespace grove {
 namespace {
 
+// How long answered control calls get to send their replies when the master stops.
+constexpr absl::Duration kReplyGrace = absl::Milliseconds(200);
+
 // Set by SIGTERM, SIGINT and SIGHUP; the serving loop looks at it.
 std::atomic<int> g_stop_signal{0};
 
@@ -192,9 +195,7 @@ int ServeResident(Router& root, const ResidentOptions& given) {
                          version.build().substr(0, 12), ", idle timeout ",
                          absl::FormatDuration(options.idle_timeout), ")"));
   if (spec.has_value()) {
-    v1::ReloadReply applied = supervisor->Apply(*spec, absl::Seconds(30));
-    log->Note(absl::StrCat("spec ", options.spec_file, ": ", applied.started_size(),
-                           " supervised contexts"));
+    // The ingress first, as a reload does: an address that cannot be bound starts nothing.
     if (absl::Status served = ingress->Apply(*spec); !served.ok()) {
       listener->reset();
       server->Shutdown(absl::ToChronoTime(absl::Now()));
@@ -202,6 +203,9 @@ int ServeResident(Router& root, const ResidentOptions& given) {
       supervisor.reset();
       return readiness.Fail(absl::StrCat(options.spec_file, ": ", served.message()));
     }
+    v1::ReloadReply applied = supervisor->Apply(*spec, absl::Seconds(30));
+    log->Note(absl::StrCat("spec ", options.spec_file, ": ", applied.started_size(),
+                           " supervised contexts"));
     ingress->CheckNow();  // Ready means: the replicas that are up take calls.
   }
   readiness.Ready();
@@ -225,9 +229,10 @@ int ServeResident(Router& root, const ResidentOptions& given) {
   }
   log->Note("shutting down: the tree goes down, deepest first");
   listener->reset();
-  // What is in flight is cancelled (commands are killed, follows end); Shutdown returns once
-  // every handler has.
-  server->Shutdown(absl::ToChronoTime(absl::Now()));
+  // Calls that have answered (the Shutdown that asked for this) get their replies out for a
+  // moment; then what is still in flight is cancelled (commands are killed, follows end).
+  // Shutdown returns once every handler has.
+  server->Shutdown(absl::ToChronoTime(absl::Now() + kReplyGrace));
   // No calls from clients, and no restarts, while the tree goes down.
   ingress.reset();
   supervisor.reset();
